@@ -1,0 +1,1 @@
+"""Data: label tables, image readers, preprocessing, augmentation, datasets, demo data."""
