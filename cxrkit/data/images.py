@@ -1,0 +1,371 @@
+"""Image readers: PNG / JPEG (8 and 16 bit, grey or colour) and DICOM.
+
+Every reader returns a 2-D ``float32`` array in [0, 1] (0 = black) and raises
+:class:`~cxrkit.errors.ImageReadError` naming the file and a
+:class:`~cxrkit.errors.FailureReason` for anything it cannot use.
+
+DICOM pixel pipeline, in this order (SPEC section 2):
+
+1. stored values (decoded through pydicom's pixel handlers; compressed transfer syntaxes
+   via the pylibjpeg plugins: JPEG baseline / extended / lossless and JPEG-LS by
+   pylibjpeg-libjpeg, JPEG 2000 by pylibjpeg-openjpeg, RLE by pylibjpeg-rle),
+2. Modality LUT or RescaleSlope / RescaleIntercept,
+3. VOI LUT (preferred when present) or the first Window Center / Width (LINEAR,
+   LINEAR_EXACT or SIGMOID), mapped onto [0, 1]; without either, min-max of the image,
+4. inversion when PhotometricInterpretation is MONOCHROME1,
+5. (scaling to the model's input happens in :mod:`cxrkit.data.preprocess`).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import FailureReason, ImageReadError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+cv2.setNumThreads(1)  # decoding runs in data-loader workers; one thread each avoids oversubscription
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True if the file has the DICOM preamble (``DICM`` at byte 128) or a DICOM suffix."""
+    p = Path(path)
+    if p.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def read_image(path: str | Path, intensity: str = "auto") -> np.ndarray:
+    """Read any supported image as a 2-D float32 array in [0, 1].
+
+    ``intensity``: ``auto`` (8-bit / 255; 16-bit by its estimated bit depth; DICOM by its
+    VOI window) or ``minmax`` (stretch every image to its own min..max).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(p, FailureReason.MISSING, "file not found")
+    if p.is_dir():
+        raise ImageReadError(p, FailureReason.UNREADABLE, "is a folder, not an image")
+    if is_dicom_file(p):
+        img, _ = read_dicom(p)
+        if intensity == "minmax":
+            img = _minmax(img, p)
+        return img
+    return read_raster(p, intensity=intensity)
+
+
+def read_raster(path: str | Path, intensity: str = "auto") -> np.ndarray:
+    """PNG / JPEG / BMP / TIFF, 8 or 16 bit, grey, grey+alpha, RGB or RGBA -> grey [0, 1]."""
+    p = Path(path)
+    try:
+        buf = np.fromfile(p, dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(p, FailureReason.UNREADABLE, f"cannot read file ({e.strerror or e})") from None
+    if buf.size == 0:
+        raise ImageReadError(p, FailureReason.EMPTY, "file is empty (0 bytes)")
+    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        if buf[:4].tobytes() == b"\x89PNG" or buf[:2].tobytes() == b"\xff\xd8":
+            raise ImageReadError(p, FailureReason.TRUNCATED, "image data is corrupt or truncated")
+        raise ImageReadError(p, FailureReason.UNREADABLE, "not a readable PNG/JPEG/BMP/TIFF image")
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            arr = arr[:, :, :3]
+        if arr.shape[2] == 2:  # grey + alpha
+            arr = arr[:, :, 0]
+        elif arr.shape[2] == 3:
+            if arr.dtype == np.uint16:
+                arr = cv2.cvtColor(arr.astype(np.float32), cv2.COLOR_BGR2GRAY)
+                arr = np.clip(np.rint(arr), 0, 65535).astype(np.uint16)
+            else:
+                arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
+        elif arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+    if arr.ndim != 2 or arr.size == 0:
+        raise ImageReadError(p, FailureReason.UNREADABLE, f"unexpected image shape {arr.shape}")
+    if intensity == "minmax":
+        return _minmax(arr.astype(np.float32), p)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / float(_bit_range(int(arr.max())))
+    if np.issubdtype(arr.dtype, np.floating):
+        return _minmax(arr.astype(np.float32), p)
+    return _minmax(arr.astype(np.float32), p)
+
+
+def _bit_range(vmax: int) -> int:
+    """Full-scale value of a 16-bit container: 10/12/14/16 significant bits, the smallest that
+    holds ``vmax`` (12-bit radiographs stored in 16-bit PNG are not darkened)."""
+    for bits in (10, 12, 14, 16):
+        if vmax < 2**bits:
+            return 2**bits - 1
+    return 65535
+
+
+def _minmax(arr: np.ndarray, path: str | Path) -> np.ndarray:
+    arr = arr.astype(np.float32)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ImageReadError(path, FailureReason.UNREADABLE, "image contains non-finite values")
+    if hi <= lo:
+        raise ImageReadError(path, FailureReason.EMPTY, "image is constant (no contrast)")
+    return (arr - lo) / (hi - lo)
+
+
+# ---------------------------------------------------------------------------------------
+# DICOM
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DicomInfo:
+    """Identifying and acquisition attributes of a DICOM image. Patient name / id are never
+    copied here, so nothing downstream can log them."""
+
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
+    modality: str = ""
+    body_part: str = ""
+    view_position: str = ""
+    photometric: str = ""
+    transfer_syntax: str = ""
+    rows: int = 0
+    columns: int = 0
+    frames: int = 1
+    samples_per_pixel: int = 1
+    series_description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _dcmread(path: Path, stop_before_pixels: bool = False) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            except InvalidDicomError:
+                # files without the 128-byte preamble / meta header are still common;
+                # accept them only if they parse into something image-like
+                ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+                if not any(k in ds for k in ("SOPClassUID", "PixelData", "Rows", "Modality")):
+                    raise InvalidDicomError("no DICOM elements") from None
+                if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+                    from pydicom.uid import ImplicitVRLittleEndian
+
+                    ds.file_meta = getattr(ds, "file_meta", pydicom.dataset.FileMetaDataset())
+                    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+                return ds
+    except InvalidDicomError:
+        raise ImageReadError(path, FailureReason.NOT_DICOM, "not a DICOM file") from None
+    except (EOFError, OSError) as e:
+        raise ImageReadError(path, FailureReason.TRUNCATED, f"DICOM file is truncated or unreadable ({e})") from None
+    except Exception as e:  # pydicom raises a variety of parse errors on corrupt headers
+        raise ImageReadError(path, FailureReason.UNREADABLE, f"DICOM header cannot be parsed ({type(e).__name__}: {e})") from None
+
+
+def _s(ds: Any, key: str) -> str:
+    v = ds.get(key, "")
+    if v is None:
+        return ""
+    if hasattr(v, "__iter__") and not isinstance(v, (str, bytes)):
+        v = "\\".join(str(x) for x in v)
+    return str(v).strip()
+
+
+def dicom_info(ds: Any) -> DicomInfo:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _dicom_info(ds)
+
+
+def _dicom_info(ds: Any) -> DicomInfo:
+    ts = ""
+    fm = getattr(ds, "file_meta", None)
+    if fm is not None and "TransferSyntaxUID" in fm:
+        uid = fm.TransferSyntaxUID
+        ts = getattr(uid, "name", str(uid)) or str(uid)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = -1
+    try:
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        spp = -1
+    return DicomInfo(
+        sop_instance_uid=_s(ds, "SOPInstanceUID"),
+        study_instance_uid=_s(ds, "StudyInstanceUID"),
+        series_instance_uid=_s(ds, "SeriesInstanceUID"),
+        modality=_s(ds, "Modality").upper(),
+        body_part=_s(ds, "BodyPartExamined").upper(),
+        view_position=_s(ds, "ViewPosition").upper(),
+        photometric=_s(ds, "PhotometricInterpretation").upper(),
+        transfer_syntax=ts,
+        rows=_int(ds.get("Rows", 0)),
+        columns=_int(ds.get("Columns", 0)),
+        frames=frames,
+        samples_per_pixel=spp,
+        series_description=_s(ds, "SeriesDescription"),
+    )
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def read_dicom_info(path: str | Path) -> DicomInfo:
+    """Header only (no pixel decoding): for filtering large folders quickly."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(p, FailureReason.MISSING, "file not found")
+    return dicom_info(_dcmread(p, stop_before_pixels=True))
+
+
+def check_dicom_image(ds: Any, path: str | Path, info: DicomInfo | None = None) -> DicomInfo:
+    """Raise the typed error for DICOM that cxrkit cannot use as a radiograph."""
+    info = info or dicom_info(ds)
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        what = info.modality or "object"
+        raise ImageReadError(path, FailureReason.NON_IMAGE, f"DICOM {what} has no pixel data (not an image)")
+    if info.frames < 0 or info.samples_per_pixel < 0:
+        raise ImageReadError(path, FailureReason.UNREADABLE, "DICOM header has invalid NumberOfFrames / SamplesPerPixel")
+    if info.samples_per_pixel != 1 or (info.photometric and info.photometric not in MONOCHROME):
+        raise ImageReadError(
+            path, FailureReason.COLOUR,
+            f"colour DICOM ({info.photometric or 'SamplesPerPixel=' + str(info.samples_per_pixel)}); "
+            "chest radiographs must be MONOCHROME1 or MONOCHROME2",
+        )
+    if info.frames > 1:
+        raise ImageReadError(path, FailureReason.MULTI_FRAME, f"multi-frame DICOM ({info.frames} frames); expected one radiograph")
+    if info.rows <= 0 or info.columns <= 0:
+        raise ImageReadError(path, FailureReason.UNREADABLE, "DICOM header lacks Rows / Columns")
+    return info
+
+
+def _decode(ds: Any, path: Path, info: DicomInfo) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
+    except NotImplementedError as e:
+        raise ImageReadError(path, FailureReason.UNSUPPORTED_TRANSFER_SYNTAX,
+                             f"no decoder for transfer syntax {info.transfer_syntax or '?'} ({_first_line(e)})") from None
+    except RuntimeError as e:
+        msg = str(e)
+        if "missing" in msg or "no pixel data decoders" in msg.lower() or "install" in msg.lower():
+            raise ImageReadError(
+                path, FailureReason.UNSUPPORTED_TRANSFER_SYNTAX,
+                f"cannot decode {info.transfer_syntax or 'this transfer syntax'}: a decoder plugin is missing "
+                "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle)",
+            ) from None
+        raise ImageReadError(path, FailureReason.UNREADABLE,
+                             f"{info.transfer_syntax or 'pixel data'} could not be decoded (corrupt data?)") from None
+    except ValueError as e:
+        msg = str(e)
+        if "less than expected" in msg or "truncat" in msg.lower() or "end of" in msg.lower():
+            raise ImageReadError(path, FailureReason.TRUNCATED, "pixel data is shorter than the header says (truncated file)") from None
+        raise ImageReadError(path, FailureReason.UNREADABLE, f"pixel data cannot be decoded ({_first_line(e)})") from None
+    except (AttributeError, KeyError, TypeError, EOFError, OSError) as e:
+        raise ImageReadError(path, FailureReason.UNREADABLE, f"pixel data cannot be decoded ({_first_line(e)})") from None
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise ImageReadError(path, FailureReason.MULTI_FRAME if arr.ndim == 3 else FailureReason.UNREADABLE,
+                             f"decoded pixel array has shape {arr.shape}; expected one 2-D frame")
+    return arr
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+def _voi_range(ds: Any) -> tuple[float, float]:
+    """Output range pydicom's windowing maps to (PS3.3 C.11.2.1.2), so it can be rescaled to [0, 1]."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+    if ds.get("ModalityLUTSequence"):
+        depth = int(ds.ModalityLUTSequence[0].LUTDescriptor[2])
+        y_min, y_max = 0.0, float(2**depth - 1)
+    elif int(ds.get("PixelRepresentation", 0) or 0) == 0:
+        y_min, y_max = 0.0, float(2**bits - 1)
+    else:
+        y_min, y_max = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope", None), ds.get("RescaleIntercept", None)
+    if slope is not None and intercept is not None:
+        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
+    return min(y_min, y_max), max(y_min, y_max)
+
+
+def apply_dicom_pipeline(arr: np.ndarray, ds: Any, path: str | Path = "<dataset>") -> tuple[np.ndarray, str]:
+    """Stored values -> Modality LUT / rescale -> VOI LUT or window -> [0, 1] -> MONOCHROME1
+    inversion. Returns the image and a short description of the VOI step used."""
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            x = apply_modality_lut(arr, ds).astype(np.float64)
+        except Exception as e:  # malformed LUT / rescale values
+            raise ImageReadError(path, FailureReason.UNREADABLE, f"invalid Modality LUT / rescale ({_first_line(e)})") from None
+        voi = "minmax"
+        try:
+            if ds.get("VOILUTSequence"):
+                item = ds.VOILUTSequence[0]
+                lut = np.asarray(item.LUTData if hasattr(item, "LUTData") else [], dtype=np.float64)
+                y = apply_voi(x, ds, index=0).astype(np.float64)
+                lo, hi = (float(lut.min()), float(lut.max())) if lut.size else (float(y.min()), float(y.max()))
+                if hi > lo:
+                    x, voi = (y - lo) / (hi - lo), "voi-lut"
+            elif "WindowCenter" in ds and "WindowWidth" in ds:
+                y = apply_windowing(x, ds, index=0)
+                lo, hi = _voi_range(ds)
+                if hi > lo:
+                    x, voi = (y - lo) / (hi - lo), "window"
+        except Exception as e:  # e.g. width < 1, bad LUT descriptor: fall back to min-max
+            log.debug("%s: VOI step skipped (%s)", path, e)
+            voi = "minmax"
+        if voi == "minmax":
+            x = _minmax(x, path).astype(np.float64)
+    x = np.clip(x, 0.0, 1.0).astype(np.float32)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        x = 1.0 - x
+    if float(x.max()) <= float(x.min()):
+        raise ImageReadError(path, FailureReason.EMPTY, "image is constant after windowing (no contrast)")
+    return x, voi
+
+
+def read_dicom(path: str | Path) -> tuple[np.ndarray, DicomInfo]:
+    """Read one DICOM radiograph through the full pixel pipeline -> ([0, 1] float32, info)."""
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(p, FailureReason.MISSING, "file not found")
+    ds = _dcmread(p)
+    info = check_dicom_image(ds, p)
+    arr = _decode(ds, p, info)
+    img, _ = apply_dicom_pipeline(arr, ds, p)
+    return img, info
