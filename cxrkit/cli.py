@@ -1,0 +1,197 @@
+"""The ``cxrkit`` command line (typer). Thin: every command calls the library.
+
+User mistakes (missing files, bad tables, unreadable images, invalid options) end with a
+one-line ``error: ...`` on stderr and exit code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import CxrkitError
+
+app = typer.Typer(
+    name="cxrkit",
+    help="cxrkit: long-tailed, multi-label chest X-ray classification with uncertain and missing labels.\n\n"
+    "Train models, calibrate them category by category (CFT), ensemble them, ship them as a "
+    "leaderboard container and run batch inference on hospital DICOM.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Label tables and images: demo data, inspect, render.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger("cxrkit")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"cxrkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("pydicom", "PIL", "matplotlib", "timm", "monai"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if quiet:
+        os.environ["CXRKIT_QUIET"] = "1"
+
+
+# ---------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------
+
+
+@data_app.command("demo")
+def data_demo(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the synthetic dataset into.")],
+    n_studies: Annotated[int, typer.Option("--n-studies", min=10, help="Number of studies (1-2 views each).")] = 400,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same files.")] = 0,
+    size: Annotated[int, typer.Option("--size", min=32, max=1024, help="Image size in pixels.")] = 128,
+) -> None:
+    """Write the SYNTHETIC demo dataset in CheXpert layout.
+
+    train.csv has uncertain (-1.0) and blank labels, valid.csv is fully labelled, the PNG
+    images have the findings drawn in (enlarged heart, effusion meniscus, ...)."""
+    from .data.demo import generate_demo
+
+    d = generate_demo(out_dir, n_studies=n_studies, seed=seed, size=size)
+    console.print(f"wrote synthetic demo data: {d.n_train_images} train + {d.n_valid_images} valid images")
+    console.print(f"  {d.train_csv}\n  {d.valid_csv}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    table: Annotated[Path, typer.Argument(help="Label table: CheXpert / NIH / CXR-LT CSV, COCO JSON, Open Images CSV, generic CSV.")],
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="chexpert, nih, cxr-lt, coco, openimages or generic (default: detect).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the counts as JSON here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a long-tail bar chart (PNG) here.")] = None,
+    classes: Annotated[Optional[Path], typer.Option("--classes", help="Class list file (Open Images / generic tables).")] = None,
+    head_min: Annotated[Optional[float], typer.Option("--head-min", help="Head classes have at least this many positives (default: terciles).")] = None,
+    tail_max: Annotated[Optional[float], typer.Option("--tail-max", help="Tail classes have at most this many positives (default: terciles).")] = None,
+) -> None:
+    """Count positive / negative / uncertain / unknown labels per class.
+
+    Also assigns head / medium / tail groups; writes JSON and a long-tail bar chart on request."""
+    from .data.tables import load_table, summarize
+    from .report import plot_label_distribution
+    from .utils import write_json
+
+    t = load_table(table, format=format, classes=classes)
+    s = summarize(t, head_min=head_min, tail_max=tail_max)
+    tab = Table(title=f"{table} - {s['format']}, {s['n_images']:,} images"
+                + (f", {s['n_studies']:,} studies" if "n_studies" in s else ""))
+    for col in ("class", "positive", "negative", "uncertain", "unknown", "prev.", "group"):
+        tab.add_column(col, justify="left" if col in ("class", "group") else "right")
+    for c in s["classes"]:
+        tab.add_row(c["name"], f"{c['positive']:,}", f"{c['negative']:,}", f"{c['uncertain']:,}",
+                    f"{c['unknown']:,}", f"{c['prevalence']:.3f}", c["group"])
+    console.print(tab)
+    if "no_finding" in s:
+        console.print(f"No Finding: {s['no_finding']:,} images")
+    console.print(f"known labels: {100 * s['known_fraction']:.2f}%")
+    if json_out:
+        write_json(json_out, s)
+        console.print(f"wrote {json_out}")
+    if plot:
+        plot_label_distribution(s, plot)
+        console.print(f"wrote {plot}")
+
+
+@data_app.command("render")
+def data_render(
+    image: Annotated[Path, typer.Argument(help="PNG / JPEG / DICOM file.")],
+    out: Annotated[Path, typer.Argument(help="Output PNG (8-bit grey).")],
+    size: Annotated[Optional[int], typer.Option("--size", min=8, max=4096, help="Model input size (default 224, or the model's).")] = None,
+    resize: Annotated[Optional[str], typer.Option("--resize", help="stretch, letterbox or center-crop.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Use this saved model's preprocessing.")] = None,
+) -> None:
+    """Write an image as the model sees it, before normalisation, as 8-bit grey PNG.
+
+    DICOM goes through the full pipeline first: modality LUT / rescale, VOI LUT or window,
+    MONOCHROME1 inversion; then the resize to the model's input size."""
+    import cv2
+
+    from .data.preprocess import Preprocessing
+    from .utils import atomic_write
+
+    if model is not None:
+        from .artifact import load_preprocessing
+
+        pre = load_preprocessing(model)
+        if size is not None or resize is not None:
+            d = pre.to_dict()
+            d["size"] = size if size is not None else d["size"]
+            d["resize"] = resize or d["resize"]
+            pre = Preprocessing.from_dict(d)
+    else:
+        pre = Preprocessing(size=size or 224, resize=resize or "stretch")
+    if out.suffix.lower() != ".png":
+        raise CxrkitError(f"{out}: output must be a .png file")
+    img = pre.render(image)
+    with atomic_write(out) as tmp:
+        if not cv2.imwrite(str(tmp), img):
+            raise CxrkitError(f"{out}: could not write PNG")
+    h, w = img.shape
+    console.print(f"wrote {out} ({w}x{h}, 8-bit grey)")
+
+
+# ---------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("demo-run"),
+    n_studies: Annotated[int, typer.Option("--n-studies", min=20, help="Synthetic studies to generate.")] = 400,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Run the main job on the embedded SYNTHETIC demo data.
+
+    Generates the data, inspects it and runs the whole pipeline (train, CFT, evaluate,
+    report) into one run folder. Finishes on a laptop CPU in a few minutes."""
+    from .demo_job import run_demo
+
+    summary = run_demo(out, n_studies=n_studies, seed=seed, console=console)
+    console.print(f"[bold]demo finished[/bold]: everything is in {summary['out']}")
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors, exit code 2 for user mistakes."""
+    try:
+        app()  # standalone mode: typer/click handle --help, usage errors and exit codes
+    except CxrkitError as e:
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        where = f"{e.filename}: " if e.filename else ""
+        err_console.print(f"error: {where}{e.strerror or e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
