@@ -75,6 +75,8 @@ def data_demo(
     images have the findings drawn in (enlarged heart, effusion meniscus, ...)."""
     from .data.demo import generate_demo
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CxrkitError(f"{out_dir}: exists and is not a folder")
     d = generate_demo(out_dir, n_studies=n_studies, seed=seed, size=size)
     console.print(f"wrote synthetic demo data: {d.n_train_images} train + {d.n_valid_images} valid images")
     console.print(f"  {d.train_csv}\n  {d.valid_csv}")
@@ -184,7 +186,7 @@ def main() -> None:
     except CxrkitError as e:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+    except OSError as e:  # missing / unwritable / existing paths, full disk
         where = f"{e.filename}: " if e.filename else ""
         err_console.print(f"error: {where}{e.strerror or e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)

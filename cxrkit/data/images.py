@@ -157,9 +157,16 @@ class DicomInfo:
         return asdict(self)
 
 
+def _quiet_pydicom() -> None:
+    # pydicom logs every lenient parse at WARNING; cxrkit reports problems itself
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
 def _dcmread(path: Path, stop_before_pixels: bool = False) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
+
+    _quiet_pydicom()
 
     try:
         with warnings.catch_warnings():
