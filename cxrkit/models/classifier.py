@@ -1,0 +1,139 @@
+"""The model split every cxrkit model follows::
+
+    image -> backbone -> features z (B x Z, or B x C x Z for per-class features) -> head -> logits
+
+``head`` is a linear layer whose row ``(w_c, b_c)`` is category c's logistic regression
+(seed 000, eq. 1). Category-wise Fine-Tuning caches ``z = model.features(x)`` once and
+fine-tunes the rows; ``logits_from_features`` turns cached features back into logits.
+
+Architectures are registered by name (``arch`` in the config); ``classifier`` is the plain
+``backbone -> [optional FC neck] -> dropout -> Linear(Z, C)`` model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .registry import BackboneSpec, build_backbone
+
+
+@dataclass
+class ModelConfig:
+    """What to build. ``arch``: registered architecture (``classifier`` by default);
+    ``backbone``: registered name or any timm model; ``pretrained`` / ``weights``: hub or
+    local weights for the backbone (ignored when loading a saved model); ``in_chans``: 1 or 3;
+    ``feature_dim``: optional FC layer changing Z (seed 000, Table VIII); ``drop_rate``:
+    dropout on z before the head."""
+
+    arch: str = "classifier"
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    weights: str | None = None
+    in_chans: int = 3
+    feature_dim: int | None = None
+    drop_rate: float = 0.0
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown model keys {sorted(unknown)}; use {sorted(known)}")
+        return cls(**dict(d))
+
+
+class Classifier(nn.Module):
+    """``backbone -> [neck] -> z -> dropout -> head``; ``head.weight`` is C x Z."""
+
+    per_class_features = False
+
+    def __init__(self, backbone: nn.Module, backbone_dim: int, num_classes: int, feature_dim: int | None = None,
+                 drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck: nn.Module = nn.Linear(backbone_dim, feature_dim) if feature_dim else nn.Identity()
+        self.feature_dim = int(feature_dim or backbone_dim)
+        self.dropout = nn.Dropout(drop_rate) if drop_rate else nn.Identity()
+        self.head = nn.Linear(self.feature_dim, num_classes)
+        self.num_classes = num_classes
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.backbone(x))
+
+    def logits_from_features(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.features(x))
+
+
+ArchBuilder = Callable[[ModelConfig, int, bool], nn.Module]
+_ARCHS: dict[str, ArchBuilder] = {}
+
+
+def register_arch(name: str) -> Callable[[ArchBuilder], ArchBuilder]:
+    def deco(fn: ArchBuilder) -> ArchBuilder:
+        _ARCHS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_archs() -> list[str]:
+    _load_builtin_archs()
+    return sorted(_ARCHS)
+
+
+def _load_builtin_archs() -> None:
+    """Import optional architecture modules so they register themselves."""
+    import importlib
+
+    for mod in ("cxrkit.models.query2label", "cxrkit.models.mlvpt"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+@register_arch("classifier")
+def _classifier(cfg: ModelConfig, num_classes: int, load_weights: bool) -> nn.Module:
+    spec = BackboneSpec(cfg.backbone, pretrained=cfg.pretrained and load_weights,
+                        weights=cfg.weights if load_weights else None, in_chans=cfg.in_chans,
+                        kwargs=dict(cfg.backbone_kwargs))
+    backbone, dim = build_backbone(spec)
+    return Classifier(backbone, dim, num_classes, feature_dim=cfg.feature_dim, drop_rate=cfg.drop_rate)
+
+
+def build_model(cfg: ModelConfig | Mapping[str, Any], num_classes: int, load_weights: bool = True) -> nn.Module:
+    """Build the configured model for ``num_classes`` classes. ``load_weights=False`` skips
+    pretrained / local backbone weights (used when the weights come from a saved model)."""
+    if not isinstance(cfg, ModelConfig):
+        cfg = ModelConfig.from_dict(cfg)
+    if cfg.in_chans not in (1, 3):
+        raise ConfigError(f"model in_chans must be 1 or 3, got {cfg.in_chans}")
+    if num_classes < 1:
+        raise ConfigError("a model needs at least one class")
+    if cfg.arch not in _ARCHS:
+        _load_builtin_archs()
+    if cfg.arch not in _ARCHS:
+        raise ConfigError(f"unknown architecture {cfg.arch!r}; use one of {list_archs()}")
+    return _ARCHS[cfg.arch](cfg, num_classes, load_weights)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

@@ -1,0 +1,154 @@
+"""Backbone registry: a string in a config selects a feature extractor.
+
+A backbone is any ``nn.Module`` mapping images (B x C x H x W) to pooled features (B x Z);
+a builder returns ``(module, Z)``. Names resolve in this order:
+
+1. names registered here with :func:`register_backbone` (``monai-densenet121``,
+   ``tiny-cnn``, ...);
+2. ``timm:<name>`` or any other name: a timm model created with ``num_classes=0``
+   (pooled features). ``pretrained=True`` loads the hub weights when online, or the local
+   file given as ``weights`` (``.safetensors`` or a ``.pth`` state dict, loaded with
+   ``weights_only=True``, never unpickled) through timm's ``pretrained_cfg_overlay``.
+   timm adapts the first convolution when ``in_chans`` differs from the weights (1-channel
+   radiographs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackboneSpec:
+    name: str
+    pretrained: bool = False
+    weights: str | None = None
+    in_chans: int = 3
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[[BackboneSpec], tuple[nn.Module, int]]
+_BACKBONES: dict[str, Builder] = {}
+
+
+def register_backbone(name: str) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        _BACKBONES[name] = fn
+        return fn
+
+    return deco
+
+
+def list_backbones() -> list[str]:
+    """Registered names; any timm model name works too (``timm.list_models()``)."""
+    return sorted(_BACKBONES)
+
+
+def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    if spec.weights is not None and not Path(spec.weights).is_file():
+        raise ConfigError(f"backbone weights file not found: {spec.weights}")
+    if spec.name in _BACKBONES:
+        return _BACKBONES[spec.name](spec)
+    name = spec.name[5:] if spec.name.startswith("timm:") else spec.name
+    return _timm_backbone(name, spec)
+
+
+def _timm_backbone(name: str, spec: BackboneSpec) -> tuple[nn.Module, int]:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ConfigError(f"unknown backbone {spec.name!r}: not registered in cxrkit ({list_backbones()}) "
+                          f"nor a timm model{'; similar timm models: ' + ', '.join(close) if close else ''}")
+    kwargs = dict(spec.kwargs)
+    pretrained = spec.pretrained or spec.weights is not None
+    if spec.weights is not None:
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(spec.weights))
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=spec.in_chans, **kwargs)
+    except (RuntimeError, OSError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if pretrained and spec.weights is None:
+            raise ConfigError(f"could not load pretrained weights for {name!r} from the hub ({msg}); offline, "
+                              "give a local file with `weights:`") from None
+        raise ConfigError(f"could not build backbone {name!r} ({msg})") from None
+    # with num_classes=0 timm returns pre-logits features: head_hidden_size where a model has a
+    # hidden head layer (MobileNetV3, ...), num_features otherwise
+    return model, int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def _load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles objects
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ConfigError(f"{path}: not a state dict")
+    return sd
+
+
+@register_backbone("monai-densenet121")
+def _monai_densenet121(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    """MONAI's DenseNet121 (2-D) with its classifier replaced by identity: Z = 1024.
+    MONAI's ``pretrained=True`` downloads torchvision weights; offline use ``weights``."""
+    from monai.networks.nets import DenseNet121
+
+    net = DenseNet121(spatial_dims=2, in_channels=spec.in_chans, out_channels=1,
+                      pretrained=spec.pretrained and spec.weights is None, **spec.kwargs)
+    net.class_layers.out = nn.Identity()
+    if spec.weights is not None:
+        sd = _load_state_dict_file(spec.weights)
+        sd = {k: v for k, v in sd.items() if not k.startswith("class_layers.out")}
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+        if unexpected or [m for m in missing if not m.startswith("class_layers")]:
+            raise ConfigError(f"{spec.weights}: does not match monai-densenet121 "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return net, 1024
+
+
+class TinyCNN(nn.Module):
+    """A small convolutional network (about 0.1 M parameters) for tests, demos and tiny data:
+    four conv-BN-ReLU stages with stride-2 downsampling, global average pooling."""
+
+    def __init__(self, in_chans: int = 3, widths: tuple[int, ...] = (16, 32, 64, 96), drop_rate: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_chans
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c, w, 3, stride=1 if i == 0 else 2, padding=1, bias=False), nn.BatchNorm2d(w),
+                       nn.ReLU(inplace=True), nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
+                       nn.ReLU(inplace=True)]
+            c = w
+        self.body = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout2d(drop_rate) if drop_rate else nn.Identity()
+        self.num_features = c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.drop(self.body(x))).flatten(1)
+
+
+@register_backbone("tiny-cnn")
+def _tiny_cnn(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    kwargs = dict(spec.kwargs)
+    if "widths" in kwargs:
+        kwargs["widths"] = tuple(int(w) for w in kwargs["widths"])
+    net = TinyCNN(spec.in_chans, **kwargs)
+    if spec.weights is not None:
+        net.load_state_dict(_load_state_dict_file(spec.weights))
+    return net, net.num_features
