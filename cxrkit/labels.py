@@ -396,3 +396,19 @@ def head_medium_tail(
         return ["head" if p >= hi else "tail" if p <= lo else "medium" for p in pos]
     g = frequency_groups(pos, 3)  # 0 fewest -> tail
     return [HEAD_MEDIUM_TAIL[2 - int(i)] for i in g]
+
+
+def subsets_for(classes: Sequence[str], label_space: str | None = None) -> dict[str, list[str]]:
+    """Named class subsets (e.g. CheXpert's 5 competition classes) whose classes are all in
+    ``classes``: from ``label_space`` when given, else from the first built-in space that has
+    a matching subset."""
+    names = [label_space] if label_space else ["chexpert", "cxr-lt", "nih", "coco"]
+    for name in names:
+        try:
+            space = get_label_space(name)
+        except ConfigError:
+            continue
+        subs = {k: list(v) for k, v in space.subsets.items() if all(c in classes for c in v)}
+        if subs:
+            return subs
+    return {}

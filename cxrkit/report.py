@@ -80,3 +80,51 @@ def plot_curves(series: Mapping[str, Sequence[float]], path: str | Path, xlabel:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_roc_pr(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], roc_path: str | Path,
+                pr_path: str | Path, max_classes: int = 30) -> tuple[Path, Path]:
+    """Per-class ROC and precision-recall curves as small multiples (known labels only)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    plt = _plt()
+    n = min(len(classes), max_classes)
+    cols = min(5, n)
+    rows = int(np.ceil(n / cols))
+    figs = {}
+    for kind in ("roc", "pr"):
+        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.5 * rows), squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        figs[kind] = (fig, axes.ravel())
+    for j in range(n):
+        known = ~np.isnan(targets[:, j])
+        y, s = targets[known, j], probs[known, j]
+        for kind in ("roc", "pr"):
+            ax = figs[kind][1][j]
+            ax.axis("on")
+            ax.set_title(classes[j][:28], fontsize=7)
+            ax.tick_params(labelsize=6)
+            if y.min(initial=1) == y.max(initial=0):
+                ax.text(0.5, 0.5, "undefined\n(one class only)", ha="center", va="center", fontsize=7)
+                continue
+            if kind == "roc":
+                fpr, tpr, _ = roc_curve(y, s)
+                ax.plot(fpr, tpr, lw=1.2)
+                ax.plot([0, 1], [0, 1], "k:", lw=0.6)
+                ax.set_xlabel("FPR", fontsize=6)
+                ax.set_ylabel("TPR", fontsize=6)
+            else:
+                prec, rec, _ = precision_recall_curve(y, s)
+                ax.plot(rec, prec, lw=1.2)
+                ax.axhline(y.mean(), color="k", ls=":", lw=0.6)
+                ax.set_xlabel("recall", fontsize=6)
+                ax.set_ylabel("precision", fontsize=6)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+    for kind, path in (("roc", roc_path), ("pr", pr_path)):
+        fig = figs[kind][0]
+        fig.suptitle("ROC (validation)" if kind == "roc" else "precision-recall (validation)", fontsize=9)
+        fig.tight_layout()
+        _save(fig, path)
+    return Path(roc_path), Path(pr_path)

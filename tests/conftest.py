@@ -30,3 +30,34 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     generate_demo(out, n_studies=160, seed=123, size=64, show_progress=False)
     return out
+
+
+def tiny_config(data_dir: Path, **overrides: object) -> "TrainConfig":  # noqa: F821
+    """A seconds-long training config on the demo data (tiny CNN, 32 px)."""
+    from cxrkit.train.config import load_config
+
+    raw = {
+        "name": "tiny",
+        "label_space": "chexpert",
+        "data": {"train": {"table": str(data_dir / "train.csv")}, "valid": {"table": str(data_dir / "valid.csv")},
+                 "label_policy": {"uncertain": "ones-lsr", "unknown": "negative"}, "cache": "memory", "workers": 0},
+        "preprocessing": {"size": 32, "channels": 1, "mean": [0.5], "std": [0.25]},
+        "augmentation": {"name": "chexpert"},
+        "model": {"backbone": "tiny-cnn", "in_chans": 1, "backbone_kwargs": {"widths": [8, 16, 32]}},
+        "loss": {"name": "bce", "params": {"reduction": "mean"}},
+        "optim": {"name": "adam", "lr": 0.003},
+        "schedule": {"name": "onecycle"},
+        "train": {"epochs": 2, "batch_size": 32, "seed": 0},
+    }
+    ovs = [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(raw=raw, overrides=ovs)
+
+
+@pytest.fixture(scope="session")
+def trained_model(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained for 3 epochs on the session's demo data: RUN_DIR/model."""
+    from cxrkit.train.trainer import fit
+
+    out = tmp_path_factory.mktemp("run")
+    fit(tiny_config(demo_data, **{"train.epochs": 3}), out, show_progress=False)
+    return out / "model"

@@ -1,0 +1,515 @@
+"""The trainer behind ``cxrkit train``.
+
+One epoch = seeded shuffle -> (augmented, cached) batches -> loss on targets made by the
+label policy (LSR values redrawn every epoch) -> optimiser step with the scheduled LR,
+optional gradient clipping, AMP on CUDA and an EMA of the weights -> validation (all
+metrics) -> checkpoint. The best epoch by the monitored validation metric becomes the
+saved model, with per-class thresholds chosen on validation.
+
+Everything random is derived from (seed, epoch, index), and checkpoints hold the model,
+EMA, optimiser state and counters (safetensors + JSON), so ``--resume`` after an
+interruption gives the same weights as an uninterrupted run. Under ``torchrun`` each
+process trains on its shard with DistributedDataParallel; rank 0 writes the run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..artifact import ModelMeta, default_thresholds, replace_dir, save_model
+from ..data.augment import build_augmentation
+from ..data.dataset import EpochSampler, ImageDataset, ImageSet, load_images, sample_seed
+from ..data.preprocess import Preprocessing
+from ..data.tables import LabelTable, load_table, resolve_image_paths, summarize as summarize_table
+from ..errors import ConfigError, CxrkitError
+from ..inference import autocast, resolve_device, run_batches
+from ..labels import UncertaintyPolicy, apply_uncertainty, subsets_for
+from ..losses import build_loss
+from ..metrics import best_thresholds, summarize as summarize_metrics
+from ..models import build_model
+from ..utils import atomic_write, progress, write_json
+from .config import TableRef, TrainConfig, dump_config
+from .distributed import DistInfo, barrier, broadcast_flag, cleanup, gather_rows, init_distributed
+from .schedule import lr_at
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class SplitData:
+    """One split, decoded: the table rows that have a readable image, aligned with ``images``."""
+
+    table: LabelTable
+    images: ImageSet
+    rows: np.ndarray  # indices into images (readable rows)
+    labels: np.ndarray  # labels of those rows
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    model_dir: Path
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    completed: bool
+
+
+def load_split(ref: TableRef, cfg: TrainConfig, pre: Preprocessing, role: str, show_progress: bool = True,
+               classes: list[str] | None = None) -> SplitData:
+    """Read a table (one split of it), keep the configured classes and views, find and decode
+    the images. Missing and unreadable files are recorded, not fatal."""
+    table = load_table(ref.table, format=ref.format)
+    if ref.split:
+        table = select_split(table, ref.split)
+    wanted = classes or cfg.data.classes
+    if wanted:
+        table = table.select_classes(list(wanted))
+    if cfg.data.views:
+        keep = {v.upper() for v in cfg.data.views}
+        if "view" not in table.meta.columns:
+            raise ConfigError(f"{ref.table}: data.views is set but the table has no view information")
+        mask = table.meta["view"].astype(str).str.upper().isin(keep).to_numpy()
+        table = table.select(mask)
+    if len(table) == 0:
+        raise CxrkitError(f"{ref.table}: no {role} rows left after selecting split / views")
+    paths, exists = resolve_image_paths(table, ref.images_root)
+    failures = [{"row": int(i), "path": str(paths[i]), "reason": "missing", "detail": "file not found"}
+                for i in np.flatnonzero(~exists)]
+    images = load_images(paths, pre, cache=cfg.data.cache, cache_dir=cfg.data.cache_dir, workers=cfg.data.workers,
+                         dtype=cfg.data.cache_dtype, description=f"decoding {role} images", show_progress=show_progress)
+    failures += [f for f in images.failures if f["reason"] != "missing"]
+    rows = np.flatnonzero(images.ok)
+    if len(rows) == 0:
+        raise CxrkitError(f"{ref.table}: none of the {len(table)} {role} images could be read "
+                          f"(first: {failures[0]['path']}: {failures[0]['detail']})")
+    if failures:
+        log.warning("%s: %d of %d %s images missing or unreadable; they are left out", ref.table, len(failures),
+                    len(table), role)
+    return SplitData(table, images, rows, table.labels[rows].astype(np.float32), failures)
+
+
+def select_split(table: LabelTable, split: str) -> LabelTable:
+    """Rows of one split: a value of the table's ``split`` column, or a text file listing the
+    image ids of the split one per line (NIH's ``train_val_list.txt`` / ``test_list.txt``)."""
+    p = Path(split)
+    if p.suffix == ".txt" and p.is_file():
+        wanted = {ln.strip() for ln in p.read_text().splitlines() if ln.strip()}
+        mask = np.array([str(i) in wanted or Path(str(i)).name in wanted for i in table.ids])
+        if not mask.any():
+            raise CxrkitError(f"{p}: none of its {len(wanted)} ids are in {table.source}")
+        return table.select(mask)
+    return table.split(split)
+
+
+def eval_targets(labels: np.ndarray, uncertain: str = "ignore") -> np.ndarray:
+    """Validation / evaluation targets: 1 / 0 / NaN; uncertain labels mapped by a hard policy."""
+    pol = UncertaintyPolicy.parse(uncertain)
+    if pol in (UncertaintyPolicy.ONES_LSR, UncertaintyPolicy.ZEROS_LSR):
+        raise ConfigError("evaluation cannot use an LSR policy for uncertain labels; use ignore, ones or zeros")
+    return apply_uncertainty(labels, pol)
+
+
+def masked_bce(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean binary cross-entropy over known entries (NaN targets skipped)."""
+    known = ~np.isnan(targets)
+    if not known.any():
+        return float("nan")
+    x = logits[known].astype(np.float64)
+    y = targets[known].astype(np.float64)
+    return float(np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))))
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints (safetensors + JSON; nothing pickled)
+# ---------------------------------------------------------------------------------------
+
+
+def _cpu_tensors(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    out, seen = {}, set()
+    for k, v in sd.items():
+        t = v.detach().cpu().contiguous()
+        if t.data_ptr() in seen and t.numel():
+            t = t.clone()
+        seen.add(t.data_ptr())
+        out[prefix + k] = t
+    return out
+
+
+def save_checkpoint(out: Path, model: nn.Module, ema: Any, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = _cpu_tensors(model.state_dict(), "model.")
+    if ema is not None:
+        tensors.update(_cpu_tensors(ema.module.state_dict(), "ema."))
+    osd = opt.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in osd["state"].items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    meta = dict(state)
+    meta["optimizer"] = {"param_groups": osd["param_groups"], "scalars": scalars}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}.", dir=out))
+    try:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=float))
+        replace_dir(tmp, out / CHECKPOINT_DIR)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_checkpoint(out: Path, model: nn.Module, ema: Any, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    d = out / CHECKPOINT_DIR
+    tensors = load_file(str(d / "state.safetensors"))
+    meta = json.loads((d / "state.json").read_text())
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if ema_sd:
+            ema.module.load_state_dict(ema_sd)
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    for pid, sc in meta["optimizer"]["scalars"].items():
+        state.setdefault(int(pid), {}).update(sc)
+    opt.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    meta.pop("optimizer")
+    return meta
+
+
+def has_checkpoint(out: Path) -> bool:
+    return (out / CHECKPOINT_DIR / "state.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)  # type: ignore[arg-type]
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)  # type: ignore[arg-type]
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def _setup_file_log(out: Path) -> logging.Handler:
+    h = logging.FileHandler(out / "train.log")
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("cxrkit").addHandler(h)
+    if logging.getLogger("cxrkit").level == logging.NOTSET:
+        logging.getLogger("cxrkit").setLevel(logging.INFO)
+    return h
+
+
+def _write_failures(path: Path, failures: list[dict[str, str]]) -> None:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "reason", "detail"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(failures)
+
+
+def _history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    keys = ["epoch", "lr", "train_loss", "valid_loss", "mAUC", "mAP", "mF1", "monitor", "seconds"]
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        for h in history:
+            w.writerow({k: h.get(k) for k in keys})
+
+
+def _monitor_value(cfg: TrainConfig, summary: dict[str, Any], valid_loss: float) -> float:
+    m = cfg.train.monitor
+    if m == "loss":
+        return -valid_loss
+    if cfg.train.monitor_subset:
+        sub = summary.get("subsets", {}).get(cfg.train.monitor_subset)
+        if sub is None:
+            raise ConfigError(f"train.monitor_subset {cfg.train.monitor_subset!r} is not a subset of this label space")
+        v = sub.get(m)
+    else:
+        v = summary.get(m)
+    return float("nan") if v is None else float(v)
+
+
+def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epochs: int | None = None,
+        show_progress: bool = True, console: Any = None) -> TrainResult:
+    """Train ``cfg`` into the run folder ``out``."""
+    say = (console.print if console is not None else (lambda *a, **k: None))
+    out = Path(out)
+    device = resolve_device(cfg.train.device)
+    dist_info = init_distributed(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    main = dist_info.is_main
+    show = show_progress and main
+    handler = None
+    try:
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            if has_checkpoint(out) and not resume:
+                raise CxrkitError(f"{out}: holds a checkpoint of an earlier run; use --resume to continue it or "
+                                  "choose another --out")
+            handler = _setup_file_log(out)
+            dump_config(cfg, out / "config.yaml")
+        barrier(dist_info)
+        torch.manual_seed(cfg.train.seed)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        pre = cfg.preprocessing_obj
+        # rank 0 decodes (and fills the disk cache) first; the others then read the cache
+        splits: dict[str, SplitData] = {}
+        for turn in ([0] if not dist_info.enabled else [0, 1]):
+            if (turn == 0) == main:
+                splits["train"] = load_split(cfg.data.train, cfg, pre, "train", show)
+                splits["valid"] = load_split(cfg.data.valid, cfg, pre, "valid", show,
+                                             classes=list(splits["train"].table.classes))
+            barrier(dist_info)
+        train, valid = splits["train"], splits["valid"]
+        classes = train.table.classes
+        if valid.table.classes != classes:
+            raise CxrkitError(f"train and valid tables have different classes ({len(classes)} vs "
+                              f"{len(valid.table.classes)}); set data.classes")
+        if main:
+            _write_failures(out / "data_failures.csv", [dict(f, split="train") for f in train.failures]
+                            + [dict(f, split="valid") for f in valid.failures])
+            dist_summary = summarize_table(train.table.select(train.rows))
+            write_json(out / "label_distribution.json", dist_summary)
+            from ..report import plot_label_distribution
+
+            plot_label_distribution(dist_summary, out / "label_distribution.png")
+            say(f"train: {len(train.rows)} images, valid: {len(valid.rows)} images, {len(classes)} classes"
+                + (f" ({len(train.failures) + len(valid.failures)} unreadable / missing, see data_failures.csv)"
+                   if train.failures or valid.failures else ""))
+
+        policy = cfg.label_policy
+        policy.resolve(classes)  # validates per-class names
+        valid_t = eval_targets(valid.labels, cfg.data.valid_uncertain)
+        model = build_model(cfg.model_config, len(classes)).to(device)
+        if dist_info.enabled and cfg.train.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ema = None
+        if cfg.train.ema:
+            from timm.utils import ModelEmaV3
+
+            ema = ModelEmaV3(model, decay=float(cfg.train.ema))
+        opt = _optimizer(cfg, model)
+        loss_fn = build_loss(cfg.loss.name, **cfg.loss.params)
+        if hasattr(loss_fn, "to"):
+            loss_fn = loss_fn.to(device)
+        augment = build_augmentation(cfg.augmentation.name, **cfg.augmentation.params)
+        train_ds = ImageDataset(train.images, train.rows, pre, augment, seed=cfg.train.seed)
+        sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.train.seed, rank=dist_info.rank,
+                               world_size=dist_info.world_size)
+        pin = device.type == "cuda"
+        workers = cfg.data.workers
+        loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
+                            pin_memory=pin, drop_last=len(sampler) > cfg.train.batch_size,
+                            persistent_workers=workers > 0)
+        valid_ds = ImageDataset(valid.images, valid.rows, pre, None)
+        valid_sampler = EpochSampler(len(valid_ds), shuffle=False, rank=dist_info.rank,
+                                     world_size=dist_info.world_size, pad=False)
+        eval_bs = cfg.train.eval_batch_size or cfg.train.batch_size * 2
+        valid_loader = DataLoader(valid_ds, batch_size=eval_bs, sampler=valid_sampler, num_workers=workers,
+                                  pin_memory=pin, persistent_workers=workers > 0)
+        steps_per_epoch = len(loader)
+        total_steps = steps_per_epoch * cfg.train.epochs
+
+        state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0,
+                                 "history": [], "completed": False}
+        if resume and has_checkpoint(out):
+            state = load_checkpoint(out, model, ema, opt)
+            if main:
+                say(f"resuming from epoch {state['epoch'] + 1} of {cfg.train.epochs}")
+        elif resume and main:
+            say("no checkpoint to resume from; starting a new run")
+        if state.get("completed"):
+            return _result(out, state)
+        net: nn.Module = model
+        if dist_info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            net = DDP(model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp
+                                      and not torch.cuda.is_bf16_supported())
+        subsets = subsets_for(list(classes), cfg.label_space)
+        epochs_this_run = 0
+        for epoch in range(int(state["epoch"]), cfg.train.epochs):
+            t0 = time.time()
+            torch.manual_seed(sample_seed(cfg.train.seed, epoch, 0x5EED))  # dropout etc.
+            targets = torch.from_numpy(policy.targets(train.labels, classes,
+                                                      np.random.default_rng([cfg.train.seed, epoch, 17])))
+            sampler.set_epoch(epoch)
+            net.train()
+            losses = []
+            step = int(state["step"])
+            lr = cfg.optim.lr
+            for x, idx in progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}", total=steps_per_epoch,
+                                   enabled=show):
+                lr = lr_at(step, total_steps, cfg.optim.lr, cfg.schedule, steps_per_epoch)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                x = x.to(device, non_blocking=True)
+                y = targets[idx].to(device, non_blocking=True)
+                with autocast(device, cfg.train.amp):
+                    logits = net(x)
+                loss = loss_fn(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise CxrkitError(f"epoch {epoch + 1}: loss became {loss.item()}; lower optim.lr or set "
+                                      "train.grad_clip")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.train.grad_clip:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                if ema is not None:
+                    ema.update(model, step=step)
+                losses.append(float(loss.detach()))
+                step += 1
+            state["step"] = step
+            # validation on the EMA weights when EMA is on
+            eval_model = ema.module if ema is not None else model
+            eval_model.eval()
+            logits_v, keys = run_batches(eval_model, valid_loader, device, amp=cfg.train.amp, show_progress=False)
+            idx_v = np.concatenate([np.asarray(k) for k in keys]) if keys else np.zeros(0, dtype=np.int64)
+            logits_all = gather_rows(torch.from_numpy(logits_v), dist_info).numpy()
+            idx_all = gather_rows(torch.from_numpy(idx_v), dist_info).numpy()
+            order = np.argsort(idx_all, kind="stable")
+            logits_all = logits_all[order]
+            stop = False
+            if main:
+                probs = 1.0 / (1.0 + np.exp(-logits_all.astype(np.float64)))
+                valid_loss = masked_bce(logits_all, valid_t)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    summary = summarize_metrics(valid_t, probs, list(classes), subsets=subsets)
+                monitor = _monitor_value(cfg, summary, valid_loss)
+                rec = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                       "valid_loss": valid_loss, "mAUC": summary.get("mAUC"), "mAP": summary.get("mAP"),
+                       "mF1": summary.get("mF1"), "monitor": monitor, "seconds": round(time.time() - t0, 2),
+                       "per_class_auc": {c["name"]: c["auc"] for c in summary["classes"]}}
+                state["history"].append(rec)
+                improved = np.isfinite(monitor) and (state["best"] is None or monitor > state["best"])
+                if improved or state["best"] is None:
+                    state["best"], state["best_epoch"], state["bad_epochs"] = monitor, epoch + 1, 0
+                    thr = best_thresholds(valid_t, probs, method=cfg.train.threshold_method)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        final = summarize_metrics(valid_t, probs, list(classes), thresholds=default_thresholds(thr),
+                                                  subsets=subsets)
+                    _save_best(out, eval_model, cfg, classes, default_thresholds(thr), final, epoch + 1)
+                    np.save(out / ".best_valid_probs.npy", probs.astype(np.float32))
+                else:
+                    state["bad_epochs"] += 1
+                say(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {rec['train_loss']:.4f}  valid loss "
+                    f"{valid_loss:.4f}  mAUC {_fmt(rec['mAUC'])}  mAP {_fmt(rec['mAP'])}"
+                    + ("  [best]" if state["best_epoch"] == epoch + 1 else ""))
+                log.info("epoch %d: %s", epoch + 1, {k: v for k, v in rec.items() if k != "per_class_auc"})
+                if cfg.train.patience is not None and state["bad_epochs"] >= cfg.train.patience:
+                    say(f"early stop: no improvement of {cfg.train.monitor} for {cfg.train.patience} epochs")
+                    stop = True
+                state["epoch"] = epoch + 1
+                state["completed"] = stop or epoch + 1 == cfg.train.epochs
+                save_checkpoint(out, model, ema, opt, state)
+                write_json(out / "metrics.json", state["history"])
+                _history_csv(out / "metrics.csv", state["history"])
+            else:
+                state["epoch"] = epoch + 1
+            stop = broadcast_flag(stop, dist_info)
+            barrier(dist_info)
+            epochs_this_run += 1
+            if stop:
+                break
+            if stop_after_epochs is not None and epochs_this_run >= stop_after_epochs and epoch + 1 < cfg.train.epochs:
+                say(f"stopping after {epochs_this_run} epoch(s) as asked; continue with --resume")
+                return _result(out, state, completed=False)
+        state["completed"] = True
+        if main:
+            save_checkpoint(out, model, ema, opt, state)
+            _final_report(out, cfg, classes, valid_t, state)
+        barrier(dist_info)
+        return _result(out, state)
+    finally:
+        if handler is not None:
+            logging.getLogger("cxrkit").removeHandler(handler)
+            handler.close()
+        cleanup(dist_info)
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def _save_best(out: Path, model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...], thresholds: list[float],
+               metrics: dict[str, Any], epoch: int) -> None:
+    meta = ModelMeta(
+        classes=list(classes),
+        preprocessing=cfg.preprocessing_obj.to_dict(),
+        model=cfg.model_config.to_dict(),
+        thresholds=thresholds,
+        name=cfg.name,
+        threshold_method=cfg.train.threshold_method,
+        label_space=cfg.label_space,
+        train_config=cfg.to_dict(),
+        metrics={"valid": metrics, "epoch": epoch},
+    )
+    save_model(out / "model", model, meta)
+
+
+def _result(out: Path, state: dict[str, Any], completed: bool | None = None) -> TrainResult:
+    best = next((h for h in state["history"] if h["epoch"] == state.get("best_epoch")), {})
+    return TrainResult(out, out / "model", int(state.get("best_epoch") or 0), best, state["history"],
+                       state["completed"] if completed is None else completed)
+
+
+def _final_report(out: Path, cfg: TrainConfig, classes: tuple[str, ...], valid_t: np.ndarray,
+                  state: dict[str, Any]) -> None:
+    from ..report import plot_curves, plot_roc_pr
+
+    hist = state["history"]
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_curves({"train loss": [h["train_loss"] for h in hist], "valid BCE": [h["valid_loss"] for h in hist]},
+                plots / "loss.png", ylabel="loss", title=f"{cfg.name}: loss")
+    plot_curves({"valid mAUC": [h["mAUC"] if h["mAUC"] is not None else float("nan") for h in hist],
+                 "valid mAP": [h["mAP"] if h["mAP"] is not None else float("nan") for h in hist]},
+                plots / "metrics.png", ylabel="score", title=f"{cfg.name}: validation")
+    probs_file = out / ".best_valid_probs.npy"
+    if probs_file.is_file():
+        probs = np.load(probs_file)
+        plot_roc_pr(valid_t, probs, list(classes), plots / "roc.png", plots / "pr.png")
+        probs_file.unlink()
+    write_json(out / "summary.json", {"name": cfg.name, "best_epoch": state["best_epoch"],
+                                      "monitor": cfg.train.monitor, "best_monitor": state["best"],
+                                      "epochs_run": len(hist), "model": str(out / "model")})
