@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Label tables and images: demo data, inspect, render.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+weights_app = typer.Typer(help="Pretrained weight files: convert third-party state dicts for timm.", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -156,6 +158,132 @@ def data_render(
             raise CxrkitError(f"{out}: could not write PNG")
     h, w = img.shape
     console.print(f"wrote {out} ({w}x{h}, 8-bit grey)")
+
+
+# ---------------------------------------------------------------------------------------
+# train / evaluate / predict
+# ---------------------------------------------------------------------------------------
+
+
+@app.command("train", context_settings={"allow_extra_args": False})
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config (see configs/).")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="Config overrides key.sub=value, e.g. train.epochs=3 optim.lr=3e-4.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default runs/<name>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out from its last checkpoint.")] = False,
+    stop_after_epochs: Annotated[Optional[int], typer.Option("--stop-after-epochs", min=1, help="Stop after this many epochs of this invocation (continue later with --resume).")] = None,
+) -> None:
+    """Train a model from a YAML config into a run folder.
+
+    The run folder gets the resolved config, per-epoch metrics (JSON/CSV), plots, a
+    resumable checkpoint and the best model as RUN_DIR/model. Under torchrun it trains with
+    DistributedDataParallel."""
+    from .train.config import load_config
+    from .train.trainer import fit
+
+    ovs = list(overrides or [])
+    if resume and out is not None and (out / "config.yaml").is_file():
+        cfg = load_config(out / "config.yaml", ovs)
+    else:
+        cfg = load_config(config, ovs)
+    run_dir = out or Path("runs") / cfg.name
+    res = fit(cfg, run_dir, resume=resume, stop_after_epochs=stop_after_epochs, console=console)
+    if res.completed:
+        b = res.best_metrics
+        console.print(f"[bold]done[/bold]: best epoch {res.best_epoch}, valid mAUC {b.get('mAUC')}, "
+                      f"mAP {b.get('mAP')}; model in {res.model_dir}")
+
+
+def _print_eval(summary: dict) -> None:
+    tab = Table(title=f"{summary.get('table')} ({summary['n_samples']} images)")
+    for col in ("class", "AUC", "AP", "F1", "threshold", "pos", "neg"):
+        tab.add_column(col, justify="left" if col == "class" else "right")
+
+    def f(v: object) -> str:
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    for c in summary["classes"]:
+        tab.add_row(c["name"], f(c["auc"]), f(c["ap"]), f(c["f1"]), f(c["threshold"]), str(c["n_pos"]), str(c["n_neg"]))
+    console.print(tab)
+    console.print(f"mAUC {f(summary['mAUC'])}   mAP {f(summary['mAP'])}   mF1 {f(summary['mF1'])}   "
+                  f"CF1 {f(summary['CF1'])}   OF1 {f(summary['OF1'])}")
+    for name, sub in (summary.get("subsets") or {}).items():
+        console.print(f"{name}: mAUC {f(sub.get('mAUC'))}  mAP {f(sub.get('mAP'))}")
+    groups = summary.get("groups") or {}
+    hmt = {g: groups[g] for g in ("head", "medium", "tail") if g in groups}
+    if hmt:
+        console.print("  ".join(f"{g}: mAUC {f(v.get('mAUC'))}" for g, v in hmt.items()))
+    for w in summary.get("warnings", []):
+        err_console.print(f"warning: {w}", markup=False, highlight=False)
+    if summary.get("n_failed"):
+        err_console.print(f"warning: {summary['n_failed']} image(s) missing or unreadable were left out", markup=False)
+
+
+@app.command("evaluate")
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="Saved model folder (RUN_DIR/model).")],
+    table: Annotated[Path, typer.Argument(help="Labelled table (any supported format).")],
+    images_root: Annotated[Optional[Path], typer.Option("--images-root", help="Folder the table's image paths are relative to.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON here.")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Table format (default: detect).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Only rows whose split column equals this.")] = None,
+    uncertain: Annotated[str, typer.Option("--uncertain", help="Score uncertain (-1) labels as: ignore, ones or zeros.")] = "ignore",
+    tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation set: none, flip, seed000, seed000+flip.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+) -> None:
+    """Score a saved model on a labelled table: per-class AUC / AP / F1 and their means."""
+    from .artifact import load_model
+    from .evaluate import evaluate_table
+    from .inference import resolve_device
+    from .utils import write_json
+
+    m = load_model(model, device=resolve_device(device))
+    summary = evaluate_table(m, table, images_root=images_root, format=format, split=split, batch_size=batch_size,
+                             workers=workers, tta=tta, uncertain=uncertain)
+    _print_eval(summary)
+    if json_out:
+        write_json(json_out, summary)
+        console.print(f"wrote {json_out}")
+
+
+@app.command("predict")
+def predict(
+    model: Annotated[Path, typer.Argument(help="Saved model folder.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or label tables.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output CSV (one row per image).")] = Path("preds.csv"),
+    images_root: Annotated[Optional[Path], typer.Option("--images-root", help="For table inputs: folder their paths are relative to.")] = None,
+    tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation set: none, flip, seed000, seed000+flip.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")] = "auto",
+) -> None:
+    """Predict every image found in the inputs; write probabilities and a failures file.
+
+    One row per image with a probability column per label; every unreadable input is listed
+    with its reason in <out>.failures.csv. Exits non-zero only if nothing could be predicted."""
+    from .artifact import load_model
+    from .inference import resolve_device
+    from .predict import run_predict
+
+    m = load_model(model, device=resolve_device(device))
+    res = run_predict(m, inputs, out, batch_size=batch_size, workers=workers, tta=tta, images_root=images_root)
+    console.print(f"predicted {res['predicted']} image(s) -> {res['out']}"
+                  + (f"; {res['failed']} not used, see {res['failures']}" if res["failed"] else ""))
+
+
+@weights_app.command("convert")
+def weights_convert(
+    src: Annotated[Path, typer.Argument(help="State dict: .pth / .pt (read with weights_only) or .safetensors.")],
+    dst: Annotated[Path, typer.Argument(help="Output .safetensors for `model.weights` in a config.")],
+    arch: Annotated[str, typer.Option("--arch", help="timm architecture the tensors correspond to, in order.")],
+) -> None:
+    """Rename a third-party state dict onto a timm architecture (by order; shapes checked)."""
+    from .models.weights import convert_weights
+
+    convert_weights(src, dst, arch)
+    console.print(f"wrote {dst} (timm {arch})")
 
 
 # ---------------------------------------------------------------------------------------

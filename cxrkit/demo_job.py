@@ -1,49 +1,111 @@
 """``cxrkit demo``: the main job on the embedded synthetic data.
 
-Generates the data, inspects it and runs every stage that exists, writing everything into
-one run folder with a ``summary.json``.
+Generates the data, inspects it, trains the demo recipe (``DEMO_RECIPE``, the same as
+``configs/demo.yaml``), evaluates the model on the validation split and predicts a few
+files, writing everything into one run folder with a ``summary.json``.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .utils import write_json
 
+#: The recipe `cxrkit demo` trains; configs/demo.yaml holds the same with relative data paths.
+DEMO_RECIPE: dict[str, Any] = {
+    "name": "demo",
+    "label_space": "chexpert",
+    "data": {
+        "train": {"table": "demo-data/train.csv"},
+        "valid": {"table": "demo-data/valid.csv"},
+        "label_policy": {"uncertain": "ones-lsr", "unknown": "negative"},
+        "cache": "memory",
+        "workers": 0,
+    },
+    "preprocessing": {"size": 64, "channels": 1, "mean": [0.5], "std": [0.25]},
+    "augmentation": {"name": "chexpert"},
+    "model": {"backbone": "tiny-cnn", "in_chans": 1, "backbone_kwargs": {"widths": [16, 32, 64, 128]}},
+    "loss": {"name": "bce", "params": {"reduction": "mean"}},
+    "optim": {"name": "adam", "lr": 0.003, "weight_decay": 0.0001},
+    "schedule": {"name": "onecycle", "pct_start": 0.2},
+    "train": {"epochs": 12, "batch_size": 32, "monitor": "mAUC", "threshold_method": "f1", "seed": 0},
+}
 
-def run_demo(out: str | Path, n_studies: int = 400, seed: int = 0, console: Any = None) -> dict[str, Any]:
+
+def run_demo(out: str | Path, n_studies: int = 400, seed: int = 0, console: Any = None,
+             epochs: int | None = None) -> dict[str, Any]:
+    from .artifact import load_model
     from .data.demo import contact_sheet, generate_demo
     from .data.preprocess import Preprocessing
     from .data.tables import load_table, summarize
+    from .evaluate import evaluate_table
+    from .predict import run_predict
     from .report import plot_label_distribution
+    from .train.config import load_config
+    from .train.trainer import fit
 
     say = console.print if console is not None else (lambda *a, **k: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     summary: dict[str, Any] = {"out": str(out), "seed": seed, "stages": {}}
+    n_stages = 5
 
-    say("[bold]1/2 synthetic data[/bold]")
+    say(f"[bold]1/{n_stages} synthetic data[/bold]")
     data_dir = out / "data"
     ds = generate_demo(data_dir, n_studies=n_studies, seed=seed)
     summary["stages"]["data"] = {"train_csv": str(ds.train_csv), "valid_csv": str(ds.valid_csv),
                                  "n_train": ds.n_train_images, "n_valid": ds.n_valid_images}
 
-    say("[bold]2/2 inspect[/bold]")
-    train = load_table(ds.train_csv)
-    s = summarize(train)
+    say(f"[bold]2/{n_stages} inspect[/bold]")
+    train_table = load_table(ds.train_csv)
+    s = summarize(train_table)
     write_json(out / "label_distribution.json", s)
     plot_label_distribution(s, out / "label_distribution.png")
     pre = Preprocessing(size=128)
-    rows = list(range(min(12, len(train))))
-    imgs = [pre.load(data_dir / train.paths[i]) for i in rows]
-    titles = [", ".join(c for c, v in zip(train.classes, train.labels[i]) if v == 1)[:40] or "-" for i in rows]
+    rows = list(range(min(12, len(train_table))))
+    imgs = [pre.load(data_dir / train_table.paths[i]) for i in rows]
+    titles = [", ".join(c for c, v in zip(train_table.classes, train_table.labels[i]) if v == 1)[:40] or "-"
+              for i in rows]
     contact_sheet(imgs, titles, out / "examples.png")
     summary["stages"]["inspect"] = {"json": str(out / "label_distribution.json"),
-                                    "plot": str(out / "label_distribution.png"),
-                                    "examples": str(out / "examples.png")}
+                                    "plot": str(out / "label_distribution.png"), "examples": str(out / "examples.png")}
+
+    say(f"[bold]3/{n_stages} train[/bold]")
+    recipe = copy.deepcopy(DEMO_RECIPE)
+    recipe["data"]["train"]["table"] = str(ds.train_csv)
+    recipe["data"]["valid"]["table"] = str(ds.valid_csv)
+    recipe["train"]["seed"] = seed
+    if epochs is not None:
+        recipe["train"]["epochs"] = epochs
+    cfg = load_config(raw=recipe)
+    run_dir = out / "train"
+    res = fit(cfg, run_dir, resume=(run_dir / "checkpoint").exists(), console=console)
+    model_dir = res.model_dir
+    summary["stages"]["train"] = {"run": str(run_dir), "model": str(model_dir), "best_epoch": res.best_epoch,
+                                  "valid_mAUC": res.best_metrics.get("mAUC"), "valid_mAP": res.best_metrics.get("mAP")}
+
+    say(f"[bold]4/{n_stages} evaluate[/bold]")
+    model = load_model(model_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ev = evaluate_table(model, ds.valid_csv)
+    write_json(out / "evaluation.json", ev)
+    comp = (ev.get("subsets") or {}).get("competition", {})
+    say(f"valid: mAUC {ev['mAUC']:.4f}, mAP {ev['mAP']:.4f}; CheXpert competition 5: mAUC {comp.get('mAUC', 0):.4f}")
+    summary["stages"]["evaluate"] = {"json": str(out / "evaluation.json"), "mAUC": ev["mAUC"], "mAP": ev["mAP"],
+                                     "competition_mAUC": comp.get("mAUC")}
+
+    say(f"[bold]5/{n_stages} predict[/bold]")
+    valid_dir = data_dir / "synthetic-cxr-demo" / "valid"
+    pr = run_predict(model, [valid_dir], out / "predictions.csv", show_progress=False)
+    say(f"predicted {pr['predicted']} images -> {pr['out']}")
+    summary["stages"]["predict"] = pr
+
     summary["seconds"] = round(time.time() - t0, 1)
     write_json(out / "summary.json", summary)
     return summary
