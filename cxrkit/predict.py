@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from .data.augment import tta_views
+from .data.dataset import FileDataset, readable_batches
 from .data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
-from .data.preprocess import Preprocessing
 from .data.tables import LabelTable, load_table, resolve_image_paths
-from .errors import CxrkitError, FailureReason, ImageReadError
+from .errors import CxrkitError, FailureReason
 from .inference import run_batches
 from .utils import atomic_write
 
@@ -109,38 +109,6 @@ def table_items(table: LabelTable, images_root: str | Path | None, failures: lis
     return out
 
 
-class FileDataset(Dataset):
-    """Files -> (normalised tensor, index); unreadable files give a zero tensor and a reason."""
-
-    def __init__(self, paths: Sequence[Path], pre: Preprocessing) -> None:
-        self.paths = list(paths)
-        self.pre = pre
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str, str]:
-        try:
-            x = self.pre(self.paths[i])
-            return x, i, "", ""
-        except ImageReadError as e:
-            reason, detail = e.reason.value, e.detail
-        except Exception as e:  # a decoder crash on one file is that file's failure
-            reason, detail = FailureReason.UNREADABLE.value, f"{type(e).__name__}: {e}"
-        h, w = self.pre.hw
-        return torch.zeros(self.pre.channels, h, w), i, reason, detail
-
-
-def _batches(loader: DataLoader, failures: list[Failure], paths: Sequence[Path]) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-    for x, idx, reasons, details in loader:
-        good = np.array([r == "" for r in reasons], dtype=bool)
-        for j in np.flatnonzero(~good):
-            failures.append(Failure(str(paths[int(idx[j])]), reasons[j], details[j]))
-        if good.any():
-            sel = torch.from_numpy(np.flatnonzero(good))
-            yield x.index_select(0, sel), idx.numpy()[good]
-
-
 def predict_paths(model: Any, paths: Sequence[Path], batch_size: int = 16, workers: int = 0,
                   tta: str | bool | None = None, show_progress: bool = True, description: str = "predicting"
                   ) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
@@ -157,7 +125,10 @@ def predict_paths(model: Any, paths: Sequence[Path], batch_size: int = 16, worke
     def fn(x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(model.logits(x))
 
-    probs, keys = run_batches(fn, _batches(loader, failures, paths), model.device, views=views,
+    def fail(i: int, reason: str, detail: str) -> None:
+        failures.append(Failure(str(paths[i]), reason, detail))
+
+    probs, keys = run_batches(fn, readable_batches(loader, fail), model.device, views=views,
                               description=description, total=len(loader), show_progress=show_progress)
     idx = np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
     if probs.size == 0:

@@ -3,7 +3,7 @@ import pytest
 
 from cxrkit.errors import ConfigError
 from cxrkit.labels import (
-    CHEXPERT_14, COCO_80, CXR_LT_26, NIH_14, LabelPolicy, UncertaintyPolicy, UnknownPolicy,
+    COCO_80, CXR_LT_26, NIH_14, LabelPolicy, UncertaintyPolicy, UnknownPolicy,
     apply_uncertainty, check_encoding, frequency_groups, get_label_space, head_medium_tail,
 )
 

@@ -493,7 +493,7 @@ def test_mask_is_combined_with_nan_targets() -> None:
     x, t = make_batch(seed=10)
     mask = np.random.default_rng(10).random(x.shape) < 0.7
     expected_targets = np.where(mask, t, np.nan)
-    for name, (factory, ref) in CASES.items():
+    for _name, (factory, ref) in CASES.items():
         for reduction in ("sum", "mean"):
             out = factory(reduction)(torch.tensor(x), torch.tensor(t), mask=torch.tensor(mask))
             np.testing.assert_allclose(out.item(), ref_reduce(*ref(x), expected_targets, reduction), rtol=1e-5)

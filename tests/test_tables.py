@@ -126,7 +126,7 @@ def test_chexpert_errors(tmp_path):
     f = _write(tmp_path / "dup.csv", chexpert_csv([f"p/patient1/study1/view1_frontal.jpg,F,50,Frontal,AP,{ok_vals}"] * 2))
     with pytest.raises(TableFormatError, match="duplicate Path"):
         load_table(f)
-    f = _write(tmp_path / "word.csv", chexpert_csv([f"p/patient1/study1/view1_frontal.jpg,F,50,Frontal,AP,yes," + ",".join([""] * 13)]))
+    f = _write(tmp_path / "word.csv", chexpert_csv(["p/patient1/study1/view1_frontal.jpg,F,50,Frontal,AP,yes," + ",".join([""] * 13)]))
     with pytest.raises(TableFormatError, match="'yes' is not a number"):
         load_table(f)
     missing = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_14[:-1]) + "\nx,F,1,Frontal,AP," + ",".join([""] * 13)

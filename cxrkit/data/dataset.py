@@ -216,3 +216,38 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         base = self.epoch * self.n
         return iter((base + int(i)) for i in self.order())
+
+
+class FileDataset(Dataset):
+    """Files -> (normalised tensor, index); unreadable files give a zero tensor and a reason."""
+
+    def __init__(self, paths: Sequence[Path], pre: Preprocessing) -> None:
+        self.paths = list(paths)
+        self.pre = pre
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str, str]:
+        try:
+            x = self.pre(self.paths[i])
+            return x, i, "", ""
+        except ImageReadError as e:
+            reason, detail = e.reason.value, e.detail
+        except Exception as e:  # a decoder crash on one file is that file's failure
+            reason, detail = FailureReason.UNREADABLE.value, f"{type(e).__name__}: {e}"
+        h, w = self.pre.hw
+        return torch.zeros(self.pre.channels, h, w), i, reason, detail
+
+
+def readable_batches(loader: DataLoader, on_failure: Callable[[int, str, str], None]
+                     ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Batches of a :class:`FileDataset` loader without the unreadable files; each failure
+    is reported as ``on_failure(index, reason, detail)``."""
+    for x, idx, reasons, details in loader:
+        good = np.array([r == "" for r in reasons], dtype=bool)
+        for j in np.flatnonzero(~good):
+            on_failure(int(idx[j]), reasons[j], details[j])
+        if good.any():
+            sel = torch.from_numpy(np.flatnonzero(good))
+            yield x.index_select(0, sel), idx.numpy()[good]
