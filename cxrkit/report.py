@@ -128,3 +128,59 @@ def plot_roc_pr(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], 
         fig.tight_layout()
         _save(fig, path)
     return Path(roc_path), Path(pr_path)
+
+
+def plot_cft_gains(results: Sequence[Any], metric: str, path: str | Path) -> Path:
+    """Per-category change of the validation (and held-out) score after CFT, with the
+    candidate chosen for each category."""
+    plt = _plt()
+    names = [r.name for r in results]
+    val = np.array([(r.val_after - r.val_before) if np.isfinite(r.val_before) else 0.0 for r in results])
+    has_test = any(r.test_before is not None for r in results)
+    test = np.array([(r.test_after - r.test_before) if r.test_before is not None and r.test_after is not None
+                     else 0.0 for r in results])
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(names) + 2), 4.2))
+    width = 0.4 if has_test else 0.7
+    ax.bar(x - (width / 2 if has_test else 0), 100 * val, width, label="validation (choice)", color="#1f77b4")
+    if has_test:
+        ax.bar(x + width / 2, 100 * test, width, label="held-out", color="#ff7f0e")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{n}\n[{r.chosen.split('/')[0]}]" if r.chosen != "original" else n
+                        for n, r in zip(names, results)], rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel(f"{metric.upper()} change (points)")
+    ax.set_title(f"CFT: per-category {metric.upper()} change (chosen candidate in brackets)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_cft_curves(results: Sequence[Any], path: str | Path, max_classes: int = 20) -> Path:
+    """Learning curves per category: GA best train / validation fitness per generation (the
+    CFT paper's Fig. 3), BP validation score (and training loss) per epoch."""
+    plt = _plt()
+    with_curves = [r for r in results if r.curves][:max_classes]
+    n = max(1, len(with_curves))
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, r in zip(axes.ravel(), with_curves):
+        ax.axis("on")
+        for key, cv in r.curves.items():
+            style = "-" if key == r.chosen else ":"
+            if "train" in cv and "val" in cv and len(cv["train"]) == len(cv["val"]):  # GA
+                ax.plot(cv["train"], style, lw=1, label=f"{key} train")
+                ax.plot(cv["val"], style, lw=1, label=f"{key} valid")
+            elif "val" in cv:
+                ax.plot(cv["val"], style, lw=1, label=f"{key} valid")
+        ax.set_title(f"{r.name[:26]} -> {r.chosen}", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.set_xlabel("generation / epoch (sampled)", fontsize=6)
+        if len(r.curves) <= 3 and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=5)
+    fig.suptitle("CFT learning curves (solid: chosen candidate)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
