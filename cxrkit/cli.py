@@ -46,13 +46,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log info and debug messages to the console.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    level = logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for h in logging.getLogger().handlers:
+        h.setLevel(level)  # the console shows warnings; run folders keep their own INFO logs
     for noisy in ("pydicom", "PIL", "matplotlib", "timm", "monai"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if quiet:
@@ -80,8 +82,9 @@ def data_demo(
     if out_dir.exists() and not out_dir.is_dir():
         raise CxrkitError(f"{out_dir}: exists and is not a folder")
     d = generate_demo(out_dir, n_studies=n_studies, seed=seed, size=size)
-    console.print(f"wrote synthetic demo data: {d.n_train_images} train + {d.n_valid_images} valid images")
-    console.print(f"  {d.train_csv}\n  {d.valid_csv}")
+    console.print(f"wrote synthetic demo data: {d.n_train_images} train, {d.n_valid_images} valid and "
+                  f"{d.n_test_images} test images")
+    console.print("  " + "\n  ".join(str(p) for p in (d.train_csv, d.valid_csv, d.test_csv) if p))
 
 
 @data_app.command("inspect")
@@ -413,7 +416,7 @@ def weights_convert(
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("demo-run"),
-    n_studies: Annotated[int, typer.Option("--n-studies", min=20, help="Synthetic studies to generate.")] = 400,
+    n_studies: Annotated[int, typer.Option("--n-studies", min=20, help="Synthetic studies to generate.")] = 600,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Run the main job on the embedded SYNTHETIC demo data.

@@ -85,9 +85,13 @@ def test_evaluate_and_predict_bad_model(tmp_path):
 def test_demo_command_end_to_end(tmp_path):
     from cxrkit.demo_job import run_demo
 
-    s = run_demo(tmp_path / "demo", n_studies=120, seed=1, epochs=2)
+    s = run_demo(tmp_path / "demo", n_studies=120, seed=1, epochs=2,
+                 cft={"ga": {"generations": 15}, "bp": {"epochs": 15}}, workers=1)
     for f in ("summary.json", "label_distribution.png", "examples.png", "evaluation.json", "predictions.csv",
-              "train/model/model.json", "train/plots/roc.png"):
+              "train/model/model.json", "train/plots/roc.png", "model-cft/model.json", "model-cft/cft/gains.png",
+              "model-cft/cft/report.csv"):
         assert (tmp_path / "demo" / f).is_file(), f
-    assert set(s["stages"]) >= {"data", "inspect", "train", "evaluate", "predict"}
-    assert 0 <= s["stages"]["evaluate"]["mAUC"] <= 1
+    assert set(s["stages"]) >= {"data", "inspect", "train", "evaluate", "cft", "predict"}
+    assert 0 <= s["stages"]["evaluate"]["mAUC"] <= 1 and s["stages"]["evaluate"]["test_mAUC"] is not None
+    cft = s["stages"]["cft"]
+    assert cft["valid_after"]["mAUC"] >= cft["valid_before"]["mAUC"] and "test_after" in cft

@@ -28,7 +28,10 @@ def test_deterministic_given_seed(tmp_path):
 def test_layout_and_labels_follow_chexpert(demo_data):
     train = load_table(demo_data / "train.csv")
     valid = load_table(demo_data / "valid.csv")
-    assert train.format == valid.format == "chexpert" and train.classes == CHEXPERT_14
+    test = load_table(demo_data / "test.csv")
+    assert train.format == valid.format == test.format == "chexpert" and train.classes == CHEXPERT_14
+    assert not np.isnan(test.labels).any() and not set(test.meta["patient"]) & set(train.meta["patient"])
+    assert not set(test.meta["patient"]) & set(valid.meta["patient"])
     assert all(p.startswith(f"{DATASET_DIR}/train/patient") for p in train.paths)
     c = train.counts()
     assert c["uncertain"].sum() > 0 and c["unknown"].sum() > 0  # -1.0 and blanks in train

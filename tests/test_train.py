@@ -118,7 +118,7 @@ def test_ddp_two_processes_gloo(demo_data, tmp_path):
 def test_training_learns_the_demo_findings(tmp_path):
     from cxrkit.data.demo import generate_demo
 
-    generate_demo(tmp_path / "d", n_studies=400, seed=11, size=48, show_progress=False)
+    generate_demo(tmp_path / "d", n_studies=400, seed=11, size=48, show_progress=False, test_fraction=0.0)
     res = fit(tiny_config(tmp_path / "d", **{"train.epochs": 10, "preprocessing.size": 48,
                                               "model.backbone_kwargs.widths": [16, 32, 64]}),
               tmp_path / "r", show_progress=False)

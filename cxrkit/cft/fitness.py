@@ -21,8 +21,9 @@ class BinaryScorer:
     """Exact ROC AUC (ties count 1/2) or average precision (scikit-learn's step-wise AP,
     ties form one threshold) of score rows against fixed 0/1 labels ``y``.
 
-    Per row: sort the positives' and the negatives' scores (SIMD sorts), then count with
-    ``searchsorted`` on sorted keys (a merge):
+    Per row: sort the positives' and the negatives' scores (SIMD sorts), then merge the two
+    sorted runs (a stable argsort of two runs is a linear merge) to count, per positive, the
+    negatives below it:
 
     * AUC = sum over positives of (#negatives below + 1/2 #negatives tied) / (P N)
     * AP  = mean over positives of TP(>= s) / (TP(>= s) + FP(>= s))
@@ -65,20 +66,37 @@ class BinaryScorer:
     def _split(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.sort(row[self.pos_idx]), np.sort(row[self.neg_idx])
 
+    def _merge(self, pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Merge the two sorted runs, positives first (a stable argsort of two runs is one
+        linear merge): in a group of equal values the positives precede the tied negatives.
+        Returns the merged values, the positive flags and, per positive (ascending), the
+        number of negatives strictly below it."""
+        runs = np.concatenate([pos, neg])
+        order = np.argsort(runs, kind="stable")
+        is_pos = order < self.n_pos
+        below = np.flatnonzero(is_pos) - np.arange(self.n_pos)
+        return runs[order], is_pos, below, order
+
     def _auc_row(self, row: np.ndarray) -> float:
         pos, neg = self._split(row)
-        lo = np.searchsorted(neg, pos, side="left")
-        below = int(lo.sum())
-        inside = lo < len(neg)
-        ties = 0
-        if inside.any() and (neg[lo[inside]] == pos[inside]).any():
-            ties = int((np.searchsorted(neg, pos, side="right") - lo).sum())
-        return (below + 0.5 * ties) / (self.n_pos * self.n_neg)
+        vals, is_pos, below, _ = self._merge(pos, neg)
+        total = float(below.sum())
+        # values shared by both classes: the last positive of such a group is followed by a negative
+        k = np.flatnonzero((vals[1:] == vals[:-1]) & is_pos[:-1] & ~is_pos[1:])
+        if len(k):  # each (positive, negative) tied pair counts 1/2
+            v = vals[k]
+            cp = np.searchsorted(pos, v, "right") - np.searchsorted(pos, v, "left")
+            cn = np.searchsorted(neg, v, "right") - np.searchsorted(neg, v, "left")
+            total += 0.5 * float((cp * cn).sum())
+        return total / (self.n_pos * self.n_neg)
 
     def _ap_row(self, row: np.ndarray) -> float:
         pos, neg = self._split(row)
-        tp = self.n_pos - np.searchsorted(pos, pos, side="left")
-        fp = self.n_neg - np.searchsorted(neg, pos, side="left")
+        # TP(>= s) for each positive: positives from the start of its tie group upwards
+        new_group = np.r_[True, pos[1:] != pos[:-1]]
+        group_start = np.maximum.accumulate(np.where(new_group, np.arange(self.n_pos), 0))
+        tp = self.n_pos - group_start
+        fp = self.n_neg - self._merge(pos, neg)[2]  # negatives not strictly below: >= s, ties included
         return float(np.mean(tp / (tp + fp)))
 
 
@@ -90,7 +108,7 @@ class PopulationScorer:
     lets the cache drop the dead."""
 
     def __init__(self, xt: np.ndarray, y: np.ndarray, metric: str = "auc", refresh: int = 25,
-                 sparse_fraction: float = 0.35, threads: int = 1) -> None:
+                 sparse_fraction: float = 0.06, threads: int = 1) -> None:
         self.xt = np.ascontiguousarray(xt, dtype=np.float32)
         self.z = self.xt.shape[0]
         self.scorer = BinaryScorer(y, metric, threads=threads)

@@ -48,7 +48,8 @@ class GAConfig:
     crossover: str = "two_points"  # a PyGAD crossover type, or "biased_uniform"
     crossover_probability: float | None = 0.8
     crossover_bias: float = 0.2  # biased_uniform: probability a gene comes from the first parent
-    mutation: str = "random"  # PyGAD "random" (per gene), or "offspring_uniform" (every gene of some offspring)
+    mutation: str = "random"  # "random" (each gene with mutation_probability), "offspring_uniform" (every
+    #                           gene of an offspring mutated with mutation_probability), or a PyGAD type
     mutation_probability: float = 0.02
     mutation_min: float = -0.02
     mutation_max: float = 0.02
@@ -104,6 +105,20 @@ def _biased_uniform(rng: np.random.Generator, bias: float) -> Any:
         return np.where(take_first, first, second)
 
     return crossover
+
+
+def _per_gene_uniform(rng: np.random.Generator, prob: float, lo: float, hi: float) -> Any:
+    """PyGAD's ``random`` mutation (each gene with probability ``prob`` gets U(lo, hi) added),
+    vectorised: PyGAD's own implementation loops over genes in Python."""
+
+    def mutation(offspring: np.ndarray, ga: Any) -> np.ndarray:
+        hit = rng.random(offspring.shape) < prob
+        k = int(hit.sum())
+        if k:
+            offspring[hit] = offspring[hit] + rng.uniform(lo, hi, size=k)
+        return offspring
+
+    return mutation
 
 
 def _offspring_uniform(rng: np.random.Generator, prob: float, lo: float, hi: float) -> Any:
@@ -162,6 +177,8 @@ def fit_row_ga(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     kw: dict[str, Any] = {}
     if cfg.mutation == "offspring_uniform":
         mutation = _offspring_uniform(rng, cfg.mutation_probability, cfg.mutation_min, cfg.mutation_max)
+    elif cfg.mutation == "random":
+        mutation = _per_gene_uniform(rng, cfg.mutation_probability, cfg.mutation_min, cfg.mutation_max)
     else:
         kw.update(mutation_probability=cfg.mutation_probability, random_mutation_min_val=cfg.mutation_min,
                   random_mutation_max_val=cfg.mutation_max, mutation_by_replacement=False)

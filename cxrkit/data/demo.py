@@ -24,7 +24,8 @@ No Finding                  none of the pathologies (devices allowed)
 Prevalence is long-tailed, findings co-occur as they do clinically (edema with
 cardiomegaly and effusion, pneumonia with consolidation), subtle findings are reported as
 uncertain (-1.0) and unmentioned negatives are blank, as in CheXpert's ``train.csv``;
-``valid.csv`` is fully labelled 0/1 like CheXpert's validation set. Studies have a frontal
+``valid.csv`` and the held-out ``test.csv`` are fully labelled 0/1 like CheXpert's validation
+and test sets. Studies have a frontal
 (PA or AP) view and often a lateral. Deterministic given the seed.
 """
 
@@ -79,6 +80,8 @@ class DemoDataset:
     valid_csv: Path
     n_train_images: int
     n_valid_images: int
+    test_csv: Path | None = None
+    n_test_images: int = 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -401,23 +404,26 @@ README = """SYNTHETIC DATA - NOT REAL PATIENTS
 This folder was written by `cxrkit data demo`. Every image is drawn procedurally by
 cxrkit (cxrkit/data/demo.py); no real radiograph or patient record is involved. The layout
 and label conventions copy CheXpert (train.csv: 1.0 / 0.0 / -1.0 uncertain / blank not
-mentioned; valid.csv: fully labelled), so every cxrkit command can be tried on it.
+mentioned; valid.csv and test.csv: fully labelled), so every cxrkit command can be tried
+on it. Patients never appear in two splits; test.csv is for reporting only.
 
 seed: {seed}   studies: {n_studies}   image size: {size} px
-train.csv: {n_train} images      valid.csv: {n_valid} images
+train.csv: {n_train} images   valid.csv: {n_valid} images   test.csv: {n_test} images (held out)
 synthetic_truth.csv: the true 0/1 findings of every image (for checking models).
 """
 
 
 def generate_demo(out_dir: str | Path, n_studies: int = 400, seed: int = 0, size: int = 128,
-                  valid_fraction: float = 0.2, lateral_fraction: float = 0.4, show_progress: bool = True) -> DemoDataset:
-    """Write the synthetic demo dataset to ``out_dir``: ``train.csv``, ``valid.csv`` (CheXpert
-    format, paths relative to ``out_dir``), images under ``synthetic-cxr-demo/``, a README and
-    ``synthetic_truth.csv``."""
+                  valid_fraction: float = 0.2, lateral_fraction: float = 0.4, show_progress: bool = True,
+                  test_fraction: float = 0.2) -> DemoDataset:
+    """Write the synthetic demo dataset to ``out_dir``: ``train.csv``, ``valid.csv`` and
+    ``test.csv`` (CheXpert format, paths relative to ``out_dir``; valid and test fully
+    labelled, patients disjoint across splits), images under ``synthetic-cxr-demo/``, a README
+    and ``synthetic_truth.csv``."""
     if n_studies < 10:
         raise ValueError("n_studies must be at least 10")
-    if not 0 < valid_fraction < 1:
-        raise ValueError("valid_fraction must be in (0, 1)")
+    if not 0 < valid_fraction < 1 or not 0 <= test_fraction < 1 or valid_fraction + test_fraction >= 1:
+        raise ValueError("valid_fraction and test_fraction must be in [0, 1) and leave room for training")
     if size < 32 or size > 1024:
         raise ValueError("size must be in 32..1024")
     out = Path(out_dir)
@@ -429,11 +435,13 @@ def generate_demo(out_dir: str | Path, n_studies: int = 400, seed: int = 0, size
         studies_per_patient.append(min(1 + int(rng.random() < 0.25), n_studies - sum(studies_per_patient)))
     n_pat = len(studies_per_patient)
     n_valid_pat = max(2, int(round(n_pat * valid_fraction)))
-    rows: dict[str, list[dict]] = {"train": [], "valid": []}
+    n_test_pat = int(round(n_pat * test_fraction))
+    rows: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
     truth_rows = []
     jobs = []
     for pid in range(n_pat):
-        split = "valid" if pid >= n_pat - n_valid_pat else "train"
+        split = ("test" if pid >= n_pat - n_test_pat else "valid" if pid >= n_pat - n_test_pat - n_valid_pat
+                 else "train")
         for k in range(studies_per_patient[pid]):
             jobs.append((split, pid + 1, k + 1))
     for split, pid, k in progress(jobs, "synthetic studies", enabled=show_progress):
@@ -462,7 +470,9 @@ def generate_demo(out_dir: str | Path, n_studies: int = 400, seed: int = 0, size
             truth_rows.append(truth)
     cols = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_14]
     paths = {}
-    for split in ("train", "valid"):
+    for split in ("train", "valid", "test"):
+        if split == "test" and not rows["test"]:
+            continue
         df = pd.DataFrame(rows[split], columns=cols)
         paths[split] = out / f"{split}.csv"
         with atomic_write(paths[split]) as tmp:
@@ -471,9 +481,12 @@ def generate_demo(out_dir: str | Path, n_studies: int = 400, seed: int = 0, size
     with atomic_write(out / "synthetic_truth.csv") as tmp:
         truth_df.to_csv(tmp, index=False, float_format="%.3f")
     (out / "README.txt").write_text(README.format(seed=seed, n_studies=n_studies, size=size,
-                                                  n_train=len(rows["train"]), n_valid=len(rows["valid"])))
-    log.info("wrote %d train and %d valid synthetic images to %s", len(rows["train"]), len(rows["valid"]), out)
-    return DemoDataset(out, paths["train"], paths["valid"], len(rows["train"]), len(rows["valid"]))
+                                                  n_train=len(rows["train"]), n_valid=len(rows["valid"]),
+                                                  n_test=len(rows["test"])))
+    log.info("wrote %d train, %d valid and %d test synthetic images to %s", len(rows["train"]), len(rows["valid"]),
+             len(rows["test"]), out)
+    return DemoDataset(out, paths["train"], paths["valid"], len(rows["train"]), len(rows["valid"]),
+                       paths.get("test"), len(rows["test"]))
 
 
 def contact_sheet(images: list[np.ndarray], titles: list[str], path: str | Path, cols: int = 6) -> Path:

@@ -44,7 +44,7 @@ from ..metrics import best_thresholds, summarize as summarize_metrics
 from ..models import build_model
 from ..utils import atomic_write, progress, write_json
 from .config import TableRef, TrainConfig, dump_config
-from .distributed import DistInfo, barrier, broadcast_flag, cleanup, gather_rows, init_distributed
+from .distributed import barrier, broadcast_flag, cleanup, gather_rows, init_distributed
 from .schedule import lr_at
 
 log = logging.getLogger(__name__)
