@@ -321,6 +321,7 @@ def cft(
     holdout: Annotated[Optional[float], typer.Option("--holdout", help="Without --test: hold out this fraction of the validation patients for reporting.")] = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Only these categories (comma-separated).")] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="auc or ap (default: by method / preset).")] = None,
+    min_val_positives: Annotated[int, typer.Option("--min-val-positives", min=0, help="Keep a category's row when its validation labels have fewer positives (or negatives) than this.")] = 5,
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override a GA / BP option, e.g. --set ga.generations=200 --set bp.lr=1e-3.")] = None,
     feature_dtype: Annotated[str, typer.Option("--feature-dtype", help="float32 or float16 feature cache.")] = "float32",
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature cache folder (default ~/.cache/cxrkit/features).")] = None,
@@ -338,7 +339,8 @@ def cft(
     cfg = CFTConfig(method=method, preset=preset, policies=pols,
                     candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
                     metric=metric, ga=ga, bp=bp, workers=workers, shard=_parse_shard(shard),
-                    classes=[c.strip() for c in classes.split(",")] if classes else None, seed=seed).validate()
+                    classes=[c.strip() for c in classes.split(",")] if classes else None, seed=seed,
+                    min_val_positives=min_val_positives).validate()
     res = run_cft(model, train_table, valid_table, out, cfg, images_root=images_root, train_split=train_split,
                   valid_split=valid_split, test_table=test_table, test_split=test_split, holdout=holdout,
                   feature_dtype=feature_dtype, cache_dir=cache_dir, console=console)

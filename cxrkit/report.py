@@ -147,7 +147,7 @@ def plot_cft_gains(results: Sequence[Any], metric: str, path: str | Path) -> Pat
         ax.bar(x + width / 2, 100 * test, width, label="held-out", color="#ff7f0e")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{n}\n[{r.chosen.split('/')[0]}]" if r.chosen != "original" else n
+    ax.set_xticklabels([f"{n}\n[{r.chosen.split('/')[0]}]" if not r.chosen.startswith("original") else n
                         for n, r in zip(names, results)], rotation=70, ha="right", fontsize=7)
     ax.set_ylabel(f"{metric.upper()} change (points)")
     ax.set_title(f"CFT: per-category {metric.upper()} change (chosen candidate in brackets)", fontsize=10)

@@ -12,6 +12,8 @@ rest; exact rescoring every ``refresh`` generations bounds float32 drift.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 METRICS = ("auc", "ap")
@@ -55,13 +57,20 @@ class BinaryScorer:
         if not self.defined:
             return np.full(s.shape[0], np.nan)
         fn = self._auc_row if self.metric == "auc" else self._ap_row
-        if self.threads > 1 and s.shape[0] > 1:
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._pool = ThreadPoolExecutor(self.threads)
-            return np.fromiter(self._pool.map(fn, s), dtype=np.float64, count=s.shape[0])
+        pool = self.pool()
+        if pool is not None and s.shape[0] > 1:
+            return np.fromiter(pool.map(fn, s), dtype=np.float64, count=s.shape[0])
         return np.fromiter(map(fn, s), dtype=np.float64, count=s.shape[0])
+
+    def pool(self) -> Any:
+        """The thread pool (``threads`` > 1), created on first use."""
+        if self.threads <= 1:
+            return None
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads)
+        return self._pool
 
     def _split(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.sort(row[self.pos_idx]), np.sort(row[self.neg_idx])
@@ -122,7 +131,13 @@ class PopulationScorer:
 
     def exact_scores(self, sols: np.ndarray) -> np.ndarray:
         sols = np.atleast_2d(np.asarray(sols, dtype=np.float32))
-        return sols[:, :-1] @ self.xt + sols[:, -1:]
+        pool = self.scorer.pool()
+        if pool is None or len(sols) < 2:
+            return sols[:, :-1] @ self.xt + sols[:, -1:]
+        # rows split over our threads (BLAS itself runs single-threaded inside the GA, so its
+        # idle threads do not spin against the AUC threads)
+        chunks = np.array_split(sols, min(len(sols), self.scorer.threads))
+        return np.concatenate(list(pool.map(lambda c: c[:, :-1] @ self.xt + c[:, -1:], chunks)))
 
     def _incremental(self, sols: np.ndarray) -> np.ndarray:
         p = sols.shape[0]

@@ -201,7 +201,13 @@ def fit_row_ga(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
         save_best_solutions=False,
         **kw,
     )
-    ga.run()
+    if cfg.threads > 1:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            ga.run()
+    else:
+        ga.run()
     sol = best["sol"]
     improved = best["val"] > val_before + 1e-12
     if not improved:

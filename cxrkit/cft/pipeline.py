@@ -141,7 +141,7 @@ def finish(model: LoadedModel, cfg: CFTConfig, results: list[CategoryResult], tr
     metric = cfg.choice_metric
     per_cat = [r.summary() for r in results]
     meta.cft = {"config": cfg.to_dict(), "metric": metric, "categories": per_cat,
-                "n_changed": sum(r.chosen != "original" for r in results),
+                "n_changed": sum(not r.chosen.startswith("original") for r in results),
                 "source_model": str(model.path), "source_sha256": model.meta.weights_sha256,
                 "n_train": len(train) if train is not None else None, "n_valid": len(valid),
                 "n_test": len(test) if test is not None else None, "seconds": round(seconds, 1)}

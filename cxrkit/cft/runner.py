@@ -48,6 +48,7 @@ class CFTConfig:
     workers: int = 1
     shard: tuple[int, int] = (0, 1)
     classes: list[str] | None = None  # only these categories (default: all)
+    min_val_positives: int = 5  # keep the original row when validation has fewer positives (or negatives)
     seed: int = 0
     threshold_method: str = "f1"
 
@@ -160,12 +161,15 @@ def fit_category(c: int, name: str, train: FeatureSet, valid: FeatureSet, test: 
     before = BinaryScorer(yv_known, metric)
     if before.defined:
         res.val_before = res.val_after = float(before(xv @ w0 + np.float32(b0))[0])
+    too_few = min(before.n_pos, before.n_neg) < cfg.min_val_positives
+    if too_few:
+        res.chosen = "original (too few validation labels)"
     best: RowFit | None = None
     for pi, policy in enumerate(cfg.policies):
         yt = train_targets(train.labels[:, c], policy)
         kt = ~np.isnan(yt)
         res.n_train[policy] = int(kt.sum())
-        if kt.sum() == 0 or not before.defined:
+        if kt.sum() == 0 or not before.defined or too_few:
             continue
         xt = train.class_features(c, np.flatnonzero(kt))
         yt_known = yt[kt].astype(int)
