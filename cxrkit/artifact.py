@@ -105,7 +105,11 @@ def _json_safe(obj: Any) -> Any:
 
 
 def replace_dir(tmp: Path, dst: Path) -> None:
-    """Move a finished folder into place; an existing ``dst`` is replaced only afterwards."""
+    """Move a finished folder into place; an existing ``dst`` is replaced only afterwards.
+    Modes follow the umask (the temporary folder was private while being written)."""
+    from .utils import make_public
+
+    make_public(tmp)
     dst = Path(dst)
     old = None
     if dst.exists():
@@ -167,9 +171,9 @@ def load_meta(path: str | Path) -> ModelMeta:
 def load_preprocessing(path: str | Path) -> Preprocessing:
     d = _model_dir(path)
     if (d / ENSEMBLE_FILE).is_file():
-        from .ensemble import load_ensemble_meta
+        from .runtime import read_spec
 
-        return Preprocessing.from_dict(load_ensemble_meta(d)["members"][0]["preprocessing"])
+        return read_spec(d).members[0].preprocessing
     return Preprocessing.from_dict(load_meta(d).preprocessing)
 
 

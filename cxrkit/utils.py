@@ -28,10 +28,28 @@ def atomic_write(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600; follow the umask like open()
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_public(folder: str | Path) -> None:
+    """Give a folder made with mkdtemp (0700) and its files the modes ``mkdir`` / ``open``
+    would have given them under the umask."""
+    mask = current_umask()
+    folder = Path(folder)
+    os.chmod(folder, 0o777 & ~mask)
+    for p in folder.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -86,3 +104,13 @@ def _len(x: Any) -> int | None:
         return len(x)
     except TypeError:
         return None
+
+
+def cache_root() -> Path:
+    """cxrkit's cache folder: ``$CXRKIT_CACHE_DIR/..`` when set (images go directly there),
+    else ``$XDG_CACHE_HOME/cxrkit`` or ``~/.cache/cxrkit``."""
+    env = os.environ.get("CXRKIT_CACHE_DIR")
+    if env:
+        return Path(env).parent
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cxrkit"

@@ -182,3 +182,35 @@ def apply_tta(x: Any, views: tuple[TTAView, ...] | list[TTAView]) -> Any:
     xb = x.repeat(len(views), 1, 1, 1)
     grid = F.affine_grid(thetas, list(xb.shape), align_corners=False)
     return F.grid_sample(xb, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def apply_tta_numpy(x: np.ndarray, views: tuple[TTAView, ...] | list[TTAView]) -> np.ndarray:
+    """:func:`apply_tta` without torch (for the ONNX runtime): the same affine maps, bilinear
+    sampling with ``align_corners=False`` and border replication, on a B x C x H x W array."""
+    views = list(views)
+    if len(views) == 1 and views[0].is_identity:
+        return x
+    b, c, h, w = x.shape
+    aspect = h / w
+    # output pixel centres in normalised coordinates (align_corners=False)
+    xs = (2.0 * np.arange(w) + 1.0) / w - 1.0
+    ys = (2.0 * np.arange(h) + 1.0) / h - 1.0
+    gx, gy = np.meshgrid(xs, ys)
+    out = np.empty((len(views) * b, c, h, w), dtype=x.dtype)
+    for k, v in enumerate(views):
+        th = _theta(v, aspect)
+        sx = th[0, 0] * gx + th[0, 1] * gy + th[0, 2]
+        sy = th[1, 0] * gx + th[1, 1] * gy + th[1, 2]
+        # back to pixel coordinates, border padding = clamp the sample position
+        px = np.clip(((sx + 1.0) * w - 1.0) / 2.0, 0.0, w - 1.0)
+        py = np.clip(((sy + 1.0) * h - 1.0) / 2.0, 0.0, h - 1.0)
+        x0 = np.floor(px).astype(np.int64)
+        y0 = np.floor(py).astype(np.int64)
+        x1 = np.minimum(x0 + 1, w - 1)
+        y1 = np.minimum(y0 + 1, h - 1)
+        wx = (px - x0).astype(x.dtype)
+        wy = (py - y0).astype(x.dtype)
+        top = x[..., y0, x0] * (1 - wx) + x[..., y0, x1] * wx
+        bottom = x[..., y1, x0] * (1 - wx) + x[..., y1, x1] * wx
+        out[k * b:(k + 1) * b] = top * (1 - wy) + bottom * wy
+    return out

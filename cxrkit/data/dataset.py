@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import CxrkitError, FailureReason, ImageReadError
-from ..utils import atomic_write, progress
+from ..utils import atomic_write, cache_root, progress
 from .preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,11 @@ CACHE_DTYPES = {"uint8": (np.uint8, 255.0), "uint16": (np.uint16, 65535.0)}
 
 
 def default_cache_dir() -> Path:
+    """Decoded-image cache: ``$CXRKIT_CACHE_DIR`` or ``~/.cache/cxrkit/images``."""
     env = os.environ.get("CXRKIT_CACHE_DIR")
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cxrkit" / "images"
+    return cache_root() / "images"
 
 
 @dataclass

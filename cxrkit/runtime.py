@@ -1,0 +1,333 @@
+"""Inference core that needs no torch: what the leaderboard container and hospital CPU
+inference run.
+
+* :func:`read_spec` reads a model folder (``model.json``) or an ensemble folder
+  (``ensemble.json`` + ``members/*``) into :class:`ModelSpec` (labels, thresholds, members
+  with their preprocessing and weight).
+* :func:`prepare_file` turns one input file into the model inputs: DICOM header filters
+  (modality, body part, view), one decode through the DICOM pixel pipeline, then each
+  member's resize / normalisation. Failures and skips come back with a reason.
+* :class:`Predictor` averages members' probabilities (weighted) over TTA views;
+  :class:`OnnxPredictor` runs exported members with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data.augment import TTAView, apply_tta_numpy, tta_views
+from .data.images import dicom_info, is_dicom_file, read_image
+from .data.preprocess import Preprocessing
+from .data.tables import normalise_view
+from .errors import ArtifactError, CxrkitError, FailureReason, ImageReadError
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.json"
+ENSEMBLE_FILE = "ensemble.json"
+ONNX_FILE = "model.onnx"
+
+
+@dataclass
+class MemberSpec:
+    name: str
+    path: Path
+    classes: list[str]
+    thresholds: list[float]
+    preprocessing: Preprocessing
+    weight: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelSpec:
+    """A model or an ensemble: the labels it predicts and its members."""
+
+    name: str
+    version: str
+    path: Path
+    classes: list[str]
+    thresholds: list[float]
+    members: list[MemberSpec]
+    kind: str = "model"  # or "ensemble"
+    label_space: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def preprocessings(self) -> list[Preprocessing]:
+        """Distinct inputs the members need (each file is decoded once for all of them)."""
+        out: list[Preprocessing] = []
+        for m in self.members:
+            if m.preprocessing not in out:
+                out.append(m.preprocessing)
+        return out
+
+    def member_input(self, i: int) -> int:
+        return self.preprocessings.index(self.members[i].preprocessing)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: unreadable model metadata ({e})") from None
+
+
+def _member(d: Path, weight: float = 1.0) -> MemberSpec:
+    meta = _read_json(d / MODEL_FILE)
+    if meta.get("format") != "cxrkit-model":
+        raise ArtifactError(f"{d / MODEL_FILE}: not a cxrkit model")
+    try:
+        pre = Preprocessing.from_dict(meta["preprocessing"])
+        return MemberSpec(meta.get("name", d.name), d, list(meta["classes"]), [float(t) for t in meta["thresholds"]],
+                          pre, weight, meta)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{d / MODEL_FILE}: incomplete model metadata ({e})") from None
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    """Model or ensemble folder -> :class:`ModelSpec` (metadata only; nothing is loaded)."""
+    p = Path(path)
+    if p.is_file() and p.name in (MODEL_FILE, ENSEMBLE_FILE):
+        p = p.parent
+    if not p.exists():
+        raise ArtifactError(f"{p}: model not found")
+    if not p.is_dir():
+        raise ArtifactError(f"{p}: a model is a folder with {MODEL_FILE} (or {ENSEMBLE_FILE})")
+    if (p / ENSEMBLE_FILE).is_file():
+        e = _read_json(p / ENSEMBLE_FILE)
+        if e.get("format") != "cxrkit-ensemble":
+            raise ArtifactError(f"{p / ENSEMBLE_FILE}: not a cxrkit ensemble")
+        members = [_member(p / m["path"], float(m.get("weight", 1.0))) for m in e["members"]]
+        return ModelSpec(e.get("name", p.name), e.get("cxrkit_version", ""), p, list(e["classes"]),
+                         [float(t) for t in e["thresholds"]], members, "ensemble", e.get("label_space"), e)
+    if not (p / MODEL_FILE).is_file():
+        raise ArtifactError(f"{p}: no {MODEL_FILE}; not a cxrkit model folder")
+    m = _member(p)
+    return ModelSpec(m.name, m.meta.get("cxrkit_version", ""), p, m.classes, m.thresholds, [m], "model",
+                     m.meta.get("label_space"), m.meta)
+
+
+# ---------------------------------------------------------------------------------------
+# preparing inputs
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DicomFilter:
+    """Which DICOM images are chest radiographs to predict (hospital inference).
+
+    Missing attributes pass (many chest DICOMs lack BodyPartExamined or ViewPosition)
+    unless ``require_view``."""
+
+    modalities: tuple[str, ...] = ("CR", "DX")
+    body_parts: tuple[str, ...] = ("CHEST", "THORAX", "LUNG", "TORSO", "CHEST_LAT", "CHEST LAT", "PORT CHEST")
+    views: tuple[str, ...] = ("PA", "AP", "LATERAL", "LL", "RL")
+    require_view: bool = False
+    enabled: bool = True
+
+    def check(self, info: Any, path: str | Path) -> str:
+        """Normalised view; raises ImageReadError(NOT_CHEST_RADIOGRAPH / VIEW_EXCLUDED) to skip."""
+        view = normalise_view(info.view_position) if info.view_position else ""
+        if not self.enabled:
+            return view
+        if self.modalities and info.modality and info.modality not in self.modalities:
+            raise ImageReadError(path, FailureReason.NOT_CHEST_RADIOGRAPH,
+                                 f"modality {info.modality} is not one of {','.join(self.modalities)}")
+        if self.modalities and not info.modality:
+            raise ImageReadError(path, FailureReason.NOT_CHEST_RADIOGRAPH, "no Modality attribute")
+        if self.body_parts and info.body_part and info.body_part not in self.body_parts:
+            raise ImageReadError(path, FailureReason.NOT_CHEST_RADIOGRAPH,
+                                 f"body part {info.body_part} is not a chest")
+        if self.views and (view or self.require_view) and view not in self.views:
+            raise ImageReadError(path, FailureReason.VIEW_EXCLUDED,
+                                 f"view {view or 'missing'} is not one of {','.join(self.views)}")
+        return view
+
+
+@dataclass
+class Prepared:
+    """One input file, ready for the members: arrays (C x H x W per distinct preprocessing),
+    DICOM identifiers and view, or the reason it is not used."""
+
+    index: int
+    arrays: list[np.ndarray] | None
+    info: dict[str, str]
+    reason: str = ""
+    detail: str = ""
+
+
+def prepare_file(index: int, path: str | Path, pres: Sequence[Preprocessing],
+                 dicom_filter: DicomFilter | None = None) -> Prepared:
+    """Read one file once and make every member's input; never raises for a bad file."""
+    info: dict[str, str] = {}
+    try:
+        p = Path(path)
+        if is_dicom_file(p) and p.exists():
+            from .data.images import _dcmread, _decode, apply_dicom_pipeline, check_dicom_image
+
+            ds = _dcmread(p)
+            dinfo = dicom_info(ds)
+            info = {"sop_instance_uid": dinfo.sop_instance_uid, "study_instance_uid": dinfo.study_instance_uid,
+                    "series_instance_uid": dinfo.series_instance_uid, "modality": dinfo.modality,
+                    "view": normalise_view(dinfo.view_position) if dinfo.view_position else ""}
+            if dicom_filter is not None:
+                info["view"] = dicom_filter.check(dinfo, p)
+            check_dicom_image(ds, p, dinfo)
+            img, _ = apply_dicom_pipeline(_decode(ds, p, dinfo), ds, p)
+            base = {"auto": img}
+        else:
+            base = {}
+        arrays = []
+        for pre in pres:
+            if pre.intensity not in base:
+                base[pre.intensity] = read_image(p, intensity=pre.intensity)
+            arrays.append(pre.normalize(pre.resize_image(base[pre.intensity])))
+        return Prepared(index, arrays, info)
+    except ImageReadError as e:
+        return Prepared(index, None, info, e.reason.value, e.detail)
+    except Exception as e:  # a decoder crash on one file is that file's failure, never the run's
+        return Prepared(index, None, info, FailureReason.UNREADABLE.value, f"{type(e).__name__}: {e}")
+
+
+def shard_of(key: str, n: int) -> int:
+    """Stable shard of an input (same on every machine, whatever the listing order)."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % n
+
+
+# ---------------------------------------------------------------------------------------
+# predictors
+# ---------------------------------------------------------------------------------------
+
+
+class Predictor:
+    """Weighted mean of the members' probabilities (averaged over TTA views), in the spec's
+    class order. Subclasses implement :meth:`member_probs`."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self._cols = []
+        for m in spec.members:
+            missing = [c for c in spec.classes if c not in m.classes]
+            if missing:
+                raise ArtifactError(f"member {m.name} lacks classes {missing}")
+            self._cols.append([m.classes.index(c) for c in spec.classes])
+        total = sum(m.weight for m in spec.members)
+        if total <= 0:
+            raise ArtifactError("ensemble weights must sum to a positive number")
+        self._w = [m.weight / total for m in spec.members]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.classes)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return np.asarray(self.spec.thresholds, dtype=np.float64)
+
+    @property
+    def preprocessings(self) -> list[Preprocessing]:
+        return self.spec.preprocessings
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> str:
+        return self.spec.version or __version__
+
+    def member_probs(self, i: int, x: Any, views: Sequence[TTAView]) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_inputs(self, inputs: Sequence[Any], tta: str | bool | None = None) -> np.ndarray:
+        """``inputs``: one batch (B x C x H x W) per distinct preprocessing -> B x classes."""
+        views = tta_views(tta)
+        out = None
+        for i, w in enumerate(self._w):
+            p = self.member_probs(i, inputs[self.spec.member_input(i)], views)[:, self._cols[i]]
+            out = p * w if out is None else out + p * w
+        assert out is not None
+        return out.astype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float64)))).astype(np.float32)
+
+
+def onnx_location(member: MemberSpec) -> Path:
+    """Where a member's ONNX file is: in its folder, or (read-only folders) in the cache."""
+    local = member.path / ONNX_FILE
+    if local.is_file():
+        return local
+    from .utils import cache_root
+
+    sha = member.meta.get("weights_sha256", "") or "unknown"
+    return cache_root() / "onnx" / f"{sha[:24]}.onnx"
+
+
+class OnnxPredictor(Predictor):
+    """Members exported to ONNX (``model.onnx`` in each member folder), run with onnxruntime
+    on the CPU. TTA views go through the network in one batch."""
+
+    def __init__(self, spec: ModelSpec, threads: int | None = None) -> None:
+        super().__init__(spec)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise CxrkitError("the ONNX engine needs onnxruntime (pip install cxrkit[onnx])") from None
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.sessions = []
+        for m in spec.members:
+            f = onnx_location(m)
+            if not f.is_file():
+                raise ArtifactError(f"{m.path}: no {ONNX_FILE}; run `cxrkit export {spec.path} --onnx` first")
+            s = ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
+            self.sessions.append((s, s.get_inputs()[0].name))
+
+    def member_probs(self, i: int, x: Any, views: Sequence[TTAView]) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        b = x.shape[0]
+        if len(views) > 1:
+            x = np.ascontiguousarray(apply_tta_numpy(x, views))
+        sess, name = self.sessions[i]
+        probs = _sigmoid(sess.run(None, {name: x})[0])
+        if len(views) > 1:
+            probs = probs.reshape(len(views), b, -1).mean(0)
+        return probs
+
+
+def aggregate_studies(probs: np.ndarray, studies: Sequence[str], views: Sequence[str] | None = None,
+                      mode: str = "max", lateral_weight: float = 0.5) -> tuple[list[str], np.ndarray, list[int]]:
+    """One row per study: ``max`` over its images (CheXpert's rule), ``mean``, or
+    ``view-weighted`` mean (frontal weight 1, lateral ``lateral_weight``, as CXR-LT winners).
+    Returns (study ids in first-seen order, probabilities, images per study)."""
+    if mode not in ("max", "mean", "view-weighted"):
+        raise CxrkitError(f"study aggregation must be max, mean or view-weighted, got {mode!r}")
+    order: dict[str, list[int]] = {}
+    for i, s in enumerate(studies):
+        order.setdefault(str(s), []).append(i)
+    out = np.zeros((len(order), probs.shape[1]), dtype=np.float32)
+    for k, (s, idx) in enumerate(order.items()):
+        p = probs[idx]
+        if mode == "max":
+            out[k] = p.max(0)
+        elif mode == "mean":
+            out[k] = p.mean(0)
+        else:
+            w = np.array([lateral_weight if views is not None and str(views[i]).upper() in ("LATERAL", "LL", "RL")
+                          else 1.0 for i in idx])
+            out[k] = (p * w[:, None]).sum(0) / w.sum()
+    return list(order), out, [len(v) for v in order.values()]
