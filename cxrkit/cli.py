@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -222,58 +222,138 @@ def _print_eval(summary: dict) -> None:
         err_console.print(f"warning: {summary['n_failed']} image(s) missing or unreadable were left out", markup=False)
 
 
+def _device(device: str) -> Any:
+    from .inference import resolve_device
+
+    return resolve_device(device)
+
+
 @app.command("evaluate")
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="Saved model folder (RUN_DIR/model).")],
+    model: Annotated[Path, typer.Argument(help="Saved model or ensemble folder.")],
     table: Annotated[Path, typer.Argument(help="Labelled table (any supported format).")],
     images_root: Annotated[Optional[Path], typer.Option("--images-root", help="Folder the table's image paths are relative to.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON here.")] = None,
     format: Annotated[Optional[str], typer.Option("--format", "-f", help="Table format (default: detect).")] = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="Only rows whose split column equals this.")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Only rows of this split (split column value or .txt id list).")] = None,
     uncertain: Annotated[str, typer.Option("--uncertain", help="Score uncertain (-1) labels as: ignore, ones or zeros.")] = "ignore",
-    tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation set: none, flip, seed000, seed000+flip.")] = None,
+    tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation: none, flip, seed000, seed000+flip.")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Score per study: max, mean or view-weighted.")] = None,
+    lateral_weight: Annotated[float, typer.Option("--lateral-weight", help="view-weighted: weight of lateral views.")] = 0.5,
+    engine: Annotated[str, typer.Option("--engine", help="torch or onnx (onnxruntime on the CPU).")] = "torch",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
 ) -> None:
-    """Score a saved model on a labelled table: per-class AUC / AP / F1 and their means."""
-    from .artifact import load_model
+    """Score a saved model or ensemble on a labelled table: per-class AUC / AP / F1 and their means."""
+    from .ensemble import load_predictor
     from .evaluate import evaluate_table
-    from .inference import resolve_device
     from .utils import write_json
 
-    m = load_model(model, device=resolve_device(device))
-    summary = evaluate_table(m, table, images_root=images_root, format=format, split=split, batch_size=batch_size,
-                             workers=workers, tta=tta, uncertain=uncertain)
+    pred = load_predictor(model, engine=engine, device=_device(device))
+    summary = evaluate_table(pred, table, images_root=images_root, format=format, split=split, batch_size=batch_size,
+                             workers=workers, tta=tta, uncertain=uncertain, study=study, lateral_weight=lateral_weight)
     _print_eval(summary)
     if json_out:
         write_json(json_out, summary)
         console.print(f"wrote {json_out}")
 
 
+def _csv_list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    if value is None:
+        return default
+    return tuple(v.strip().upper() for v in value.split(",") if v.strip())
+
+
 @app.command("predict")
 def predict(
-    model: Annotated[Path, typer.Argument(help="Saved model folder.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Image files, folders (searched recursively) or label tables.")],
+    model: Annotated[Path, typer.Argument(help="Saved model or ensemble folder.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image / DICOM files, folders (searched recursively) or label tables.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output CSV (one row per image).")] = Path("preds.csv"),
     images_root: Annotated[Optional[Path], typer.Option("--images-root", help="For table inputs: folder their paths are relative to.")] = None,
-    tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation set: none, flip, seed000, seed000+flip.")] = None,
+    tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation: none, flip, seed000, seed000+flip.")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Also write <out>.studies.csv: one row per study, max, mean or view-weighted.")] = None,
+    lateral_weight: Annotated[float, typer.Option("--lateral-weight", help="view-weighted: weight of lateral views.")] = 0.5,
+    engine: Annotated[str, typer.Option("--engine", help="torch, or onnx (onnxruntime; exported on first use).")] = "torch",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue: skip inputs already in the output or failures file.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: only the inputs whose path hashes to i (split work across machines).")] = None,
+    modalities: Annotated[Optional[str], typer.Option("--modalities", help="DICOM modalities to use (default CR,DX; empty = any).")] = None,
+    body_parts: Annotated[Optional[str], typer.Option("--body-parts", help="DICOM BodyPartExamined values accepted when present (default CHEST,THORAX,...; empty = any).")] = None,
+    views: Annotated[Optional[str], typer.Option("--views", help="Views accepted when known (default PA,AP,LATERAL,LL,RL; empty = any).")] = None,
+    require_view: Annotated[bool, typer.Option("--require-view", help="Skip DICOM without a usable ViewPosition.")] = False,
+    no_filter: Annotated[bool, typer.Option("--no-filter", help="Predict every readable DICOM, whatever its modality / body part / view.")] = False,
+    sr: Annotated[Optional[Path], typer.Option("--sr", help="Also write one DICOM Structured Report per study here (needs highdicom).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding worker processes.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")] = "auto",
 ) -> None:
-    """Predict every image found in the inputs; write probabilities and a failures file.
+    """Predict every image found in the inputs; one row per image, reasons for the rest.
 
-    One row per image with a probability column per label; every unreadable input is listed
-    with its reason in <out>.failures.csv. Exits non-zero only if nothing could be predicted."""
-    from .artifact import load_model
-    from .inference import resolve_device
+    Rows carry the DICOM UIDs and view, model name and version, and per label the
+    probability, threshold and call. Every input not used is in <out>.failures.csv with its
+    reason. Rows are flushed as they come: an interrupted run continues with --resume.
+    Exits non-zero only if nothing could be predicted."""
+    from .ensemble import load_predictor
     from .predict import run_predict
+    from .runtime import DicomFilter
 
-    m = load_model(model, device=resolve_device(device))
-    res = run_predict(m, inputs, out, batch_size=batch_size, workers=workers, tta=tta, images_root=images_root)
-    console.print(f"predicted {res['predicted']} image(s) -> {res['out']}"
-                  + (f"; {res['failed']} not used, see {res['failures']}" if res["failed"] else ""))
+    filt = DicomFilter(modalities=_csv_list(modalities, DicomFilter.modalities),
+                       body_parts=_csv_list(body_parts, DicomFilter.body_parts),
+                       views=_csv_list(views, DicomFilter.views), require_view=require_view, enabled=not no_filter)
+    pred = load_predictor(model, engine=engine, device=_device(device))
+    res = run_predict(pred, inputs, out, batch_size=batch_size, workers=workers, tta=tta, images_root=images_root,
+                      dicom_filter=filt, resume=resume, overwrite=overwrite, shard=_parse_shard(shard), study=study,
+                      lateral_weight=lateral_weight, sr_dir=sr)
+    msg = f"predicted {res['predicted']} image(s) -> {res['out']}"
+    if res["already_done"]:
+        msg += f" ({res['already_done']} already there)"
+    if res["failed"]:
+        msg += f"; {res['failed']} not used, see {res['failures']}"
+    if res.get("studies"):
+        msg += f"; per study: {res['studies']}"
+    console.print(msg)
+
+
+@app.command("ensemble")
+def ensemble(
+    models: Annotated[list[Path], typer.Argument(help="Saved model folders (each possibly CFT-tuned).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble folder to write.")],
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Comma-separated weights (default equal).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name")] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Classes (comma-separated) when members differ.")] = None,
+    valid: Annotated[Optional[Path], typer.Option("--valid", help="Choose the ensemble's thresholds on this table.")] = None,
+    valid_split: Annotated[Optional[str], typer.Option("--valid-split")] = None,
+    images_root: Annotated[Optional[Path], typer.Option("--images-root")] = None,
+    tta: Annotated[Optional[str], typer.Option("--tta", help="TTA used when choosing thresholds on --valid.")] = None,
+) -> None:
+    """Combine saved models into one ensemble (weighted mean of probabilities)."""
+    from .ensemble import build_ensemble
+
+    w = [float(x) for x in weights.split(",")] if weights else None
+    cl = [c.strip() for c in classes.split(",")] if classes else None
+    build_ensemble(models, out, weights=w, name=name, classes=cl, valid_table=valid, images_root=images_root,
+                   valid_split=valid_split, tta=tta)
+    console.print(f"wrote ensemble of {len(models)} model(s) to {out}")
+
+
+@app.command("export")
+def export(
+    model: Annotated[Path, typer.Argument(help="Saved model or ensemble folder.")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (model.onnx next to the weights).")] = False,
+    deploy: Annotated[Optional[Path], typer.Option("--deploy", help="Also write a lean copy (JSON + ONNX, no PyTorch weights) here, e.g. for a container.")] = None,
+) -> None:
+    """Export a model or every member of an ensemble to ONNX for onnxruntime on the CPU."""
+    from .export import deployment_copy, export_model
+
+    if not onnx:
+        raise CxrkitError("say which format to export: --onnx")
+    res = export_model(model)
+    for f, d in zip(res["files"], res["max_abs_diff"]):
+        console.print(f"wrote {f} (max |onnxruntime - torch| = {d:.2e})" if d is not None else f"wrote {f}")
+    if deploy:
+        deployment_copy(model, deploy)
+        console.print(f"wrote deployment copy to {deploy}")
 
 
 def _parse_sets(sets: list[str] | None) -> tuple[dict, dict]:

@@ -46,7 +46,6 @@ DEMO_CFT: dict[str, Any] = {"method": "greedy", "preset": "chexpert", "policies"
 def run_demo(out: str | Path, n_studies: int = 600, seed: int = 0, console: Any = None,
              epochs: int | None = None, cft: dict[str, Any] | None = None, workers: int | None = None
              ) -> dict[str, Any]:
-    from .artifact import load_model
     from .data.demo import contact_sheet, generate_demo
     from .data.preprocess import Preprocessing
     from .data.tables import load_table, summarize
@@ -98,7 +97,9 @@ def run_demo(out: str | Path, n_studies: int = 600, seed: int = 0, console: Any 
                                   "valid_mAUC": res.best_metrics.get("mAUC"), "valid_mAP": res.best_metrics.get("mAP")}
 
     say(f"[bold]4/{n_stages} evaluate[/bold]")
-    model = load_model(model_dir)
+    from .ensemble import load_predictor
+
+    model = load_predictor(model_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ev = evaluate_table(model, ds.valid_csv)
@@ -129,7 +130,7 @@ def run_demo(out: str | Path, n_studies: int = 600, seed: int = 0, console: Any 
                                f"{cres['test_after']['mAUC']:.4f}" if "test_after" in cres else ""))
     summary["stages"]["cft"] = {"model": str(cft_dir), "report": str(cft_dir / "cft" / "report.csv"),
                                 "gains_plot": str(cft_dir / "cft" / "gains.png"), **cres}
-    model = load_model(cft_dir)
+    model = load_predictor(cft_dir)
 
     say(f"[bold]6/{n_stages} predict[/bold] (with the fine-tuned model)")
     test_dir = data_dir / "synthetic-cxr-demo" / ("test" if ds.test_csv else "valid")

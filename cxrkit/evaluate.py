@@ -1,4 +1,5 @@
-"""``cxrkit evaluate``: a saved model on a labelled table -> per-class AUC / AP / F1 and means."""
+"""``cxrkit evaluate``: a saved model or ensemble on a labelled table -> per-class AUC / AP / F1
+and means, per image or per study."""
 
 from __future__ import annotations
 
@@ -14,21 +15,25 @@ from .errors import CxrkitError
 from .labels import subsets_for
 from .metrics import summarize
 from .predict import Failure, predict_paths, table_items
+from .runtime import aggregate_studies
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_table(model: Any, table_path: str | Path, images_root: str | Path | None = None,
                    format: str | None = None, split: str | None = None, batch_size: int = 32, workers: int = 0,
-                   tta: str | bool | None = None, uncertain: str = "ignore",
-                   show_progress: bool = True) -> dict[str, Any]:
+                   tta: str | bool | None = None, uncertain: str = "ignore", study: str | None = None,
+                   lateral_weight: float = 0.5, show_progress: bool = True, return_scores: bool = False
+                   ) -> dict[str, Any]:
     """Predict every readable image of the table and score the model's classes that the table
-    has. Uncertain labels are scored by ``uncertain`` (default: ignored)."""
-    from .train.trainer import eval_targets
+    has. Uncertain labels are scored by ``uncertain`` (default: ignored). With ``study``
+    (max / mean / view-weighted) images are aggregated per study first (labels: the maximum
+    over the study's images, unknown only if unknown everywhere)."""
+    from .train.trainer import eval_targets, select_split
 
     table = load_table(table_path, format=format)
     if split:
-        table = table.split(split)
+        table = select_split(table, split)
     present = [c for c in model.classes if c in table.classes]
     missing = [c for c in model.classes if c not in table.classes]
     if not present:
@@ -52,15 +57,30 @@ def evaluate_table(model: Any, table_path: str | Path, images_root: str | Path |
     cols_table = [table.classes.index(c) for c in present]
     targets = eval_targets(table.labels[rows][:, cols_table].astype(np.float32), uncertain)
     scores = probs[:, cols_model]
-    thresholds = model.thresholds[cols_model]
+    unit = "image"
+    if study:
+        studies = table.meta["study"].to_numpy()[rows] if "study" in table.meta.columns else table.ids[rows]
+        views = table.meta["view"].to_numpy()[rows] if "view" in table.meta.columns else None
+        ids, scores, _ = aggregate_studies(scores, list(studies), views, study, lateral_weight)
+        t = np.full((len(ids), len(present)), np.nan, dtype=np.float32)
+        pos = {s: k for k, s in enumerate(ids)}
+        for r, s in enumerate(studies):
+            k = pos[str(s)]
+            t[k] = np.fmax(t[k], targets[r])  # NaN-aware maximum
+        targets = t
+        unit = f"study ({study})"
+    thresholds = np.asarray(model.thresholds)[cols_model]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = summarize(targets, scores, present, thresholds=thresholds,
-                            subsets=subsets_for(present, getattr(model.meta, "label_space", None)))
+                            subsets=subsets_for(present, getattr(getattr(model, "spec", None), "label_space", None)))
     summary["warnings"] = sorted({str(w.message) for w in caught})
     summary["table"] = str(table_path)
-    summary["model"] = str(model.path)
+    summary["model"] = str(getattr(getattr(model, "spec", None), "path", ""))
+    summary["unit"] = unit
     summary["n_failed"] = len(failures)
     summary["failures"] = [f.to_dict() for f in failures[:100]]
     summary["tta"] = tta if isinstance(tta, str) else ("seed000+flip" if tta else "none")
+    if return_scores:
+        summary["_scores"], summary["_targets"] = scores, targets
     return summary

@@ -105,8 +105,8 @@ def plot_roc_pr(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], 
             ax.axis("on")
             ax.set_title(classes[j][:28], fontsize=7)
             ax.tick_params(labelsize=6)
-            if y.min(initial=1) == y.max(initial=0):
-                ax.text(0.5, 0.5, "undefined\n(one class only)", ha="center", va="center", fontsize=7)
+            if len(y) == 0 or y.min() == y.max():
+                ax.text(0.5, 0.5, "undefined\n(no positives or\nno negatives)", ha="center", va="center", fontsize=7)
                 continue
             if kind == "roc":
                 fpr, tpr, _ = roc_curve(y, s)

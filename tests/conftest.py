@@ -61,3 +61,14 @@ def trained_model(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("run")
     fit(tiny_config(demo_data, **{"train.epochs": 3}), out, show_progress=False)
     return out / "model"
+
+
+@pytest.fixture(scope="session")
+def trained_model_48(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny model with another input size (48 px) and seed: for ensembles."""
+    from cxrkit.train.trainer import fit
+
+    out = tmp_path_factory.mktemp("run48")
+    fit(tiny_config(demo_data, **{"train.epochs": 2, "preprocessing.size": 48, "train.seed": 5}), out,
+        show_progress=False)
+    return out / "model"

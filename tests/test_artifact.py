@@ -68,3 +68,18 @@ def test_bad_artifacts(tmp_path):
         load_model(d)
     with pytest.raises(ArtifactError, match="thresholds"):
         ModelMeta.from_dict(dict(_meta()[1].to_dict(), thresholds=[0.5]))
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        cfg, meta = _meta()
+        save_model(tmp_path / "model", build_model(cfg, 3), meta)
+        for p in [tmp_path / "model", *(tmp_path / "model").iterdir()]:
+            mode = stat.S_IMODE(p.stat().st_mode)
+            assert mode & 0o044 == 0o044, (p, oct(mode))  # readable by group and others (containers, PACS users)
+    finally:
+        os.umask(old)

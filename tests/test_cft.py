@@ -144,11 +144,12 @@ def test_feature_cache_hit_and_invalidation(trained_model, demo_data, tmp_path):
     np.testing.assert_allclose(np.asarray(h.z, np.float32), np.asarray(a.z), rtol=2e-3, atol=2e-3)
     # the features reproduce the model's own logits
     w, bias = head_rows(model.model)
-    from cxrkit.predict import predict_paths
     from cxrkit.data.tables import load_table, resolve_image_paths
+    from cxrkit.ensemble import load_predictor
+    from cxrkit.predict import predict_paths
 
     paths, _ = resolve_image_paths(load_table(demo_data / "valid.csv"))
-    probs, idx, _ = predict_paths(model, paths[:5], show_progress=False)
+    probs, idx, _ = predict_paths(load_predictor(trained_model), paths[:5], show_progress=False)
     np.testing.assert_allclose(1 / (1 + np.exp(-a.logits(w, bias)[:5])), probs, atol=1e-5)
     # another model (different weights) -> another cache entry
     model.model.head.bias.data += 1

@@ -167,3 +167,20 @@ def test_eval_targets_and_bce():
         eval_targets(lab, "ones-lsr")
     x = np.array([[0.0, 3.0, 1.0, -2.0]])
     assert abs(masked_bce(x, eval_targets(lab)) - np.mean([np.log(2), np.log1p(np.exp(-2.0))])) < 1e-12
+
+
+def test_classes_without_validation_labels_do_not_break_training(demo_data, tmp_path):
+    """A label space with classes the tables never label (all unknown) trains and plots."""
+    import pandas as pd
+
+    for split in ("train", "valid"):
+        df = pd.read_csv(demo_data / f"{split}.csv")
+        df["Never Labelled"] = np.nan
+        df.to_csv(tmp_path / f"{split}.csv", index=False)
+    cfg = tiny_config(demo_data, **{"data.train.table": str(tmp_path / "train.csv"),
+                                    "data.valid.table": str(tmp_path / "valid.csv"), "data.train.format": "generic",
+                                    "data.valid.format": "generic", "data.train.images_root": str(demo_data),
+                                    "data.valid.images_root": str(demo_data), "train.epochs": 1, "label_space": "null"})
+    res = fit(cfg, tmp_path / "run", show_progress=False)
+    assert res.completed and (tmp_path / "run" / "plots" / "roc.png").is_file()
+    assert res.best_metrics["per_class_auc"]["Never Labelled"] is None
