@@ -289,6 +289,8 @@ class OnnxPredictor(Predictor):
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        # idle threads sleep instead of spinning, so decoding workers get the CPU between operators
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = []
         for m in spec.members:
             f = onnx_location(m)

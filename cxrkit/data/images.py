@@ -196,13 +196,20 @@ def _bit_range(vmax: int) -> int:
 
 
 def _minmax(arr: np.ndarray, path: str | Path) -> np.ndarray:
-    arr = arr.astype(np.float32)
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        raise ImageReadError(path, FailureReason.UNREADABLE, "image contains non-finite values")
+    """Stretch to [0, 1] by the image's own range (float32; min / max on the native dtype)."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if not np.isfinite(lo) or not np.isfinite(hi):
+            raise ImageReadError(path, FailureReason.UNREADABLE, "image contains non-finite values")
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
         raise ImageReadError(path, FailureReason.EMPTY, "image is constant (no contrast)")
-    return (arr - lo) / (hi - lo)
+    out = arr.astype(np.float32)
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,42 +411,66 @@ def _voi_range(ds: Any) -> tuple[float, float]:
     return min(y_min, y_max), max(y_min, y_max)
 
 
+def _window_params(ds: Any) -> tuple[float, float, str]:
+    def first(v: Any) -> float:
+        return float(v[0]) if hasattr(v, "__iter__") and not isinstance(v, (str, bytes)) else float(v)
+
+    return first(ds.WindowCenter), first(ds.WindowWidth), str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+
+
 def apply_dicom_pipeline(arr: np.ndarray, ds: Any, path: str | Path = "<dataset>") -> tuple[np.ndarray, str]:
     """Stored values -> Modality LUT / rescale -> VOI LUT or window -> [0, 1] -> MONOCHROME1
-    inversion. Returns the image and a short description of the VOI step used."""
+    inversion. Returns the image (float32) and a short description of the VOI step used.
+
+    pydicom applies the modality LUT / rescale, VOI LUT sequences and LINEAR_EXACT / SIGMOID
+    windows; the common LINEAR window (PS3.3 C.11.2.1.2.1) is computed directly in float32:
+    clip(((x - (c - 0.5)) / (w - 1) + 0.5, 0, 1), the same values without float64 copies."""
     from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            x = apply_modality_lut(arr, ds).astype(np.float64)
-        except Exception as e:  # malformed LUT / rescale values
-            raise ImageReadError(path, FailureReason.UNREADABLE, f"invalid Modality LUT / rescale ({_first_line(e)})") from None
+        x: np.ndarray = arr
+        if ds.get("ModalityLUTSequence") or "RescaleSlope" in ds or "RescaleIntercept" in ds:
+            try:
+                x = apply_modality_lut(arr, ds)
+            except Exception as e:  # malformed LUT / rescale values
+                raise ImageReadError(path, FailureReason.UNREADABLE,
+                                     f"invalid Modality LUT / rescale ({_first_line(e)})") from None
+        out: np.ndarray | None = None
         voi = "minmax"
         try:
             if ds.get("VOILUTSequence"):
                 item = ds.VOILUTSequence[0]
                 lut = np.asarray(item.LUTData if hasattr(item, "LUTData") else [], dtype=np.float64)
-                y = apply_voi(x, ds, index=0).astype(np.float64)
+                y = apply_voi(np.asarray(x, dtype=np.float64), ds, index=0)
                 lo, hi = (float(lut.min()), float(lut.max())) if lut.size else (float(y.min()), float(y.max()))
                 if hi > lo:
-                    x, voi = (y - lo) / (hi - lo), "voi-lut"
+                    out, voi = ((y - lo) / (hi - lo)).astype(np.float32), "voi-lut"
             elif "WindowCenter" in ds and "WindowWidth" in ds:
-                y = apply_windowing(x, ds, index=0)
-                lo, hi = _voi_range(ds)
-                if hi > lo:
-                    x, voi = (y - lo) / (hi - lo), "window"
+                c, w, func = _window_params(ds)
+                if func == "LINEAR" and w >= 1:
+                    out = x.astype(np.float32)
+                    out -= np.float32(c - 0.5)
+                    out *= np.float32(1.0 / (w - 1)) if w > 1 else np.float32(np.inf)
+                    out += np.float32(0.5)
+                    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+                    voi = "window"
+                elif func != "LINEAR":
+                    y = apply_windowing(np.asarray(x, dtype=np.float64), ds, index=0)
+                    lo, hi = _voi_range(ds)
+                    if hi > lo:
+                        out, voi = ((y - lo) / (hi - lo)).astype(np.float32), "window"
         except Exception as e:  # e.g. width < 1, bad LUT descriptor: fall back to min-max
             log.debug("%s: VOI step skipped (%s)", path, e)
-            voi = "minmax"
-        if voi == "minmax":
-            x = _minmax(x, path).astype(np.float64)
-    x = np.clip(x, 0.0, 1.0).astype(np.float32)
+            out, voi = None, "minmax"
+        if out is None:
+            out = _minmax(x, path)
+    np.clip(out, 0.0, 1.0, out=out)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        x = 1.0 - x
-    if float(x.max()) <= float(x.min()):
+        np.subtract(np.float32(1.0), out, out=out)
+    if float(out.max()) <= float(out.min()):
         raise ImageReadError(path, FailureReason.EMPTY, "image is constant after windowing (no contrast)")
-    return x, voi
+    return out, voi
 
 
 def read_dicom(path: str | Path) -> tuple[np.ndarray, DicomInfo]:
