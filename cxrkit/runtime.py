@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__
 from .data.augment import TTAView, apply_tta_numpy, tta_views
-from .data.images import dicom_info, is_dicom_file, read_image
+from .data.images import dicom_info, is_dicom_file
 from .data.preprocess import Preprocessing
 from .data.tables import normalise_view
 from .errors import ArtifactError, CxrkitError, FailureReason, ImageReadError
@@ -184,14 +184,17 @@ def prepare_file(index: int, path: str | Path, pres: Sequence[Preprocessing],
                 info["view"] = dicom_filter.check(dinfo, p)
             check_dicom_image(ds, p, dinfo)
             img, _ = apply_dicom_pipeline(_decode(ds, p, dinfo), ds, p)
-            base = {"auto": img}
+            base: dict[tuple[str, str], np.ndarray] = {("auto", "grey"): img}
         else:
             base = {}
         arrays = []
         for pre in pres:
-            if pre.intensity not in base:
-                base[pre.intensity] = read_image(p, intensity=pre.intensity)
-            arrays.append(pre.normalize(pre.resize_image(base[pre.intensity])))
+            key = (pre.intensity, pre.colour)
+            if key not in base:
+                grey = base.get((pre.intensity, "grey"))
+                base[key] = (np.repeat(grey[..., None], 3, axis=2) if pre.colour == "rgb" and grey is not None
+                             else pre.read(p))
+            arrays.append(pre.normalize(pre.resize_image(base[key])))
         return Prepared(index, arrays, info)
     except ImageReadError as e:
         return Prepared(index, None, info, e.reason.value, e.detail)
@@ -322,7 +325,7 @@ def aggregate_studies(probs: np.ndarray, studies: Sequence[str], views: Sequence
     for i, s in enumerate(studies):
         order.setdefault(str(s), []).append(i)
     out = np.zeros((len(order), probs.shape[1]), dtype=np.float32)
-    for k, (s, idx) in enumerate(order.items()):
+    for k, idx in enumerate(order.values()):
         p = probs[idx]
         if mode == "max":
             out[k] = p.max(0)

@@ -6,10 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pydicom
-import pytest
 from pydicom.data import get_testdata_file
 
 from conftest import shared

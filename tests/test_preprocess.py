@@ -42,7 +42,7 @@ def test_roundtrip_through_json():
     q = Preprocessing.from_dict(json.loads(json.dumps(p.to_dict())))
     assert q == p and q.hw == (64, 48)
     with pytest.raises(ConfigError, match="unknown preprocessing keys"):
-        Preprocessing.from_dict({"size": 3, "colour": 1})
+        Preprocessing.from_dict({"size": 3, "palette": 1})
     with pytest.raises(ConfigError):
         Preprocessing(channels=2)
     with pytest.raises(ConfigError):
@@ -91,3 +91,21 @@ def test_tta_views_geometry():
     assert abs(rot.sum().item() - x.sum().item()) / x.sum().item() < 0.05
     with pytest.raises(ConfigError):
         tta_views("lots")
+
+
+def test_rgb_colour_images(tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    cv2.imwrite(str(tmp_path / "red.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    p = Preprocessing(size=(10, 15), colour="rgb")
+    img = p.load(tmp_path / "red.png")
+    assert img.shape == (10, 15, 3)
+    np.testing.assert_allclose(img[..., 0], 200 / 255, atol=1e-6)
+    assert img[..., 1:].max() == 0
+    x = p(tmp_path / "red.png")
+    assert x.shape == (3, 10, 15)
+    np.testing.assert_allclose(x[0].numpy(), (200 / 255 - 0.485) / 0.229, rtol=1e-5)
+    grey = p.load(shared("dicom", "nih_dx_chest_uncompressed.dcm"))  # grey sources repeat over channels
+    np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
+    with pytest.raises(ConfigError, match="needs channels: 3"):
+        Preprocessing(colour="rgb", channels=1)

@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cxrkit.submit import main
 

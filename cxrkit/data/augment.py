@@ -100,6 +100,70 @@ def robust_augmentation(p_noise: float = 0.3) -> Augment:
     ])
 
 
+class _RandAugment:
+    """torchvision's RandAugment (Cubuk et al. 2020; seed 000's COCO recipe) on the [0, 1]
+    image, seeded per call; grey images are augmented as grey."""
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9) -> None:
+        from torchvision.transforms import v2
+
+        self.t = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+
+    def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
+        import torch
+
+        grey = image.ndim == 2
+        x = torch.from_numpy(np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8))
+        x = x[None] if grey else x.permute(2, 0, 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) % (2**63))
+            y = self.t(x)
+        y = y[0] if grey else y.permute(1, 2, 0)
+        return y.numpy().astype(np.float32) / 255.0
+
+
+class _Chain:
+    def __init__(self, *parts: Augment) -> None:
+        self.parts = parts
+
+    def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
+        for i, part in enumerate(self.parts):
+            image = part(image, seed * 7919 + i)
+        return image
+
+
+def _cutout(factor: float = 0.5) -> _Albu:
+    import albumentations as A
+
+    return _Albu([A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.1, factor),
+                                  hole_width_range=(0.1, factor), fill=0, p=1.0)])
+
+
+@register_augmentation("randaugment")
+def randaugment_augmentation(num_ops: int = 2, magnitude: int = 9, flip: float = 0.5) -> Augment:
+    """Seed 000's COCO recipe: horizontal flip and RandAugment (2 ops, magnitude 9)."""
+    import albumentations as A
+
+    return _Chain(_Albu([A.HorizontalFlip(p=flip)]), _RandAugment(num_ops, magnitude))
+
+
+@register_augmentation("cutout")
+def cutout_augmentation(factor: float = 0.5, flip: float = 0.5) -> Augment:
+    """Cutout (DeVries and Taylor 2017): one rectangle of up to ``factor`` of each side set to 0."""
+    import albumentations as A
+
+    return _Chain(_Albu([A.HorizontalFlip(p=flip)]), _cutout(factor))
+
+
+@register_augmentation("randaugment+cutout")
+def randaugment_cutout_augmentation(num_ops: int = 2, magnitude: int = 9, factor: float = 0.5,
+                                    flip: float = 0.5) -> Augment:
+    """Seed 002's recipe: horizontal flip, RandAugment and Cutout."""
+    import albumentations as A
+
+    return _Chain(_Albu([A.HorizontalFlip(p=flip)]), _RandAugment(num_ops, magnitude), _cutout(factor))
+
+
 # ---------------------------------------------------------------------------------------
 # Test-time augmentation
 # ---------------------------------------------------------------------------------------

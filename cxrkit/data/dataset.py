@@ -110,6 +110,7 @@ def load_images(paths: Sequence[str | Path], pre: Preprocessing, cache: str = "d
     paths = [Path(p) for p in paths]
     h, w = pre.hw
     n = len(paths)
+    shape = (n, h, w, 3) if pre.colour == "rgb" else (n, h, w)
     meta_file = data_file = None
     if cache == "disk":
         cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -120,7 +121,7 @@ def load_images(paths: Sequence[str | Path], pre: Preprocessing, cache: str = "d
             try:
                 meta = json.loads(meta_file.read_text())
                 arr = np.load(data_file, mmap_mode="r")
-                if meta.get("complete") and arr.shape == (n, h, w):
+                if meta.get("complete") and arr.shape == shape:
                     ok = np.ones(n, dtype=bool)
                     for f in meta["failures"]:
                         ok[int(f["row"])] = False
@@ -129,9 +130,9 @@ def load_images(paths: Sequence[str | Path], pre: Preprocessing, cache: str = "d
             except (ValueError, OSError, KeyError, json.JSONDecodeError):
                 log.warning("image cache %s unreadable; rebuilding", data_file)
         tmp_data = data_file.with_name(f".{data_file.name}.{os.getpid()}.tmp")
-        arr = np.lib.format.open_memmap(tmp_data, mode="w+", dtype=np_dtype, shape=(n, h, w))
+        arr = np.lib.format.open_memmap(tmp_data, mode="w+", dtype=np_dtype, shape=shape)
     else:
-        arr = np.zeros((n, h, w), dtype=np_dtype)
+        arr = np.zeros(shape, dtype=np_dtype)
     ok = np.zeros(n, dtype=bool)
     failures: list[dict[str, str]] = []
     loader = DataLoader(_Decode(paths, pre, np_dtype, scale), batch_size=None, shuffle=False, num_workers=workers,
@@ -151,7 +152,7 @@ def load_images(paths: Sequence[str | Path], pre: Preprocessing, cache: str = "d
         del arr
         os.replace(tmp_data, data_file)
         with atomic_write(meta_file) as tmp:
-            tmp.write_text(json.dumps({"complete": True, "n": n, "shape": [n, h, w], "dtype": dtype,
+            tmp.write_text(json.dumps({"complete": True, "n": n, "shape": list(shape), "dtype": dtype,
                                        "preprocessing": pre.to_dict(), "failures": failures}))
         return ImageSet(np.load(data_file, mmap_mode="r"), ok, failures, scale, data_file)
     return ImageSet(arr, ok, failures, scale, None)

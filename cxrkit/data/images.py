@@ -73,9 +73,26 @@ def read_image(path: str | Path, intensity: str = "auto") -> np.ndarray:
     return read_raster(p, intensity=intensity)
 
 
+def read_image_rgb(path: str | Path, intensity: str = "auto") -> np.ndarray:
+    """Any supported image as H x W x 3 float32 RGB in [0, 1]: colour rasters keep their
+    colour; grey images, DICOM and MetaImage are repeated over the three channels."""
+    p = Path(path)
+    if p.suffix.lower() in METAIMAGE_SUFFIXES or is_dicom_file(p) or not p.exists() or p.is_dir():
+        return np.repeat(read_image(p, intensity)[..., None], 3, axis=2)
+    arr = _decode_raster(p)
+    if arr.ndim == 3 and arr.shape[2] >= 3:
+        return _scale_raster(cv2.cvtColor(arr[:, :, :3], cv2.COLOR_BGR2RGB), p, intensity)
+    return np.repeat(_scale_raster(_raster_grey(arr, p), p, intensity)[..., None], 3, axis=2)
+
+
 def read_raster(path: str | Path, intensity: str = "auto") -> np.ndarray:
     """PNG / JPEG / BMP / TIFF, 8 or 16 bit, grey, grey+alpha, RGB or RGBA -> grey [0, 1]."""
     p = Path(path)
+    return _scale_raster(_raster_grey(_decode_raster(p), p), p, intensity)
+
+
+def _decode_raster(p: Path) -> np.ndarray:
+    """The file's pixels as OpenCV decodes them (BGR order, any depth), or a typed error."""
     try:
         buf = np.fromfile(p, dtype=np.uint8)
     except OSError as e:
@@ -87,6 +104,13 @@ def read_raster(path: str | Path, intensity: str = "auto") -> np.ndarray:
         if buf[:4].tobytes() == b"\x89PNG" or buf[:2].tobytes() == b"\xff\xd8":
             raise ImageReadError(p, FailureReason.TRUNCATED, "image data is corrupt or truncated")
         raise ImageReadError(p, FailureReason.UNREADABLE, "not a readable PNG/JPEG/BMP/TIFF image")
+    if arr.size == 0:
+        raise ImageReadError(p, FailureReason.UNREADABLE, f"unexpected image shape {arr.shape}")
+    return arr
+
+
+def _raster_grey(arr: np.ndarray, p: Path) -> np.ndarray:
+    """Grey, grey + alpha, BGR or BGRA pixels -> one grey channel of the same depth."""
     if arr.ndim == 3:
         if arr.shape[2] == 4:
             arr = arr[:, :, :3]
@@ -102,14 +126,17 @@ def read_raster(path: str | Path, intensity: str = "auto") -> np.ndarray:
             arr = arr[:, :, 0]
     if arr.ndim != 2 or arr.size == 0:
         raise ImageReadError(p, FailureReason.UNREADABLE, f"unexpected image shape {arr.shape}")
-    if intensity == "minmax":
-        return _minmax(arr.astype(np.float32), p)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / float(_bit_range(int(arr.max())))
-    if np.issubdtype(arr.dtype, np.floating):
-        return _minmax(arr.astype(np.float32), p)
+    return arr
+
+
+def _scale_raster(arr: np.ndarray, p: Path, intensity: str) -> np.ndarray:
+    """Stored values -> float32 [0, 1]: 8 bit / 255, 16 bit by its bit depth, anything else
+    (or ``intensity="minmax"``) min-max."""
+    if intensity != "minmax":
+        if arr.dtype == np.uint8:
+            return arr.astype(np.float32) / 255.0
+        if arr.dtype == np.uint16:
+            return arr.astype(np.float32) / float(_bit_range(int(arr.max())))
     return _minmax(arr.astype(np.float32), p)
 
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
-from .images import read_image
+from .images import read_image, read_image_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +40,8 @@ class Preprocessing:
     picks ImageNet statistics for 3 channels, 0.5 / 0.25 for 1); ``resize``: ``stretch``
     (CheXpert practice), ``letterbox`` (keep aspect, pad with black) or ``center-crop``;
     ``intensity``: ``auto`` (8-bit / 255, 16-bit by bit depth, DICOM by its VOI window) or
-    ``minmax``.
+    ``minmax``; ``colour``: ``grey`` (radiographs: grey, repeated to ``channels``) or ``rgb``
+    (natural images keep their colour; needs 3 channels).
     """
 
     size: int | tuple[int, int] = 224
@@ -50,6 +51,7 @@ class Preprocessing:
     resize: str = "stretch"
     intensity: str = "auto"
     interpolation: str = "area"
+    colour: str = "grey"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,8 +69,11 @@ class Preprocessing:
             self.mean = IMAGENET_MEAN if self.channels == 3 else (0.5,)
         if self.std is None:
             self.std = IMAGENET_STD if self.channels == 3 else (0.25,)
-        self.mean = tuple(float(m) for m in self.mean)  # type: ignore[union-attr]
-        self.std = tuple(float(s) for s in self.std)  # type: ignore[union-attr]
+        try:
+            self.mean = tuple(float(m) for m in self.mean)  # type: ignore[union-attr]
+            self.std = tuple(float(s) for s in self.std)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise ConfigError(f"mean and std must be lists of numbers, got {self.mean!r} / {self.std!r}") from None
         for name, v in (("mean", self.mean), ("std", self.std)):
             if len(v) not in (1, self.channels):
                 raise ConfigError(f"{name} needs 1 or {self.channels} values, got {len(v)}")
@@ -80,6 +85,10 @@ class Preprocessing:
             raise ConfigError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
         if self.interpolation not in _INTERP:
             raise ConfigError(f"interpolation must be one of {sorted(_INTERP)}, got {self.interpolation!r}")
+        if self.colour not in ("grey", "rgb"):
+            raise ConfigError(f"colour must be 'grey' or 'rgb', got {self.colour!r}")
+        if self.colour == "rgb" and self.channels != 3:
+            raise ConfigError("colour 'rgb' needs channels: 3")
 
     # -- geometry ---------------------------------------------------------------------
     @property
@@ -87,7 +96,7 @@ class Preprocessing:
         return (self.size, self.size) if isinstance(self.size, int) else self.size  # type: ignore[return-value]
 
     def resize_image(self, img: np.ndarray) -> np.ndarray:
-        """[0, 1] grey image of any size -> ``hw`` (float32)."""
+        """[0, 1] image (H x W grey or H x W x 3) of any size -> ``hw`` (float32)."""
         h, w = self.hw
         ih, iw = img.shape[:2]
         if (ih, iw) == (h, w):
@@ -99,7 +108,7 @@ class Preprocessing:
         nh, nw = max(1, round(ih * scale)), max(1, round(iw * scale))
         r = _resize(img, nw, nh, interp)
         if self.resize == "letterbox":
-            out = np.zeros((h, w), dtype=np.float32)
+            out = np.zeros((h, w, *img.shape[2:]), dtype=np.float32)
             y0, x0 = (h - nh) // 2, (w - nw) // 2
             out[y0:y0 + nh, x0:x0 + nw] = r
             return out
@@ -107,20 +116,31 @@ class Preprocessing:
         return np.ascontiguousarray(r[y0:y0 + h, x0:x0 + w])
 
     # -- the pipeline -----------------------------------------------------------------
+    def read(self, path: str | Path) -> np.ndarray:
+        """Read at full size: H x W (grey) or H x W x 3 (``rgb``) float32 in [0, 1]."""
+        if self.colour == "rgb":
+            return read_image_rgb(path, intensity=self.intensity)
+        return read_image(path, intensity=self.intensity)
+
     def load(self, path: str | Path) -> np.ndarray:
         """Read and resize: the [0, 1] float32 image before augmentation / normalisation."""
-        return self.resize_image(read_image(path, intensity=self.intensity))
+        return self.resize_image(self.read(path))
 
     def render(self, path: str | Path) -> np.ndarray:
-        """8-bit grey image exactly as the model sees it before normalisation."""
+        """8-bit image exactly as the model sees it before normalisation (grey, or RGB)."""
         return to_uint8(self.load(path))
 
     def normalize(self, img: np.ndarray) -> np.ndarray:
-        """H x W (or N x H x W) [0, 1] -> C x H x W (or N x C x H x W) normalised float32."""
+        """[0, 1] image -> normalised float32 C x H x W: H x W (grey) or H x W x 3 (rgb), or a
+        batch of either (N x H x W / N x H x W x 3) -> N x C x H x W."""
         x = np.asarray(img, dtype=np.float32)
-        batched = x.ndim == 3
-        x = x[:, None] if batched else x[None]
-        x = np.repeat(x, self.channels, axis=-3) if self.channels > 1 else x
+        if self.colour == "rgb":
+            batched = x.ndim == 4
+            x = np.moveaxis(x, -1, -3)
+        else:
+            batched = x.ndim == 3
+            x = x[:, None] if batched else x[None]
+            x = np.repeat(x, self.channels, axis=-3) if self.channels > 1 else x
         shape = (1, -1, 1, 1) if batched else (-1, 1, 1)
         mean = np.asarray(self.mean, dtype=np.float32).reshape(shape)
         std = np.asarray(self.std, dtype=np.float32).reshape(shape)
@@ -132,7 +152,7 @@ class Preprocessing:
         return torch.from_numpy(self.normalize(self.load(path)))
 
     def denormalize(self, x: Any) -> Any:
-        """Inverse of :meth:`normalize` on a tensor / array (first channel, [0, 1])."""
+        """Inverse of :meth:`normalize` on a tensor / array (first channel, [0, 1]; grey)."""
         m, s = self.mean[0], self.std[0]  # type: ignore[index]
         return x[..., 0, :, :] * s + m
 
