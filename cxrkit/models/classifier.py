@@ -82,15 +82,31 @@ class Classifier(nn.Module):
 
 
 ArchBuilder = Callable[[ModelConfig, int, bool], nn.Module]
+#: (model config dict, training labels N x C in the internal encoding, class names) -> config
+#: dict with what the architecture derives from the training data (e.g. ML-VPT's label
+#: groups); it is saved with the model, so loading rebuilds exactly the same network.
+ArchPrepare = Callable[[dict[str, Any], Any, list[str]], dict[str, Any]]
 _ARCHS: dict[str, ArchBuilder] = {}
+_PREPARE: dict[str, ArchPrepare] = {}
 
 
-def register_arch(name: str) -> Callable[[ArchBuilder], ArchBuilder]:
+def register_arch(name: str, prepare: ArchPrepare | None = None) -> Callable[[ArchBuilder], ArchBuilder]:
     def deco(fn: ArchBuilder) -> ArchBuilder:
         _ARCHS[name] = fn
+        if prepare is not None:
+            _PREPARE[name] = prepare
         return fn
 
     return deco
+
+
+def prepare_model_config(model_cfg: dict[str, Any], train_labels: Any, classes: list[str]) -> dict[str, Any]:
+    """Let the architecture derive settings from the training labels before it is built."""
+    arch = model_cfg.get("arch", "classifier")
+    if arch not in _ARCHS:
+        _load_builtin_archs()
+    fn = _PREPARE.get(arch)
+    return fn(dict(model_cfg), train_labels, list(classes)) if fn is not None else dict(model_cfg)
 
 
 def list_archs() -> list[str]:

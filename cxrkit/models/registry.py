@@ -123,7 +123,7 @@ def _timm_backbone(name: str, spec: BackboneSpec) -> tuple[nn.Module, int]:
         kwargs["pretrained_cfg_overlay"] = dict(file=str(spec.weights))
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=spec.in_chans, **kwargs)
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, TypeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if pretrained and spec.weights is None:
             raise ConfigError(f"could not load pretrained weights for {name!r} from the hub ({msg}); offline, "
