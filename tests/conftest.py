@@ -49,7 +49,9 @@ def tiny_config(data_dir: Path, **overrides: object) -> "TrainConfig":  # noqa: 
         "schedule": {"name": "onecycle"},
         "train": {"epochs": 2, "batch_size": 32, "seed": 0},
     }
-    ovs = [f"{k}={v}" for k, v in overrides.items()]
+    import json
+
+    ovs = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]  # JSON is YAML: None -> null
     return load_config(raw=raw, overrides=ovs)
 
 

@@ -40,6 +40,8 @@ class DataConfig:
     views: list[str] | None = None  # keep only these views (e.g. [PA, AP]); default: all
     label_policy: dict[str, Any] = field(default_factory=lambda: {"uncertain": "ignore", "unknown": "ignore"})
     valid_uncertain: str = "ignore"  # how -1 in the validation table is scored
+    partial_known: float | None = None  # simulate partial labels: keep this proportion per training image
+    partial_seed: int = 0
     cache: str = "disk"  # disk (memory-mapped, reused) or memory
     cache_dir: str | None = None
     cache_dtype: str = "uint8"
@@ -107,7 +109,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: RunConfig = field(default_factory=RunConfig)
-    partial: dict[str, Any] | None = None  # partial-label strategy (issue: natural images)
+    partial: dict[str, Any] | None = None  # unknown-label strategy: {strategy: ignore|an|ll-r|selective|cl-score|cl-score+, params: {...}}
 
     # --- derived views -------------------------------------------------------------
     @property
@@ -141,6 +143,11 @@ class TrainConfig:
             raise ConfigError("optim.name must be adam, adamw or sgd")
         if self.schedule.name not in ("constant", "onecycle", "cosine"):
             raise ConfigError("schedule.name must be constant, onecycle or cosine")
+        from .partial import build_strategy
+
+        build_strategy(self.partial)
+        if self.data.partial_known is not None and not 0 < self.data.partial_known <= 1:
+            raise ConfigError("data.partial_known must be in (0, 1]")
         m = self.model_config
         if m.in_chans != self.preprocessing_obj.channels:
             raise ConfigError(f"model.in_chans ({m.in_chans}) must equal preprocessing.channels "

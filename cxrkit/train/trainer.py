@@ -42,6 +42,7 @@ from ..labels import UncertaintyPolicy, apply_uncertainty, subsets_for
 from ..losses import build_loss
 from ..metrics import best_thresholds, summarize as summarize_metrics
 from ..models import build_model
+from ..models.classifier import count_parameters
 from ..utils import atomic_write, progress, write_json
 from .config import TableRef, TrainConfig, dump_config
 from .distributed import barrier, broadcast_flag, cleanup, gather_rows, init_distributed
@@ -91,6 +92,10 @@ def load_split(ref: TableRef, cfg: TrainConfig, pre: Preprocessing, role: str, s
         table = table.select(mask)
     if len(table) == 0:
         raise CxrkitError(f"{ref.table}: no {role} rows left after selecting split / views")
+    if role == "train" and cfg.data.partial_known is not None:
+        from ..data.partial import partial_table
+
+        table = partial_table(table, cfg.data.partial_known, cfg.data.partial_seed)
     paths, exists = resolve_image_paths(table, ref.images_root)
     failures = [{"row": int(i), "path": str(paths[i]), "reason": "missing", "detail": "file not found"}
                 for i in np.flatnonzero(~exists)]
@@ -154,10 +159,13 @@ def _cpu_tensors(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
     return out
 
 
-def save_checkpoint(out: Path, model: nn.Module, ema: Any, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def save_checkpoint(out: Path, model: nn.Module, ema: Any, opt: torch.optim.Optimizer, state: dict[str, Any],
+                    strategy: Any = None) -> None:
     from safetensors.torch import save_file
 
     tensors = _cpu_tensors(model.state_dict(), "model.")
+    if strategy is not None:
+        tensors.update(_cpu_tensors(strategy.state(), "partial."))
     if ema is not None:
         tensors.update(_cpu_tensors(ema.module.state_dict(), "ema."))
     osd = opt.state_dict()
@@ -180,11 +188,14 @@ def save_checkpoint(out: Path, model: nn.Module, ema: Any, opt: torch.optim.Opti
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_checkpoint(out: Path, model: nn.Module, ema: Any, opt: torch.optim.Optimizer) -> dict[str, Any]:
+def load_checkpoint(out: Path, model: nn.Module, ema: Any, opt: torch.optim.Optimizer,
+                    strategy: Any = None) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     d = out / CHECKPOINT_DIR
     tensors = load_file(str(d / "state.safetensors"))
+    if strategy is not None:
+        strategy.load_state({k[8:]: v for k, v in tensors.items() if k.startswith("partial.")})
     meta = json.loads((d / "state.json").read_text())
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
@@ -313,8 +324,33 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
 
         policy = cfg.label_policy
         policy.resolve(classes)  # validates per-class names
+        from ..models.classifier import prepare_model_config
+        from .partial import build_strategy
+
+        cfg.model = prepare_model_config(cfg.model, train.labels, list(classes))
+        strategy = build_strategy(cfg.partial)
+        if strategy is not None:
+            from ..labels import LabelPolicy
+
+            # the strategy decides what unknown labels do; uncertain ones follow the policy
+            policy = LabelPolicy(uncertain=policy.uncertain, per_class=policy.per_class, unknown="ignore")
+            strategy.prepare(train.labels)
+            elem_loss = build_loss(cfg.loss.name, **{**cfg.loss.params, "reduction": "none"}).to(device)
+        unknown_all = torch.from_numpy(np.isnan(train.labels))
+        if main:
+            dump_config(cfg, out / "config.yaml")  # now with what the architecture derived from the labels
+            if cfg.data.partial_known is not None:  # the split every method of a comparison shares
+                from ..data.partial import write_portable
+
+                write_portable(train.table, out / "partial_train.csv", cfg.data.train.images_root)
         valid_t = eval_targets(valid.labels, cfg.data.valid_uncertain)
         model = build_model(cfg.model_config, len(classes)).to(device)
+        n_trainable, n_total = count_parameters(model)
+        param_counts = {"trainable": n_trainable, "total": n_total}
+        if main:
+            log.info("model %s / %s: %d trainable of %d parameters", cfg.model_config.arch,
+                     cfg.model_config.backbone, n_trainable, n_total)
+            say(f"model: {n_trainable:,} trainable of {n_total:,} parameters")
         if dist_info.enabled and cfg.train.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ema = None
@@ -347,7 +383,7 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
         state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0,
                                  "history": [], "completed": False}
         if resume and has_checkpoint(out):
-            state = load_checkpoint(out, model, ema, opt)
+            state = load_checkpoint(out, model, ema, opt, strategy)
             if main:
                 say(f"resuming from epoch {state['epoch'] + 1} of {cfg.train.epochs}")
         elif resume and main:
@@ -366,8 +402,8 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
         for epoch in range(int(state["epoch"]), cfg.train.epochs):
             t0 = time.time()
             torch.manual_seed(sample_seed(cfg.train.seed, epoch, 0x5EED))  # dropout etc.
-            targets = torch.from_numpy(policy.targets(train.labels, classes,
-                                                      np.random.default_rng([cfg.train.seed, epoch, 17])))
+            base = policy.targets(train.labels, classes, np.random.default_rng([cfg.train.seed, epoch, 17]))
+            targets = torch.from_numpy(strategy.targets(base, epoch) if strategy is not None else base)
             sampler.set_epoch(epoch)
             net.train()
             losses = []
@@ -382,7 +418,13 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                 y = targets[idx].to(device, non_blocking=True)
                 with autocast(device, cfg.train.amp):
                     logits = net(x)
-                loss = loss_fn(logits.float(), y)
+                # architectures with several heads (ML-VPT) train each head on the loss (seed 001 eq. 17)
+                heads = getattr(model, "last_logits", None) or (logits,)
+                if strategy is not None:
+                    unknown = unknown_all[idx].to(device, non_blocking=True)
+                    loss = sum(strategy.loss(elem_loss, h.float(), y, unknown, epoch) for h in heads)
+                else:
+                    loss = sum(loss_fn(h.float(), y) for h in heads)
                 if not torch.isfinite(loss):
                     raise CxrkitError(f"epoch {epoch + 1}: loss became {loss.item()}; lower optim.lr or set "
                                       "train.grad_clip")
@@ -407,6 +449,13 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
             idx_all = gather_rows(torch.from_numpy(idx_v), dist_info).numpy()
             order = np.argsort(idx_all, kind="stable")
             logits_all = logits_all[order]
+            partial_info: dict[str, Any] = {}
+            if strategy is not None and strategy.needs_train_predictions:
+                plain = ImageDataset(train.images, train.rows, pre, None)
+                t_logits, t_keys = run_batches(eval_model, DataLoader(plain, batch_size=eval_bs, num_workers=workers),
+                                               device, amp=cfg.train.amp, show_progress=False)
+                partial_info = strategy.update(t_logits, epoch)
+                log.info("epoch %d pseudo-labels: %s", epoch + 1, partial_info)
             stop = False
             if main:
                 probs = 1.0 / (1.0 + np.exp(-logits_all.astype(np.float64)))
@@ -418,7 +467,7 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                 rec = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                        "valid_loss": valid_loss, "mAUC": summary.get("mAUC"), "mAP": summary.get("mAP"),
                        "mF1": summary.get("mF1"), "monitor": monitor, "seconds": round(time.time() - t0, 2),
-                       "per_class_auc": {c["name"]: c["auc"] for c in summary["classes"]}}
+                       "per_class_auc": {c["name"]: c["auc"] for c in summary["classes"]}, **partial_info}
                 state["history"].append(rec)
                 improved = np.isfinite(monitor) and (state["best"] is None or monitor > state["best"])
                 if improved or state["best"] is None:
@@ -428,7 +477,8 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                         warnings.simplefilter("ignore")
                         final = summarize_metrics(valid_t, probs, list(classes), thresholds=default_thresholds(thr),
                                                   subsets=subsets)
-                    _save_best(out, eval_model, cfg, classes, default_thresholds(thr), final, epoch + 1)
+                    _save_best(out, eval_model, cfg, classes, default_thresholds(thr), final, epoch + 1,
+                               param_counts)
                     np.save(out / ".best_valid_probs.npy", probs.astype(np.float32))
                 else:
                     state["bad_epochs"] += 1
@@ -441,7 +491,7 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                     stop = True
                 state["epoch"] = epoch + 1
                 state["completed"] = stop or epoch + 1 == cfg.train.epochs
-                save_checkpoint(out, model, ema, opt, state)
+                save_checkpoint(out, model, ema, opt, state, strategy)
                 write_json(out / "metrics.json", state["history"])
                 _history_csv(out / "metrics.csv", state["history"])
             else:
@@ -456,7 +506,7 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                 return _result(out, state, completed=False)
         state["completed"] = True
         if main:
-            save_checkpoint(out, model, ema, opt, state)
+            save_checkpoint(out, model, ema, opt, state, strategy)
             _final_report(out, cfg, classes, valid_t, state)
         barrier(dist_info)
         return _result(out, state)
@@ -472,7 +522,7 @@ def _fmt(v: Any) -> str:
 
 
 def _save_best(out: Path, model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...], thresholds: list[float],
-               metrics: dict[str, Any], epoch: int) -> None:
+               metrics: dict[str, Any], epoch: int, parameters: dict[str, int] | None = None) -> None:
     meta = ModelMeta(
         classes=list(classes),
         preprocessing=cfg.preprocessing_obj.to_dict(),
@@ -482,7 +532,7 @@ def _save_best(out: Path, model: nn.Module, cfg: TrainConfig, classes: tuple[str
         threshold_method=cfg.train.threshold_method,
         label_space=cfg.label_space,
         train_config=cfg.to_dict(),
-        metrics={"valid": metrics, "epoch": epoch},
+        metrics={"valid": metrics, "epoch": epoch, "parameters": parameters or {}},
     )
     save_model(out / "model", model, meta)
 
