@@ -15,11 +15,7 @@ model is never left half-written. ``load_model`` rebuilds the architecture from 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +28,7 @@ from torch import nn
 from . import __version__
 from .data.preprocess import Preprocessing
 from .errors import ArtifactError
+from .utils import sha256_file, staged_dir, to_jsonable
 
 FORMAT = "cxrkit-model"
 FORMAT_VERSION = 1
@@ -80,66 +77,18 @@ class ModelMeta:
         return meta
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "value") and not isinstance(obj, (str, int, float, bool)):
-        return obj.value
-    return obj
-
-
-def replace_dir(tmp: Path, dst: Path) -> None:
-    """Move a finished folder into place; an existing ``dst`` is replaced only afterwards.
-    Modes follow the umask (the temporary folder was private while being written)."""
-    from .utils import make_public
-
-    make_public(tmp)
-    dst = Path(dst)
-    old = None
-    if dst.exists():
-        if not dst.is_dir():
-            raise ArtifactError(f"{dst}: exists and is not a folder")
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
     """Write ``model`` + ``meta`` as a model folder at ``path`` (atomically replaced)."""
     from safetensors.torch import save_model as st_save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_dir(path) as tmp:
         model = model.module if hasattr(model, "module") else model  # DDP
         st_save(model, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "cxrkit_version": __version__})
-        meta.weights_sha256 = _sha256(tmp / WEIGHTS_FILE)
+        meta.weights_sha256 = sha256_file(tmp / WEIGHTS_FILE)
         meta.created = meta.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         meta.cxrkit_version = __version__
-        (tmp / META_FILE).write_text(json.dumps(_json_safe(meta.to_dict()), indent=2) + "\n")
-        replace_dir(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / META_FILE).write_text(json.dumps(to_jsonable(meta.to_dict()), indent=2) + "\n")
     return path
 
 

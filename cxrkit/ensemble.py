@@ -17,7 +17,6 @@ import datetime as _dt
 import json
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,10 +26,11 @@ import numpy as np
 import torch
 
 from . import __version__
-from .artifact import LoadedModel, load_model, replace_dir
+from .artifact import LoadedModel, load_model
 from .data.augment import TTAView, apply_tta
 from .errors import ArtifactError, CxrkitError
 from .runtime import ENSEMBLE_FILE, ModelSpec, OnnxPredictor, Predictor, read_spec
+from .utils import staged_dir
 
 FORMAT = "cxrkit-ensemble"
 
@@ -115,9 +115,7 @@ def build_ensemble(models: Sequence[str | Path], out: str | Path, weights: Seque
     for s, wi in zip(specs, w):
         thr += np.array([s.thresholds[s.classes.index(c)] for c in classes]) * wi / total
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         members = []
         for i, s in enumerate(specs):
             rel = f"members/{i:02d}-{_slug(s.name)}"
@@ -150,10 +148,6 @@ def build_ensemble(models: Sequence[str | Path], out: str | Path, weights: Seque
             meta["threshold_method"] = threshold_method
             meta["metrics"] = {"valid": {k: ev.get(k) for k in ("mAUC", "mAP", "mF1", "subsets", "table")}}
             (tmp / ENSEMBLE_FILE).write_text(json.dumps(meta, indent=2, default=float))
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

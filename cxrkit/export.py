@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from .errors import ArtifactError, CxrkitError
 from .runtime import MODEL_FILE, ONNX_FILE, MemberSpec, ModelSpec, onnx_location, read_spec
+from .utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,8 @@ def export_member(member: MemberSpec, batch: int = 2) -> Path:
     if not os.access(member.path, os.W_OK):
         target = onnx_location(member)
         target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".onnx", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_write(target) as tmp_path:
+        tmp = str(tmp_path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -73,15 +72,8 @@ def export_member(member: MemberSpec, batch: int = 2) -> Path:
         diff = _check(tmp, net, member)
         if diff > TOLERANCE:
             raise ArtifactError(f"{member.path}: ONNX output differs from PyTorch by {diff:.2e} (> {TOLERANCE})")
-        from .utils import current_umask
-
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
-        _sidecar(target).write_text(json.dumps({"weights_sha256": member.meta.get("weights_sha256"),
-                                                "opset": OPSET, "max_abs_diff": diff, "torch": torch.__version__}))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _sidecar(target).write_text(json.dumps({"weights_sha256": member.meta.get("weights_sha256"),
+                                            "opset": OPSET, "max_abs_diff": diff, "torch": torch.__version__}))
     return target
 
 

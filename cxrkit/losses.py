@@ -404,25 +404,13 @@ class AsymmetricPolynomialLoss(AsymmetricLoss):
     def terms(self, x: Tensor) -> tuple[Tensor, Tensor]:
         q = torch.sigmoid(-x)  # 1 - p
         p_m = _clipped_prob(x, self.clip)
-        if self.log_term:
+        if self.log_term:  # the log's Taylor terms 1/m are already in -log
             log_p, log_1m_pm, _ = self._log_terms(x)
-            inner_pos = -log_p
-            for m, a in enumerate(self.alpha, start=1):
-                c = a - 1.0 / m
-                if c != 0:
-                    inner_pos = inner_pos + c * q.pow(m)
-            inner_neg = -log_1m_pm
-            for n, b in enumerate(self.beta, start=1):
-                c = b - 1.0 / n
-                if c != 0:
-                    inner_neg = inner_neg + c * p_m.pow(n)
+            inner_pos = _power_series(-log_p, q, self.alpha, taylor=True)
+            inner_neg = _power_series(-log_1m_pm, p_m, self.beta, taylor=True)
         else:
-            inner_pos = torch.zeros_like(x)
-            for m, a in enumerate(self.alpha, start=1):
-                inner_pos = inner_pos + a * q.pow(m)
-            inner_neg = torch.zeros_like(x)
-            for n, b in enumerate(self.beta, start=1):
-                inner_neg = inner_neg + b * p_m.pow(n)
+            inner_pos = _power_series(torch.zeros_like(x), q, self.alpha, taylor=False)
+            inner_neg = _power_series(torch.zeros_like(x), p_m, self.beta, taylor=False)
         w_pos, w_neg = self._focal_weights(x, p_m)
         l_pos = w_pos * inner_pos
         l_neg = w_neg * inner_neg
@@ -437,6 +425,17 @@ class AsymmetricPolynomialLoss(AsymmetricLoss):
             f"alpha={self.alpha}, beta={self.beta}, log_term={self.log_term}, "
             f"detach_focal_weight={self.detach_focal_weight}, reduction={self.reduction!r}"
         )
+
+
+def _power_series(start: Tensor, base: Tensor, coefs: Sequence[float], taylor: bool) -> Tensor:
+    """``start + sum_m c_m base^m`` (m from 1) with ``c_m = coefs[m-1] - 1/m`` when ``taylor``
+    (APL's correction of the log's Taylor expansion), else ``coefs[m-1]``; zero terms skipped."""
+    out = start
+    for m, a in enumerate(coefs, start=1):
+        c = a - 1.0 / m if taylor else a
+        if c != 0:
+            out = out + c * base.pow(m)
+    return out
 
 
 class RobustAsymmetricLoss(AsymmetricPolynomialLoss):

@@ -32,6 +32,7 @@ import numpy as np
 
 from .errors import CxrkitError
 from .labels import frequency_groups, head_medium_tail
+from .utils import to_jsonable
 
 __all__ = [
     "MetricInputError",
@@ -644,24 +645,6 @@ def group_means(
 # ---------------------------------------------------------------------------------------
 
 
-def _jsonable(x: Any) -> Any:
-    """NaN -> None, numpy scalars -> Python numbers, recursively."""
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return [_jsonable(v) for v in x.tolist()]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        f = float(x)
-        return None if math.isnan(f) else f
-    return x
-
-
 def _label_counts(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n, c = t.shape
     n_pos = np.zeros(c, dtype=np.int64)
@@ -783,4 +766,4 @@ def summarize(
             for k in keys:
                 groups[k] = {"mAUC": m_auc[k], "mAP": m_ap[k]} if k in m_auc else None
     report["groups"] = groups
-    return _jsonable(report)
+    return to_jsonable(report)

@@ -1,17 +1,23 @@
-"""Small shared helpers: atomic writes, seeding, progress bars, JSON."""
+"""Small shared helpers: atomic writes and folders, file digests, seeding, progress bars, JSON."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
+import math
 import os
 import random
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from .errors import ArtifactError, ConfigError
 
 T = TypeVar("T")
 
@@ -50,6 +56,86 @@ def make_public(folder: str | Path) -> None:
     os.chmod(folder, 0o777 & ~mask)
     for p in folder.rglob("*"):
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def replace_dir(tmp: Path, dst: Path) -> None:
+    """Move a finished folder into place; an existing ``dst`` is replaced only afterwards.
+    Modes follow the umask (the temporary folder was private while being written)."""
+    make_public(tmp)
+    dst = Path(dst)
+    old = None
+    if dst.exists():
+        if not dst.is_dir():
+            raise ArtifactError(f"{dst}: exists and is not a folder")
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(dst: str | Path) -> Iterator[Path]:
+    """Yield a private temporary folder next to ``dst`` to write into; on success it replaces
+    ``dst`` (:func:`replace_dir`), on an exception it is removed and ``dst`` stays as it was."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def update_with_file_stats(h: Any, paths: Iterable[str | Path]) -> None:
+    """Feed each path with its size and modification time (or ``missing``) into the hash
+    ``h``: a cheap fingerprint of a set of files for cache keys."""
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+
+
+def replace_fields(obj: T, what: str, **kw: Any) -> T:
+    """``dataclasses.replace`` that names unknown fields in a :class:`ConfigError`."""
+    names = {f.name for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
+    bad = sorted(set(kw) - names)
+    if bad:
+        raise ConfigError(f"unknown {what} option(s) {bad}; valid: {sorted(names)}")
+    return dataclasses.replace(obj, **kw)  # type: ignore[type-var]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON values, recursively: NumPy scalars and arrays -> Python numbers and lists,
+    NaN / inf -> None, paths -> strings, enums -> their value."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [to_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "value") and not isinstance(obj, (str, int, bool)):  # enums
+        return obj.value
+    return obj
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -112,11 +112,17 @@ def test_ft_layer_ablation_single_early_stop():
     assert w.shape == (2, 32) and info["val_after"] >= info["val_before"] and len(info["curve"]) == 40
 
 
-def test_greedy_choice_per_category(trained_model, demo_data):
+def _demo_features(trained_model, demo_data):
+    """The trained demo model, its cached train / valid features and its head rows."""
     model = load_model(trained_model)
     train = extract_features(model, demo_data / "train.csv", show_progress=False)
     valid = extract_features(model, demo_data / "valid.csv", show_progress=False)
     w, b = head_rows(model.model)
+    return model, train, valid, w, b
+
+
+def test_greedy_choice_per_category(trained_model, demo_data):
+    model, train, valid, w, b = _demo_features(trained_model, demo_data)
     c = list(model.classes).index("Pleural Effusion")
     cfg = CFTConfig(method="greedy", policies=["ignore", "ones", "zeros"], candidates=["bp-asl", "ga-auc"],
                     ga={"generations": 15}, bp={"epochs": 15, "lr": 0.01}, min_val_positives=0).validate()
@@ -211,10 +217,7 @@ def test_shards_and_workers_give_the_same_model(trained_model, demo_data, tmp_pa
 
 
 def test_categories_with_too_few_validation_labels_keep_their_row(trained_model, demo_data):
-    model = load_model(trained_model)
-    train = extract_features(model, demo_data / "train.csv", show_progress=False)
-    valid = extract_features(model, demo_data / "valid.csv", show_progress=False)
-    w, b = head_rows(model.model)
+    model, train, valid, w, b = _demo_features(trained_model, demo_data)
     c = list(model.classes).index("Cardiomegaly")
     n_pos = int((valid.labels[:, c] == 1).sum())
     cfg = CFTConfig(method="ga-auc", ga={"generations": 10}, min_val_positives=n_pos + 1).validate()

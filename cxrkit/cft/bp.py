@@ -14,7 +14,7 @@ whole layer at once with one early stop on the mean validation score.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 
 from ..errors import ConfigError
 from ..losses import build_loss
+from ..utils import replace_fields
 from .fitness import BinaryScorer
 from .ga import RowFit
 
@@ -46,11 +47,7 @@ class BPConfig:
         return asdict(self)
 
     def with_overrides(self, **kw: Any) -> BPConfig:
-        names = {f.name for f in fields(self)}
-        bad = sorted(set(kw) - names)
-        if bad:
-            raise ConfigError(f"unknown BP option(s) {bad}; valid: {sorted(names)}")
-        return replace(self, **kw)
+        return replace_fields(self, "BP", **kw)
 
 
 def bp_preset(method: str, preset: str) -> BPConfig:

@@ -12,9 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..artifact import LoadedModel, replace_dir
+from ..artifact import LoadedModel
 from ..data.dataset import FileDataset, default_cache_dir, readable_batches
 from ..data.tables import LabelTable, load_table, resolve_image_paths
 from ..errors import CxrkitError
 from ..inference import run_batches
+from ..utils import sha256_file, staged_dir, update_with_file_stats
 
 log = logging.getLogger(__name__)
 
@@ -77,27 +75,14 @@ def default_feature_dir() -> Path:
     return default_cache_dir().parent / "features"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def feature_key(model: LoadedModel, table: Path, split: str | None, images_root: str | Path | None,
                 paths: list[Path], dtype: str) -> str:
     h = hashlib.sha256()
     h.update(model.meta.weights_sha256.encode())
     h.update(json.dumps(model.meta.preprocessing, sort_keys=True).encode())
-    h.update(_file_digest(table).encode())
+    h.update(sha256_file(table).encode())
     h.update(f"{split}|{images_root}|{dtype}".encode())
-    for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{p}|missing\n".encode())
+    update_with_file_stats(h, paths)
     return h.hexdigest()[:24]
 
 
@@ -156,9 +141,7 @@ def extract_features(model: LoadedModel, table_path: str | Path, split: str | No
     def fn(x: torch.Tensor) -> torch.Tensor:
         return net.features(x)
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
-    try:
+    with staged_dir(d) as tmp:
         z_file = tmp / "z.npy"
         rows: list[np.ndarray] = []
         out = None
@@ -190,12 +173,6 @@ def extract_features(model: LoadedModel, table_path: str | Path, split: str | No
                 "n": len(ok), "n_failed": int(len(table) - len(ok)), "model_sha256": model.meta.weights_sha256,
                 "failures": failures[:1000]}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        if d.exists():
-            shutil.rmtree(d, ignore_errors=True)
-        replace_dir(tmp, d)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return FeatureSet(np.load(d / "z.npy", mmap_mode="r"), np.load(d / "labels.npy"),
                       json.loads((d / "ids.json").read_text()), list(model.classes), meta, d,
                       json.loads((d / "groups.json").read_text()))

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..utils import replace_fields
 from .fitness import BinaryScorer, PopulationScorer
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,7 @@ class GAConfig:
         return asdict(self)
 
     def with_overrides(self, **kw: Any) -> GAConfig:
-        names = {f.name for f in fields(self)}
-        bad = sorted(set(kw) - names)
-        if bad:
-            raise ConfigError(f"unknown GA option(s) {bad}; valid: {sorted(names)}")
-        return replace(self, **kw)
+        return replace_fields(self, "GA", **kw)
 
 
 GA_PRESETS: dict[str, GAConfig] = {

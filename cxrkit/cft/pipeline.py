@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -22,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import LoadedModel, ModelMeta, default_thresholds, load_model, replace_dir, save_model
+from ..artifact import LoadedModel, ModelMeta, default_thresholds, load_model, save_model
 from ..errors import ArtifactError, ConfigError, CxrkitError
 from ..labels import subsets_for
 from ..metrics import best_thresholds, summarize
-from ..utils import atomic_write, write_json
+from ..utils import atomic_write, staged_dir, write_json
 from .features import FeatureSet, extract_features, head_rows, set_head_rows
 from .runner import CategoryResult, CFTConfig, eval_labels, run_categories, run_ft_layer
 
@@ -195,9 +193,7 @@ def write_part(out: Path, model: LoadedModel, cfg: CFTConfig, results: list[Cate
     from safetensors.torch import save_file
     import torch
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         tensors = {}
         for r in results:
             tensors[f"w.{r.index}"] = torch.from_numpy(np.ascontiguousarray(r.w, dtype=np.float32))
@@ -206,10 +202,6 @@ def write_part(out: Path, model: LoadedModel, cfg: CFTConfig, results: list[Cate
         (tmp / PART_JSON).write_text(json.dumps({
             "format": "cxrkit-cft-part", "model_sha256": model.meta.weights_sha256, "config": cfg.to_dict(),
             "shard": list(cfg.shard), "results": [dict(r.summary(), curves=r.curves) for r in results]}, default=float))
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import CxrkitError, FailureReason, ImageReadError
-from ..utils import atomic_write, cache_root, progress
+from ..utils import atomic_write, cache_root, progress, update_with_file_stats
 from .preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,7 @@ def _file_key(paths: Sequence[Path], pre: Preprocessing, dtype: str) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(pre.to_dict(), sort_keys=True).encode())
     h.update(dtype.encode())
-    for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{os.path.abspath(p)}|missing\n".encode())
+    update_with_file_stats(h, [os.path.abspath(p) for p in paths])
     return h.hexdigest()[:24]
 
 

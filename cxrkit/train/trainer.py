@@ -18,8 +18,6 @@ import csv
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..artifact import ModelMeta, default_thresholds, replace_dir, save_model
+from ..artifact import ModelMeta, default_thresholds, save_model
 from ..data.augment import build_augmentation
 from ..data.dataset import EpochSampler, ImageDataset, ImageSet, load_images, sample_seed
 from ..data.preprocess import Preprocessing
@@ -43,7 +41,7 @@ from ..losses import build_loss
 from ..metrics import best_thresholds, summarize as summarize_metrics
 from ..models import build_model
 from ..models.classifier import count_parameters
-from ..utils import atomic_write, progress, write_json
+from ..utils import atomic_write, progress, staged_dir, write_json
 from .config import TableRef, TrainConfig, dump_config
 from .distributed import barrier, broadcast_flag, cleanup, gather_rows, init_distributed
 from .schedule import lr_at
@@ -178,14 +176,9 @@ def save_checkpoint(out: Path, model: nn.Module, ema: Any, opt: torch.optim.Opti
                 scalars.setdefault(str(pid), {})[name] = value
     meta = dict(state)
     meta["optimizer"] = {"param_groups": osd["param_groups"], "scalars": scalars}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_DIR}.", dir=out))
-    try:
+    with staged_dir(out / CHECKPOINT_DIR) as tmp:
         save_file(tensors, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=float))
-        replace_dir(tmp, out / CHECKPOINT_DIR)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_checkpoint(out: Path, model: nn.Module, ema: Any, opt: torch.optim.Optimizer,
