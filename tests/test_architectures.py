@@ -82,3 +82,10 @@ def test_parameter_counts_of_the_seed_architectures():
                                   arch_kwargs={"groups_co": groups, "groups_dc": groups}), 80, load_weights=False)
     learnable, total = count_parameters(vpt)
     assert learnable == 776_470 and total == 86_575_126
+
+
+def test_unknown_architecture_fails_when_the_config_is_read(demo_data):
+    from cxrkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown architecture 'nope'; use one of \['classifier', 'mlvpt', 'q2l-irpe'\]"):
+        tiny_config(demo_data, **{"model.arch": "nope"})

@@ -103,10 +103,18 @@ def register_arch(name: str, prepare: ArchPrepare | None = None) -> Callable[[Ar
 def prepare_model_config(model_cfg: dict[str, Any], train_labels: Any, classes: list[str]) -> dict[str, Any]:
     """Let the architecture derive settings from the training labels before it is built."""
     arch = model_cfg.get("arch", "classifier")
-    if arch not in _ARCHS:
-        _load_builtin_archs()
+    lookup_arch(arch)
     fn = _PREPARE.get(arch)
     return fn(dict(model_cfg), train_labels, list(classes)) if fn is not None else dict(model_cfg)
+
+
+def lookup_arch(name: str) -> ArchBuilder:
+    """The builder registered as ``name`` (built-in architectures are imported on first use)."""
+    if name not in _ARCHS:
+        _load_builtin_archs()
+    if name not in _ARCHS:
+        raise ConfigError(f"unknown architecture {name!r}; use one of {list_archs()}")
+    return _ARCHS[name]
 
 
 def list_archs() -> list[str]:
@@ -144,11 +152,7 @@ def build_model(cfg: ModelConfig | Mapping[str, Any], num_classes: int, load_wei
         raise ConfigError(f"model in_chans must be 1 or 3, got {cfg.in_chans}")
     if num_classes < 1:
         raise ConfigError("a model needs at least one class")
-    if cfg.arch not in _ARCHS:
-        _load_builtin_archs()
-    if cfg.arch not in _ARCHS:
-        raise ConfigError(f"unknown architecture {cfg.arch!r}; use one of {list_archs()}")
-    return _ARCHS[cfg.arch](cfg, num_classes, load_weights)
+    return lookup_arch(cfg.arch)(cfg, num_classes, load_weights)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

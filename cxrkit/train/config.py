@@ -149,6 +149,9 @@ class TrainConfig:
         if self.data.partial_known is not None and not 0 < self.data.partial_known <= 1:
             raise ConfigError("data.partial_known must be in (0, 1]")
         m = self.model_config
+        from ..models.classifier import lookup_arch
+
+        lookup_arch(m.arch)  # an unknown architecture fails before any image is read
         if m.in_chans != self.preprocessing_obj.channels:
             raise ConfigError(f"model.in_chans ({m.in_chans}) must equal preprocessing.channels "
                               f"({self.preprocessing_obj.channels})")
