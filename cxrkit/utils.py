@@ -29,7 +29,10 @@ def atomic_write(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     A crash or an exception leaves ``path`` as it was (never half-written)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    except OSError as e:  # name the file the user asked for, not the temporary one
+        raise OSError(e.errno, f"cannot write here ({e.strerror})", str(path)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -80,7 +83,10 @@ def staged_dir(dst: str | Path) -> Iterator[Path]:
     ``dst`` (:func:`replace_dir`), on an exception it is removed and ``dst`` stays as it was."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write here ({e.strerror})", str(dst)) from None
     try:
         yield tmp
         replace_dir(tmp, dst)

@@ -83,3 +83,15 @@ def test_written_files_follow_the_umask(tmp_path):
             assert mode & 0o044 == 0o044, (p, oct(mode))  # readable by group and others (containers, PACS users)
     finally:
         os.umask(old)
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="needs /proc")
+def test_unwritable_destination_names_the_destination():
+    from cxrkit.utils import atomic_write, staged_dir
+
+    with pytest.raises(OSError) as e, atomic_write("/proc/self/cxrkit-out.csv"):
+        pass
+    assert e.value.filename == "/proc/self/cxrkit-out.csv" and "cannot write here" in e.value.strerror
+    with pytest.raises(OSError) as e, staged_dir("/proc/self/cxrkit-model"):
+        pass
+    assert e.value.filename == "/proc/self/cxrkit-model"
