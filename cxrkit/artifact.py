@@ -28,7 +28,7 @@ from torch import nn
 from . import __version__
 from .data.preprocess import Preprocessing
 from .errors import ArtifactError
-from .utils import sha256_file, staged_dir, to_jsonable
+from .utils import recover_dir, sha256_file, staged_dir, to_jsonable
 
 FORMAT = "cxrkit-model"
 FORMAT_VERSION = 1
@@ -77,18 +77,28 @@ class ModelMeta:
         return meta
 
 
-def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
-    """Write ``model`` + ``meta`` as a model folder at ``path`` (atomically replaced)."""
+def write_model_files(folder: str | Path, model: nn.Module, meta: ModelMeta) -> None:
+    """Write the weights and ``model.json`` into an existing (staging) folder.
+
+    The weights file is byte-for-byte reproducible: the same tensors give the same bytes and
+    so the same ``weights_sha256`` (safetensors writes its metadata map in hash order, so it
+    holds a single key; the cxrkit version is in ``model.json``)."""
     from safetensors.torch import save_model as st_save
 
+    folder = Path(folder)
+    model = model.module if hasattr(model, "module") else model  # DDP
+    st_save(model, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})  # one key: a fixed order
+    meta.weights_sha256 = sha256_file(folder / WEIGHTS_FILE)
+    meta.created = meta.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    meta.cxrkit_version = __version__
+    (folder / META_FILE).write_text(json.dumps(to_jsonable(meta.to_dict()), indent=2) + "\n")
+
+
+def save_model(path: str | Path, model: nn.Module, meta: ModelMeta) -> Path:
+    """Write ``model`` + ``meta`` as a model folder at ``path`` (atomically replaced)."""
     path = Path(path)
     with staged_dir(path) as tmp:
-        model = model.module if hasattr(model, "module") else model  # DDP
-        st_save(model, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT, "cxrkit_version": __version__})
-        meta.weights_sha256 = sha256_file(tmp / WEIGHTS_FILE)
-        meta.created = meta.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        meta.cxrkit_version = __version__
-        (tmp / META_FILE).write_text(json.dumps(to_jsonable(meta.to_dict()), indent=2) + "\n")
+        write_model_files(tmp, model, meta)
     return path
 
 
@@ -96,6 +106,8 @@ def _model_dir(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file() and p.name in (META_FILE, WEIGHTS_FILE, ENSEMBLE_FILE):
         p = p.parent
+    if not p.exists():
+        recover_dir(p)  # a swap killed between its two renames
     if not p.exists():
         raise ArtifactError(f"{p}: model not found")
     if not p.is_dir():

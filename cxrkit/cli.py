@@ -272,19 +272,53 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    corrupt: Annotated[Optional[list[str]], typer.Option("--corrupt", help="Also score with this corruption applied to each decoded image (repeatable): blur, salt-pepper, speckle, optionally with parameters, e.g. blur:sigma=0.02.")] = None,
+    corrupt_seed: Annotated[int, typer.Option("--corrupt-seed", help="Seed of the corruption noise; the same seed gives the same pixels.")] = 0,
 ) -> None:
-    """Score a saved model or ensemble on a labelled table: per-class AUC / AP / F1 and their means."""
+    """Score a saved model or ensemble on a labelled table: per-class AUC / AP / F1 and their means.
+
+    With --corrupt, the same images are scored again under each corruption (seed 004's
+    robustness test) and the clean and corrupted scores are reported side by side."""
+    from .data.corrupt import parse_corruption
     from .ensemble import load_predictor
     from .evaluate import evaluate_table
     from .utils import write_json
 
+    corruptions = [parse_corruption(c, corrupt_seed) for c in corrupt or []]  # checked before any work
     pred = load_predictor(model, engine=engine, device=_device(device))
     summary = evaluate_table(pred, table, images_root=images_root, format=format, split=split, batch_size=batch_size,
-                             workers=workers, tta=tta, uncertain=uncertain, study=study, lateral_weight=lateral_weight)
+                             workers=workers, tta=tta, uncertain=uncertain, study=study, lateral_weight=lateral_weight,
+                             corruptions=corruptions)
     _print_eval(summary)
+    if summary.get("corruptions"):
+        tab = Table(title="robustness: clean vs corrupted (same images)")
+        for col in ("corruption", "mAUC clean", "mAUC corrupted", "mAP clean", "mAP corrupted"):
+            tab.add_column(col, justify="left" if col == "corruption" else "right")
+
+        def f(v: object) -> str:
+            return "-" if v is None else f"{v:.4f}"
+
+        for label, c in summary["corruptions"].items():
+            tab.add_row(label, f(c["clean_mAUC"]), f(c["mAUC"]), f(c["clean_mAP"]), f(c["mAP"]))
+        console.print(tab)
+        if json_out:  # one film under each corruption, beside the JSON
+            from .report import plot_corruptions
+
+            first = next(p for p in _first_table_image(table, images_root, format))
+            sheet = json_out.with_name(json_out.stem + ".corruptions.png")
+            plot_corruptions(pred.preprocessings[0].read(first), corruptions, sheet, key=str(first),
+                             title=f"{first.name}: what --corrupt did")
+            console.print(f"wrote {sheet}")
     if json_out:
         write_json(json_out, summary)
         console.print(f"wrote {json_out}")
+
+
+def _first_table_image(table: Path, images_root: Path | None, format: str | None) -> Any:
+    from .data.tables import load_table, resolve_image_paths
+
+    paths, exists = resolve_image_paths(load_table(table, format=format), images_root)
+    return (Path(p) for p, ok in zip(paths, exists) if ok)
 
 
 def _csv_list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -305,7 +339,10 @@ def predict(
     engine: Annotated[str, typer.Option("--engine", help="torch, or onnx (onnxruntime; exported on first use).")] = "torch",
     resume: Annotated[bool, typer.Option("--resume", help="Continue: skip inputs already in the output or failures file.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: only the inputs whose path hashes to i (split work across machines).")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: only the inputs whose key hashes to i (split work across machines; the key is the path relative to the input folder, so mount points may differ).")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option("--max-pixels", min=1, help="Refuse images declaring more pixels than this, from the header, before decoding (too_large; default 100000000).")] = None,
+    min_size: Annotated[Optional[int], typer.Option("--min-size", min=1, help="Refuse images whose shorter side is below this many pixels (too_small; default 32).")] = None,
+    min_range: Annotated[Optional[float], typer.Option("--min-range", min=0.0, max=1.0, help="Refuse blank / near-constant images whose intensity spread (0.5-99.5th percentile, 0..1) is below this (empty; default 0.02).")] = None,
     modalities: Annotated[Optional[str], typer.Option("--modalities", help="DICOM modalities to use (default CR,DX; empty = any).")] = None,
     body_parts: Annotated[Optional[str], typer.Option("--body-parts", help="DICOM BodyPartExamined values accepted when present (default CHEST,THORAX,...; empty = any).")] = None,
     views: Annotated[Optional[str], typer.Option("--views", help="Views accepted when known (default PA,AP,LATERAL,LL,RL; empty = any).")] = None,
@@ -322,10 +359,12 @@ def predict(
     probability, threshold and call. Every input not used is in <out>.failures.csv with its
     reason. Rows are flushed as they come: an interrupted run continues with --resume.
     Exits non-zero only if nothing could be predicted."""
+    from .data.images import set_limits
     from .ensemble import load_predictor
     from .predict import run_predict
     from .runtime import DicomFilter
 
+    set_limits(max_pixels=max_pixels, min_size=min_size, min_range=min_range)
     filt = DicomFilter(modalities=_csv_list(modalities, DicomFilter.modalities),
                        body_parts=_csv_list(body_parts, DicomFilter.body_parts),
                        views=_csv_list(views, DicomFilter.views), require_view=require_view, enabled=not no_filter)
@@ -340,6 +379,8 @@ def predict(
         msg += f"; {res['failed']} not used, see {res['failures']}"
     if res.get("studies"):
         msg += f"; per study: {res['studies']}"
+    if res.get("sr"):
+        msg += f"; structured reports: {res['sr']}"
     console.print(msg)
 
 
@@ -354,6 +395,7 @@ def ensemble(
     valid_split: Annotated[Optional[str], typer.Option("--valid-split")] = None,
     images_root: Annotated[Optional[Path], typer.Option("--images-root")] = None,
     tta: Annotated[Optional[str], typer.Option("--tta", help="TTA used when choosing thresholds on --valid.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder that another command (or you) wrote.")] = False,
 ) -> None:
     """Combine saved models into one ensemble (weighted mean of probabilities)."""
     from .ensemble import build_ensemble
@@ -361,7 +403,7 @@ def ensemble(
     w = [float(x) for x in weights.split(",")] if weights else None
     cl = [c.strip() for c in classes.split(",")] if classes else None
     build_ensemble(models, out, weights=w, name=name, classes=cl, valid_table=valid, images_root=images_root,
-                   valid_split=valid_split, tta=tta)
+                   valid_split=valid_split, tta=tta, overwrite=overwrite)
     console.print(f"wrote ensemble of {len(models)} model(s) to {out}")
 
 
@@ -370,17 +412,24 @@ def export(
     model: Annotated[Path, typer.Argument(help="Saved model or ensemble folder.")],
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (model.onnx next to the weights).")] = False,
     deploy: Annotated[Optional[Path], typer.Option("--deploy", help="Also write a lean copy (JSON + ONNX, no PyTorch weights) here, e.g. for a container.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder that another command (or you) wrote.")] = False,
 ) -> None:
     """Export a model or every member of an ensemble to ONNX for onnxruntime on the CPU."""
     from .export import deployment_copy, export_model
 
     if not onnx:
         raise CxrkitError("say which format to export: --onnx")
+    if deploy:  # refuse a bad target before any work
+        from .runtime import read_spec
+        from .utils import check_output_dir
+
+        spec = read_spec(model)
+        check_output_dir(deploy, "export --deploy", [spec.path, *(m.path for m in spec.members)], overwrite)
     res = export_model(model)
     for f, d in zip(res["files"], res["max_abs_diff"]):
         console.print(f"wrote {f} (max |onnxruntime - torch| = {d:.2e})" if d is not None else f"wrote {f}")
     if deploy:
-        deployment_copy(model, deploy)
+        deployment_copy(model, deploy, overwrite=overwrite)
         console.print(f"wrote deployment copy to {deploy}")
 
 
@@ -434,6 +483,7 @@ def cft(
     feature_dtype: Annotated[str, typer.Option("--feature-dtype", help="float32 or float16 feature cache.")] = "float32",
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature cache folder (default ~/.cache/cxrkit/features).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder that another command (or you) wrote.")] = False,
 ) -> None:
     """Category-wise Fine-Tuning: fine-tune each category's head row on its known labels.
 
@@ -451,7 +501,7 @@ def cft(
                     min_val_positives=min_val_positives).validate()
     res = run_cft(model, train_table, valid_table, out, cfg, images_root=images_root, train_split=train_split,
                   valid_split=valid_split, test_table=test_table, test_split=test_split, holdout=holdout,
-                  feature_dtype=feature_dtype, cache_dir=cache_dir, console=console)
+                  feature_dtype=feature_dtype, cache_dir=cache_dir, console=console, overwrite=overwrite)
     if "part" in res or "rank" in res:
         return
     _print_cft(out)
@@ -496,12 +546,13 @@ def cft_merge(
     test_table: Annotated[Optional[Path], typer.Option("--test")] = None,
     test_split: Annotated[Optional[str], typer.Option("--test-split")] = None,
     holdout: Annotated[Optional[float], typer.Option("--holdout")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder that another command (or you) wrote.")] = False,
 ) -> None:
     """Combine the parts of a sharded CFT run into the fine-tuned model."""
     from .cft.pipeline import merge_parts
 
     merge_parts(model, parts, valid_table, out, images_root=images_root, valid_split=valid_split,
-                test_table=test_table, test_split=test_split, holdout=holdout, console=console)
+                test_table=test_table, test_split=test_split, holdout=holdout, console=console, overwrite=overwrite)
     _print_cft(out)
 
 

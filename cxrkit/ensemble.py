@@ -30,7 +30,7 @@ from .artifact import LoadedModel, load_model
 from .data.augment import TTAView, apply_tta
 from .errors import ArtifactError, CxrkitError
 from .runtime import ENSEMBLE_FILE, ModelSpec, OnnxPredictor, Predictor, read_spec
-from .utils import staged_dir
+from .utils import check_output_dir, mark_output, staged_dir
 
 FORMAT = "cxrkit-ensemble"
 
@@ -80,7 +80,7 @@ def build_ensemble(models: Sequence[str | Path], out: str | Path, weights: Seque
                    name: str | None = None, classes: Sequence[str] | None = None,
                    valid_table: str | Path | None = None, images_root: str | Path | None = None,
                    valid_split: str | None = None, threshold_method: str = "f1", tta: str | None = None,
-                   show_progress: bool = True) -> Path:
+                   show_progress: bool = True, overwrite: bool = False) -> Path:
     """Copy the member models into one ensemble folder. With ``valid_table`` the ensemble's
     per-class thresholds are chosen on its averaged validation probabilities (and its
     validation metrics recorded); otherwise they are the weighted mean of the members'."""
@@ -114,8 +114,9 @@ def build_ensemble(models: Sequence[str | Path], out: str | Path, weights: Seque
     thr = np.zeros(len(classes))
     for s, wi in zip(specs, w):
         thr += np.array([s.thresholds[s.classes.index(c)] for c in classes]) * wi / total
-    out = Path(out)
+    out = check_output_dir(out, "ensemble", [s.path for s in specs], overwrite)
     with staged_dir(out) as tmp:
+        mark_output(tmp, "ensemble")
         members = []
         for i, s in enumerate(specs):
             rel = f"members/{i:02d}-{_slug(s.name)}"

@@ -41,6 +41,11 @@ class FailureReason(str, enum.Enum):
     NOT_CHEST_RADIOGRAPH = "not_chest_radiograph"  # modality / body part filter
     VIEW_EXCLUDED = "view_excluded"  # view filter
     DUPLICATE = "duplicate"  # same SOP instance seen before
+    TOO_LARGE = "too_large"  # declared size above the pixel limit (decompression bombs)
+    TOO_SMALL = "too_small"  # shorter side below the minimum size
+    UNEXPECTED_PIXEL_LENGTH = "unexpected_pixel_length"  # DICOM pixel data longer than Rows x Columns says
+    SYMLINK_LOOP = "symlink_loop"  # a symlinked folder that leads back into a folder being walked
+    INVALID_UID = "invalid_uid"  # a DICOM UID that breaks the UID grammar (and would make a bad file name)
 
 
 class ImageReadError(CxrkitError):

@@ -119,22 +119,25 @@ def export_model(path: str | Path, force: bool = True) -> dict[str, Any]:
     return {"model": str(spec.path), "files": [str(f) for f in files], "max_abs_diff": diffs}
 
 
-def deployment_copy(path: str | Path, out: str | Path) -> Path:
+def deployment_copy(path: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """A lean copy for containers: every ``model.json`` / ``ensemble.json`` and ``model.onnx``
-    (no PyTorch weights), exported first when needed."""
+    (no PyTorch weights), exported first when needed. Written in a staging folder and swapped
+    in; an existing ``out`` is replaced only if an earlier ``export --deploy`` wrote it (or with
+    ``overwrite``), and never when it is or holds the model being exported."""
     import shutil
 
+    from .utils import check_output_dir, mark_output, staged_dir
+
     spec = read_spec(path)
+    out = check_output_dir(out, "export --deploy", [spec.path, *(m.path for m in spec.members)], overwrite)
     ensure_onnx(spec)
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    if spec.kind == "ensemble":
-        shutil.copy2(spec.path / "ensemble.json", out / "ensemble.json")
-    for m in spec.members:
-        dst = out if spec.kind == "model" else out / m.path.relative_to(spec.path)
-        dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(m.path / MODEL_FILE, dst / MODEL_FILE)
-        shutil.copy2(onnx_location(m), dst / ONNX_FILE)
+    with staged_dir(out) as tmp:
+        if spec.kind == "ensemble":
+            shutil.copy2(spec.path / "ensemble.json", tmp / "ensemble.json")
+        for m in spec.members:
+            dst = tmp if spec.kind == "model" else tmp / m.path.relative_to(spec.path)
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(m.path / MODEL_FILE, dst / MODEL_FILE)
+            shutil.copy2(onnx_location(m), dst / ONNX_FILE)
+        mark_output(tmp, "export --deploy")
     return out

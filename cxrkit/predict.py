@@ -35,11 +35,13 @@ ID_COLUMNS = ["sop_instance_uid", "study_instance_uid", "series_instance_uid"]
 
 @dataclass
 class InputItem:
-    """One image to predict: its path, the id written in the output, and table metadata."""
+    """One image to predict: its path, the id written in the output, table metadata, and the
+    key that assigns it to a shard (independent of where the share is mounted)."""
 
     path: Path
     id: str
     meta: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Failure:
     path: str
     reason: str
     detail: str
+    key: str = ""
 
     def to_dict(self) -> dict[str, str]:
         return {"path": self.path, "reason": self.reason, "detail": self.detail}
@@ -57,41 +60,118 @@ def _is_image_candidate(p: Path) -> bool:
     return suf in IMAGE_SUFFIXES or suf in DICOM_SUFFIXES or is_dicom_file(p)
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    for dirpath, dirnames, files in os.walk(folder):
-        dirnames.sort()
-        for fn in sorted(files):
-            yield Path(dirpath) / fn
+def _walk(folder: Path, failures: list[Failure], root_key: str) -> Iterator[Path]:
+    """Files under ``folder`` in a stable order, following symlinked folders; a link that leads
+    back into a folder being walked (a loop) or that is broken becomes a failure row."""
+    seen: set[tuple[int, int]] = set()
+
+    def walk(d: Path, ancestors: frozenset[tuple[int, int]]) -> Iterator[Path]:
+        try:
+            st = d.stat()
+        except OSError as e:
+            failures.append(Failure(str(d), FailureReason.UNREADABLE.value, f"cannot open folder ({e.strerror or e})",
+                                    _key(d, folder, root_key)))
+            return
+        ident = (st.st_dev, st.st_ino)
+        if ident in ancestors or ident in seen:
+            failures.append(Failure(str(d), FailureReason.SYMLINK_LOOP.value,
+                                    "symlinked folder leads to a folder already walked; not followed",
+                                    _key(d, folder, root_key)))
+            return
+        seen.add(ident)
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            failures.append(Failure(str(d), FailureReason.UNREADABLE.value, f"cannot list folder ({e.strerror or e})",
+                                    _key(d, folder, root_key)))
+            return
+        for e in entries:
+            p = Path(e.path)
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+                is_file = e.is_file(follow_symlinks=True)
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                yield from walk(p, ancestors | {ident})
+            elif is_file:
+                yield p
+            elif e.is_symlink():
+                failures.append(Failure(str(p), FailureReason.MISSING.value, "broken symbolic link",
+                                        _key(p, folder, root_key)))
+            else:
+                failures.append(Failure(str(p), "unsupported_file", "not a regular file", _key(p, folder, root_key)))
+
+    yield from walk(folder, frozenset())
+
+
+def _key(p: Path, root: Path, root_key: str) -> str:
+    """Shard key: the path relative to the input folder it was found in, prefixed by that
+    folder's name, so two machines that mount the share at different places agree."""
+    try:
+        rel = p.relative_to(root).as_posix()
+    except ValueError:
+        rel = p.name
+    return f"{root_key}/{rel}" if rel != "." else root_key
+
+
+def _real(p: Path) -> str:
+    try:
+        return os.path.realpath(p)
+    except OSError:
+        return str(p)
 
 
 def collect_inputs(inputs: Sequence[str | Path], images_root: str | Path | None = None,
                    table_format: str | None = None) -> tuple[list[InputItem], list[Failure]]:
     """Expand inputs: an image file, a folder (recursive: PNG/JPEG/BMP/TIFF/DICOM, and any
-    file carrying the DICOM preamble whatever its name) or a label table (its image paths).
-    Every file seen that is not used is returned as a :class:`Failure` with its reason."""
+    file carrying the DICOM preamble whatever its name; symlinked folders are followed, loops
+    reported) or a label table (its image paths). Every file seen that is not used is returned
+    as a :class:`Failure` with its reason; a file reached twice (the same argument given twice,
+    a folder and a file inside it, two links to one file) is used once, by its real path."""
     items: list[InputItem] = []
     failures: list[Failure] = []
+    seen: set[str] = set()
+
+    def add(item: InputItem) -> None:
+        real = _real(item.path)
+        if real not in seen:
+            seen.add(real)
+            items.append(item)
+
+    def fail(f: Failure) -> None:
+        real = _real(Path(f.path))
+        if real not in seen:
+            seen.add(real)
+            failures.append(f)
+
     for raw in inputs:
         p = Path(raw)
         if not p.exists():
-            failures.append(Failure(str(p), FailureReason.MISSING.value, "file or folder not found"))
+            fail(Failure(str(p), FailureReason.MISSING.value, "file or folder not found", p.name))
             continue
         if p.is_dir():
             found = 0
-            for f in _walk(p):
+            walk_failures: list[Failure] = []
+            root_key = p.resolve().name or "/"
+            for f in _walk(p, walk_failures, root_key):
                 if _is_image_candidate(f):
-                    items.append(InputItem(f, str(f)))
+                    add(InputItem(f, str(f), key=_key(f, p, root_key)))
                     found += 1
                 else:
-                    failures.append(Failure(str(f), "unsupported_file", "not an image, DICOM or known suffix"))
+                    fail(Failure(str(f), "unsupported_file", "not an image, DICOM or known suffix",
+                                 _key(f, p, root_key)))
+            for f in walk_failures:
+                fail(f)
             if not found:
                 log.warning("%s: no image files found", p)
             continue
         if (p.suffix.lower() in TABLE_SUFFIXES or p.name.lower().endswith(".csv.gz")) and not is_dicom_file(p):
             table = load_table(p, format=table_format)
-            items += table_items(table, images_root, failures)
+            for it in table_items(table, images_root, failures):
+                add(it)
             continue
-        items.append(InputItem(p, str(p)))
+        add(InputItem(p, str(p), key=p.name))
     return items, failures
 
 
@@ -101,9 +181,11 @@ def table_items(table: LabelTable, images_root: str | Path | None, failures: lis
     meta_cols = [c for c in ("study", "view") if c in table.meta.columns]
     for i, (pth, ok) in enumerate(zip(paths, exists)):
         if not ok:
-            failures.append(Failure(str(table.paths[i]), FailureReason.MISSING.value, f"image not found ({pth})"))
+            failures.append(Failure(str(table.paths[i]), FailureReason.MISSING.value, f"image not found ({pth})",
+                                    str(table.paths[i])))
             continue
-        out.append(InputItem(pth, str(table.ids[i]), {c: str(table.meta[c].iloc[i]) for c in meta_cols}))
+        out.append(InputItem(pth, str(table.ids[i]), {c: str(table.meta[c].iloc[i]) for c in meta_cols},
+                             key=str(table.paths[i])))
     return out
 
 
@@ -115,15 +197,15 @@ _PREP: dict[str, Any] = {}
 
 
 def _prepare_task(arg: tuple[int, str]) -> Prepared:
-    return prepare_file(arg[0], arg[1], _PREP["pres"], _PREP["filter"])
+    return prepare_file(arg[0], arg[1], _PREP["pres"], _PREP["filter"], _PREP.get("corrupt"))
 
 
 def prepared_batches(paths: Sequence[Path], pres: Sequence[Any], batch_size: int = 16, workers: int = 0,
-                     dicom_filter: DicomFilter | None = None) -> Iterator[list[Prepared]]:
+                     dicom_filter: DicomFilter | None = None, corrupt: Any = None) -> Iterator[list[Prepared]]:
     """Prepared inputs in order, in batches; ``workers`` > 0 decodes in forked processes
-    ahead of the model."""
+    ahead of the model. ``corrupt``: a corruption applied to each decoded image."""
     tasks = [(i, str(p)) for i, p in enumerate(paths)]
-    _PREP.update(pres=list(pres), filter=dicom_filter)
+    _PREP.update(pres=list(pres), filter=dicom_filter, corrupt=corrupt)
     if workers > 0 and len(tasks) > 1:
         import multiprocessing as mp
 
@@ -159,7 +241,8 @@ def predict_batch(predictor: Predictor, batch: list[Prepared], tta: str | bool |
 
 def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int = 16, workers: int = 0,
                   tta: str | bool | None = None, show_progress: bool = True, description: str = "predicting",
-                  dicom_filter: DicomFilter | None = None) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
+                  dicom_filter: DicomFilter | None = None, corrupt: Any = None
+                  ) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
     """Probabilities of every usable file: (probs n_ok x C, indices into ``paths``, failures)."""
     from .utils import progress
 
@@ -167,8 +250,8 @@ def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int =
     failures: list[Failure] = []
     probs, idx = [], []
     n_batches = -(-len(paths) // batch_size) if paths else 0
-    for batch in progress(prepared_batches(paths, predictor.preprocessings, batch_size, workers, dicom_filter),
-                          description, total=n_batches, enabled=show_progress):
+    for batch in progress(prepared_batches(paths, predictor.preprocessings, batch_size, workers, dicom_filter,
+                                           corrupt), description, total=n_batches, enabled=show_progress):
         failures += [Failure(str(paths[p.index]), p.reason, p.detail) for p in batch if p.arrays is None]
         good, pr = predict_batch(predictor, batch, tta)
         if good:
@@ -183,9 +266,14 @@ def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int =
 # ---------------------------------------------------------------------------------------
 
 
+CSV_ENCODING = dict(encoding="utf-8", errors="surrogateescape")  # any file name round-trips, even non-UTF-8 bytes
+
+
 class RowWriter:
-    """Appends CSV rows and flushes them to disk batch by batch; on resume, drops a last line
-    cut short by a kill and reports the keys already written."""
+    """Appends CSV rows and flushes them to disk batch by batch; on resume, drops a last row cut
+    short by a kill (whatever it holds: a quoted file name with a newline in it included) and
+    reports the keys already written. Fields are quoted by the csv module, so every row,
+    whatever its file name, reads back as written."""
 
     def __init__(self, path: Path, columns: list[str], resume: bool) -> None:
         self.path = path
@@ -193,16 +281,11 @@ class RowWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.done: set[str] = set()
         if resume and path.exists() and path.stat().st_size:
-            _drop_partial_last_line(path)
-            with open(path, newline="") as f:
-                reader = csv.reader(f)
-                header = next(reader, None)
-                if header != columns:
-                    raise CxrkitError(f"{path}: was written with other columns (another model?); cannot resume it")
-                self.done = {row[0] for row in reader if row}
-            self.f = open(path, "a", newline="")
+            rows = _complete_rows(path, columns)
+            self.done = {row[0] for row in rows}
+            self.f = open(path, "a", newline="", **CSV_ENCODING)
         else:
-            self.f = open(path, "w", newline="")
+            self.f = open(path, "w", newline="", **CSV_ENCODING)
             csv.writer(self.f).writerow(columns)
             self._sync()
         self.w = csv.writer(self.f)
@@ -220,11 +303,32 @@ class RowWriter:
         self.f.close()
 
 
-def _drop_partial_last_line(path: Path) -> None:
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
+def _complete_rows(path: Path, columns: list[str]) -> list[list[str]]:
+    """The complete rows of a streamed CSV; a torn last row (no final newline, or fewer fields,
+    e.g. a kill inside a quoted name) is cut off the file, which is rewritten atomically."""
+    import io
+
+    from .utils import atomic_write
+
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise CxrkitError(f"{path}: cannot be read back to resume it ({e})") from None
+    if not rows or rows[0] != columns:
+        raise CxrkitError(f"{path}: was written with other columns (another model?); cannot resume it")
+    body = rows[1:]
+    torn = bool(body) and (not text.endswith(("\n", "\r")) or len(body[-1]) != len(columns))
+    if torn:
+        body = body[:-1]
+    if any(len(r) != len(columns) for r in body):
+        raise CxrkitError(f"{path}: has rows with a wrong number of fields; cannot resume it")
+    if torn or (text and not text.endswith(("\n", "\r"))):
+        with atomic_write(path) as tmp, open(tmp, "w", newline="", **CSV_ENCODING) as f:
+            w = csv.writer(f)
+            w.writerow(columns)
+            w.writerows(body)
+    return body
 
 
 def failures_path(out: str | Path) -> Path:
@@ -258,9 +362,9 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
     if n < 1 or not 0 <= i < n:
         raise CxrkitError(f"shard must be i/n with 0 <= i < n (got {i}/{n})")
     items, pre_failures = collect_inputs(inputs, images_root)
-    if n > 1:
-        items = [it for it in items if shard_of(str(it.path), n) == i]
-        pre_failures = [f for f in pre_failures if shard_of(f.path, n) == i]
+    if n > 1:  # by the mount-independent key (path relative to the input folder / table path)
+        items = [it for it in items if shard_of(it.key or str(it.path), n) == i]
+        pre_failures = [f for f in pre_failures if shard_of(f.key or f.path, n) == i]
     classes = predictor.classes
     thr = predictor.thresholds
     columns = (["path", "study", "view", *ID_COLUMNS, "model", "model_version", *classes,
@@ -302,14 +406,22 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
     if sr_dir is not None:
         from .sr import write_study_reports
 
-        result["sr"] = write_study_reports(out, sr_dir, predictor)
+        rep = write_study_reports(out, sr_dir, predictor)
+        if rep.failures:
+            fw = RowWriter(fpath, ["path", "reason", "detail"], resume=True)
+            try:
+                fw.write([list(f) for f in rep.failures])
+            finally:
+                fw.close()
+        result["sr"] = str(rep)
+        result["sr_written"], result["sr_failed"] = rep.written, rep.failed
     if total_rows == 0:
         raise CxrkitError(f"nothing could be predicted ({result['failed']} input(s) not used; see {fpath})")
     return result
 
 
 def read_rows(out: str | Path, classes: Sequence[str]) -> tuple[list[dict[str, str]], np.ndarray]:
-    with open(out, newline="") as f:
+    with open(out, newline="", **CSV_ENCODING) as f:
         rows = list(csv.DictReader(f))
     probs = np.array([[float(r[c]) for c in classes] for r in rows], dtype=np.float32).reshape(len(rows), len(classes))
     return rows, probs
@@ -324,7 +436,7 @@ def write_studies(out: str | Path, classes: Sequence[str], thresholds: np.ndarra
     ids, sp, counts = aggregate_studies(probs, [r["study"] for r in rows], [r["view"] for r in rows], mode,
                                         lateral_weight)
     path = studies_path(out)
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", **CSV_ENCODING) as f:
         w = csv.writer(f)
         w.writerow(["study", "n_images", "aggregation", *classes, *(f"call:{c}" for c in classes)])
         for s, p, k in zip(ids, sp, counts):

@@ -184,3 +184,20 @@ def plot_cft_curves(results: Sequence[Any], path: str | Path, max_classes: int =
     fig.suptitle("CFT learning curves (solid: chosen candidate)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_corruptions(img: np.ndarray, corruptions: Sequence[Any], path: str | Path, key: str = "",
+                     title: str = "") -> Path:
+    """Contact sheet: one film clean and under each corruption, so a person can see what a
+    robustness score measured (``corruptions``: :class:`~cxrkit.data.corrupt.Corruption`)."""
+    plt = _plt()
+    panels = [("clean", img)] + [(c.label, c(img, key)) for c in corruptions]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    for ax, (name, im) in zip(axes[0], panels):
+        ax.imshow(im, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=9, wrap=True)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

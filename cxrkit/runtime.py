@@ -94,11 +94,30 @@ def _member(d: Path, weight: float = 1.0) -> MemberSpec:
         raise ArtifactError(f"{d / MODEL_FILE}: incomplete model metadata ({e})") from None
 
 
+def member_dir(ensemble: Path, rel: Any) -> Path:
+    """An ensemble member's folder: a relative path that stays inside the ensemble folder
+    (``members/00-x``); absolute paths and paths that leave it (``../other``) are refused."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        raise ArtifactError(f"{ensemble / ENSEMBLE_FILE}: member path {rel!r} is not a relative path")
+    pp = Path(rel)
+    if pp.is_absolute() or rel.startswith(("/", "\\")) or ".." in pp.parts or ".." in rel.split("\\"):
+        raise ArtifactError(f"{ensemble / ENSEMBLE_FILE}: member path {rel!r} leaves the ensemble folder")
+    d = ensemble / pp
+    root = ensemble.resolve()
+    if root not in d.resolve().parents:  # e.g. a symlink pointing elsewhere
+        raise ArtifactError(f"{ensemble / ENSEMBLE_FILE}: member path {rel!r} leaves the ensemble folder")
+    return d
+
+
 def read_spec(path: str | Path) -> ModelSpec:
     """Model or ensemble folder -> :class:`ModelSpec` (metadata only; nothing is loaded)."""
     p = Path(path)
     if p.is_file() and p.name in (MODEL_FILE, ENSEMBLE_FILE):
         p = p.parent
+    if not p.exists():
+        from .utils import recover_dir
+
+        recover_dir(p)  # a swap killed between its two renames
     if not p.exists():
         raise ArtifactError(f"{p}: model not found")
     if not p.is_dir():
@@ -107,7 +126,10 @@ def read_spec(path: str | Path) -> ModelSpec:
         e = _read_json(p / ENSEMBLE_FILE)
         if e.get("format") != "cxrkit-ensemble":
             raise ArtifactError(f"{p / ENSEMBLE_FILE}: not a cxrkit ensemble")
-        members = [_member(p / m["path"], float(m.get("weight", 1.0))) for m in e["members"]]
+        try:
+            members = [_member(member_dir(p, m["path"]), float(m.get("weight", 1.0))) for m in e["members"]]
+        except (KeyError, TypeError) as err:
+            raise ArtifactError(f"{p / ENSEMBLE_FILE}: incomplete member list ({err})") from None
         return ModelSpec(e.get("name", p.name), e.get("cxrkit_version", ""), p, list(e["classes"]),
                          [float(t) for t in e["thresholds"]], members, "ensemble", e.get("label_space"), e)
     if not (p / MODEL_FILE).is_file():
@@ -167,8 +189,10 @@ class Prepared:
 
 
 def prepare_file(index: int, path: str | Path, pres: Sequence[Preprocessing],
-                 dicom_filter: DicomFilter | None = None) -> Prepared:
-    """Read one file once and make every member's input; never raises for a bad file."""
+                 dicom_filter: DicomFilter | None = None, corrupt: Any = None) -> Prepared:
+    """Read one file once and make every member's input; never raises for a bad file.
+    ``corrupt`` (a :class:`~cxrkit.data.corrupt.Corruption`) is applied to the decoded [0, 1]
+    image, before each member's resize and normalisation (robustness evaluation)."""
     info: dict[str, str] = {}
     try:
         p = Path(path)
@@ -194,7 +218,8 @@ def prepare_file(index: int, path: str | Path, pres: Sequence[Preprocessing],
                 grey = base.get((pre.intensity, "grey"))
                 base[key] = (np.repeat(grey[..., None], 3, axis=2) if pre.colour == "rgb" and grey is not None
                              else pre.read(p))
-            arrays.append(pre.normalize(pre.resize_image(base[key])))
+            img = base[key] if corrupt is None else corrupt(base[key], str(path))
+            arrays.append(pre.normalize(pre.resize_image(img)))
         return Prepared(index, arrays, info)
     except ImageReadError as e:
         return Prepared(index, None, info, e.reason.value, e.detail)
@@ -299,7 +324,11 @@ class OnnxPredictor(Predictor):
             f = onnx_location(m)
             if not f.is_file():
                 raise ArtifactError(f"{m.path}: no {ONNX_FILE}; run `cxrkit export {spec.path} --onnx` first")
-            s = ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
+            try:
+                s = ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own exception types for corrupt / foreign files
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ArtifactError(f"{f}: onnxruntime cannot load this ONNX file ({msg[:200]})") from None
             self.sessions.append((s, s.get_inputs()[0].name))
 
     def member_probs(self, i: int, x: Any, views: Sequence[TTAView]) -> np.ndarray:

@@ -9,64 +9,135 @@ are recorded as evidence. Written to ``<dir>/<StudyInstanceUID>.dcm``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
+import re
+import warnings
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import CxrkitError
+from .errors import CxrkitError, FailureReason
 
 log = logging.getLogger(__name__)
 
 
-def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any) -> str:
+#: DICOM UID grammar (PS3.5 9.1): components of digits without leading zeros, joined by dots,
+#: at most 64 characters. Anything else is refused before it can become a file name.
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+#: type 2 attributes highdicom copies from the first evidence image: present but empty is
+#: what DICOM allows when the value is unknown (de-identified films often lack them)
+TYPE2_DEFAULTS = {"PatientID": "", "PatientName": "", "PatientBirthDate": "", "PatientSex": "",
+                  "AccessionNumber": "", "StudyID": "", "StudyDate": "", "StudyTime": "",
+                  "ReferringPhysicianName": ""}
+
+
+def valid_uid(uid: str) -> bool:
+    return isinstance(uid, str) and 0 < len(uid) <= 64 and bool(UID_RE.match(uid))
+
+
+@dataclass
+class ReportResult:
+    written: int = 0
+    failed: int = 0
+    folder: str = ""
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
+
+    def __str__(self) -> str:
+        return f"{self.written} report(s) in {self.folder}" + (f", {self.failed} failed" if self.failed else "")
+
+
+@contextlib.contextmanager
+def quiet_dicom_libraries() -> Iterator[None]:
+    """No library may print header values: highdicom and pydicom warn with patient names
+    (e.g. on a name that breaks the PN rules). Their warnings and log records are dropped."""
+    loggers = [logging.getLogger(n) for n in ("highdicom", "pydicom")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL + 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any) -> ReportResult:
+    """One Comprehensive SR per study of the rows in ``out_csv``; a study whose UID is not a
+    valid DICOM UID, or whose report fails, gets a failure entry (named by UID, never by
+    patient data) and the other studies go on."""
     try:
         import highdicom as hd
         import pydicom
         from pydicom.uid import generate_uid
     except ImportError:
         raise CxrkitError("DICOM SR output needs highdicom (pip install cxrkit[sr])") from None
+    from .predict import CSV_ENCODING
     from .utils import atomic_write
 
     sr_dir = Path(sr_dir)
     sr_dir.mkdir(parents=True, exist_ok=True)
+    root_dir = sr_dir.resolve()
     classes = predictor.classes
+    res = ReportResult(folder=str(sr_dir))
     by_study: dict[str, list[dict[str, str]]] = defaultdict(list)
-    with open(out_csv, newline="") as f:
+    with open(out_csv, newline="", **CSV_ENCODING) as f:
         for row in csv.DictReader(f):
             if row.get("study_instance_uid"):
                 by_study[row["study_instance_uid"]].append(row)
-    written = 0
     prob_unit = hd.sr.CodedConcept("{probability}", "UCUM", "probability")
     for study_uid, rows in by_study.items():
+        target = sr_dir / f"{study_uid}.dcm"
+        if not valid_uid(study_uid) or target.resolve().parent != root_dir:
+            res.failed += 1
+            detail = "StudyInstanceUID is not a valid DICOM UID (digits and dots, at most 64 characters); no report written"
+            res.failures += [(r["path"], FailureReason.INVALID_UID.value, detail) for r in rows]
+            log.warning("structured report skipped: a study's StudyInstanceUID is not a valid DICOM UID")
+            continue
         try:
-            evidence = [pydicom.dcmread(r["path"], stop_before_pixels=True) for r in rows]
-            probs = np.array([[float(r[c]) for c in classes] for r in rows]).max(0)  # study = max over views
-            root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report"))
-            items = [hd.sr.TextContentItem(name=hd.sr.CodedConcept("121106", "DCM", "Comment"),
-                                           value=f"cxrkit model {predictor.name} {predictor.version}; study "
-                                                 f"probability = maximum over {len(rows)} image(s)",
-                                           relationship_type="CONTAINS")]
-            for c, p, t in zip(classes, probs, predictor.thresholds):
-                finding = hd.sr.CodedConcept(_code(c), "99CXRKIT", c[:64])
-                items.append(hd.sr.NumContentItem(name=finding, value=float(round(p, 6)), unit=prob_unit,
-                                                  relationship_type="CONTAINS"))
-                items.append(hd.sr.TextContentItem(name=finding, value=("positive" if p >= t else "negative")
-                                                   + f" (threshold {t:.4f})", relationship_type="CONTAINS"))
-            root.ContentSequence = items
-            sr = hd.sr.ComprehensiveSR(
-                evidence=evidence, content=root, series_instance_uid=generate_uid(), series_number=9901,
-                sop_instance_uid=generate_uid(), instance_number=1, manufacturer="cxrkit",
-                is_complete=True, is_final=False, is_verified=False)
-            with atomic_write(sr_dir / f"{study_uid}.dcm") as tmp:
-                sr.save_as(tmp, enforce_file_format=True)
-            written += 1
+            with quiet_dicom_libraries():
+                evidence = []
+                for r in rows:
+                    ds = pydicom.dcmread(r["path"], stop_before_pixels=True)
+                    for k, v in TYPE2_DEFAULTS.items():
+                        if k not in ds or ds.get(k) is None:
+                            setattr(ds, k, v)
+                    evidence.append(ds)
+                probs = np.array([[float(r[c]) for c in classes] for r in rows]).max(0)  # study = max over views
+                root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report"))
+                items = [hd.sr.TextContentItem(name=hd.sr.CodedConcept("121106", "DCM", "Comment"),
+                                               value=f"Result of an AI model, not verified by a physician: cxrkit "
+                                                     f"model {predictor.name} {predictor.version}; study probability "
+                                                     f"= maximum over {len(rows)} image(s)"[:1024],
+                                               relationship_type="CONTAINS")]
+                for c, p, t in zip(classes, probs, predictor.thresholds):
+                    finding = hd.sr.CodedConcept(_code(c), "99CXRKIT", c[:64])
+                    items.append(hd.sr.NumContentItem(name=finding, value=float(round(p, 6)), unit=prob_unit,
+                                                      relationship_type="CONTAINS"))
+                    items.append(hd.sr.TextContentItem(name=finding, value=("positive" if p >= t else "negative")
+                                                       + f" (threshold {t:.4f})", relationship_type="CONTAINS"))
+                root.ContentSequence = items
+                sr = hd.sr.ComprehensiveSR(
+                    evidence=evidence, content=root, series_instance_uid=generate_uid(), series_number=9901,
+                    sop_instance_uid=generate_uid(), instance_number=1, manufacturer="cxrkit",
+                    is_complete=True, is_final=False, is_verified=False)
+                with atomic_write(target) as tmp:
+                    sr.save_as(tmp, enforce_file_format=True)
+            res.written += 1
         except Exception as e:  # one study's report must not stop the others
-            log.warning("structured report for a study failed: %s", type(e).__name__)
-    return f"{written} report(s) in {sr_dir}"
+            res.failed += 1
+            detail = f"structured report failed ({type(e).__name__})"
+            res.failures += [(r["path"], "sr_failed", detail) for r in rows]
+            log.warning("structured report for study %s failed: %s", study_uid, type(e).__name__)
+    return res
 
 
 def _code(name: str) -> str:

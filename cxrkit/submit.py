@@ -143,6 +143,15 @@ def cxr_lt(args: argparse.Namespace) -> None:
     os.replace(tmp, out / "submission.zip")
 
 
+def _inside(rel: Any) -> bool:
+    """A socket's ``relative_path`` must stay inside /input, judged on the path as written (the
+    platform may replace the file itself by a symlink to elsewhere, which is fine)."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        return False
+    norm = os.path.normpath(rel.replace("\\", "/"))
+    return not (os.path.isabs(norm) or norm == ".." or norm.startswith("../"))
+
+
 def _gc_inputs(root: Path) -> list[Path]:
     from .data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
 
@@ -163,6 +172,10 @@ def _gc_inputs(root: Path) -> list[Path]:
             rel = (e.get("interface") or {}).get("relative_path") if isinstance(e, dict) else None
             name = ((e.get("image") or {}).get("name") if isinstance(e, dict) else None) or ""
             if rel:
+                if not _inside(rel):
+                    print(f"warning: {listing}: relative_path {rel!r} leaves the input folder; ignored",
+                          file=sys.stderr)
+                    continue
                 target = root / rel
                 cand = images_in(target) if target.exists() else []
                 if name:

@@ -22,15 +22,69 @@ from .errors import ArtifactError, ConfigError
 T = TypeVar("T")
 
 
+# Temporary names carry the writing process's id (``.<name>.<pid>.<random>``), so a later run
+# can tell the leftovers of a killed process (pid no longer alive) from a live writer's files.
+_TMP_RE = r"\.(?P<name>.+)\.(?P<kind>tmp|stage|old)-(?P<pid>\d+)(?:-[A-Za-z0-9_]+)?(?P<suffix>\.[^.]*)?$"
+COMPLETE_MARKER = ".cxrkit-staged-complete"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _leftovers(parent: Path, name: str) -> list[tuple[Path, str, int]]:
+    """Temporary / staging / old copies of ``parent/name`` left by processes that are dead."""
+    import re
+
+    out = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return out
+    rx = re.compile(_TMP_RE)
+    for e in entries:
+        m = rx.match(e.name)
+        if m and m.group("name") == name and not _pid_alive(int(m.group("pid"))):
+            out.append((e, m.group("kind"), int(m.group("pid"))))
+    return out
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def clean_leftovers(path: str | Path) -> None:
+    """Remove temporary files next to ``path`` left by killed processes (never a live one's)."""
+    path = Path(path)
+    for p, kind, _ in _leftovers(path.parent, path.name):
+        if kind == "tmp":
+            _remove(p)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it over ``path``.
 
-    A crash or an exception leaves ``path`` as it was (never half-written)."""
+    A crash or an exception leaves ``path`` as it was (never half-written); temporary files
+    of killed earlier runs are removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix or path.suffix or ".tmp",
+                                   dir=path.parent)
     except OSError as e:  # name the file the user asked for, not the temporary one
         raise OSError(e.errno, f"cannot write here ({e.strerror})", str(path)) from None
     os.close(fd)
@@ -58,21 +112,60 @@ def make_public(folder: str | Path) -> None:
     folder = Path(folder)
     os.chmod(folder, 0o777 & ~mask)
     for p in folder.rglob("*"):
-        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def recover_dir(dst: str | Path) -> Path:
+    """Resolve what a killed folder swap left next to ``dst`` into exactly one complete folder.
+
+    A swap (:func:`replace_dir`) renames ``dst`` to ``.<name>.old-<pid>`` and then the complete
+    staging folder (it holds :data:`COMPLETE_MARKER`) to ``dst``. Killed between the two renames,
+    ``dst`` is missing: the complete staging folder is moved into place (or, without one, the old
+    folder back). Leftovers of dead processes (incomplete staging folders, old copies) are then
+    removed. Called before every staged write and when a model / ensemble is loaded."""
+    dst = Path(dst)
+    left = _leftovers(dst.parent, dst.name)
+    if not left:
+        return dst
+    if not dst.exists():
+        staged = sorted((p for p, k, _ in left if k == "stage" and (p / COMPLETE_MARKER).is_file()),
+                        key=lambda p: p.stat().st_mtime)
+        olds = sorted((p for p, k, _ in left if k == "old"), key=lambda p: p.stat().st_mtime)
+        pick = staged[-1] if staged else (olds[-1] if olds else None)
+        if pick is not None:
+            try:
+                os.replace(pick, dst)
+            except OSError:  # a read-only place: leave it for a writer
+                return dst
+            with contextlib.suppress(OSError):
+                (dst / COMPLETE_MARKER).unlink()
+    for p, kind, _ in _leftovers(dst.parent, dst.name):
+        if dst.exists() or kind != "old":  # an old copy is the last complete one until dst exists
+            _remove(p)
+    return dst
 
 
 def replace_dir(tmp: Path, dst: Path) -> None:
     """Move a finished folder into place; an existing ``dst`` is replaced only afterwards.
-    Modes follow the umask (the temporary folder was private while being written)."""
+    Modes follow the umask (the temporary folder was private while being written).
+
+    Recoverable: ``tmp`` is marked complete before the first rename, so a kill between the
+    renames is resolved by :func:`recover_dir` on the next write or load."""
     make_public(tmp)
     dst = Path(dst)
+    (tmp / COMPLETE_MARKER).write_bytes(b"")
     old = None
-    if dst.exists():
-        if not dst.is_dir():
+    if dst.exists() or dst.is_symlink():
+        if not dst.is_dir() or dst.is_symlink():
             raise ArtifactError(f"{dst}: exists and is not a folder")
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
         os.replace(dst, old)
     os.replace(tmp, dst)
+    with contextlib.suppress(OSError):
+        (dst / COMPLETE_MARKER).unlink()
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -80,11 +173,13 @@ def replace_dir(tmp: Path, dst: Path) -> None:
 @contextlib.contextmanager
 def staged_dir(dst: str | Path) -> Iterator[Path]:
     """Yield a private temporary folder next to ``dst`` to write into; on success it replaces
-    ``dst`` (:func:`replace_dir`), on an exception it is removed and ``dst`` stays as it was."""
+    ``dst`` (:func:`replace_dir`), on an exception it is removed and ``dst`` stays as it was.
+    What killed earlier writes of ``dst`` left behind is resolved first (:func:`recover_dir`)."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(dst)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.stage-{os.getpid()}-", dir=dst.parent))
     except OSError as e:
         raise OSError(e.errno, f"cannot write here ({e.strerror})", str(dst)) from None
     try:
@@ -93,6 +188,55 @@ def staged_dir(dst: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# output folders of commands that replace a whole folder (export --deploy, ensemble, cft)
+# ---------------------------------------------------------------------------------------
+
+OUTPUT_MARKER = ".cxrkit-output.json"
+
+
+def mark_output(folder: str | Path, command: str) -> None:
+    """Record in a folder being written which cxrkit command made it (see :func:`check_output_dir`)."""
+    (Path(folder) / OUTPUT_MARKER).write_text(json.dumps({"command": command, "pid": os.getpid()}) + "\n")
+
+
+def output_command(folder: str | Path) -> str | None:
+    try:
+        return str(json.loads((Path(folder) / OUTPUT_MARKER).read_text()).get("command"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _same_or_inside(a: Path, b: Path) -> bool:
+    """True when ``a`` is ``b`` or lies inside it (both resolved)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def check_output_dir(out: str | Path, command: str, sources: Iterable[str | Path] = (),
+                     overwrite: bool = False) -> Path:
+    """Refuse to replace a folder that is not a previous output of ``command``.
+
+    ``out`` may be new, empty, or a folder this command wrote before (its marker file says so);
+    anything else needs ``overwrite``. A target that is, contains or lies inside one of the
+    ``sources`` (the model being exported, the ensemble's members) is always refused."""
+    from .errors import CxrkitError
+
+    out = Path(out)
+    for s in sources:
+        s = Path(s)
+        if _same_or_inside(s, out) or _same_or_inside(out, s):
+            raise CxrkitError(f"{out}: is, contains or lies inside the input {s}; choose another output folder")
+    recover_dir(out)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise CxrkitError(f"{out}: exists and is not a folder")
+        if any(out.iterdir()) and output_command(out) != command and not overwrite:
+            raise CxrkitError(f"{out}: exists, is not empty and was not written by `cxrkit {command}`; "
+                              "choose another folder or pass --overwrite to replace it")
+    return out
 
 
 def sha256_file(path: str | Path) -> str:

@@ -74,3 +74,15 @@ def trained_model_48(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     fit(tiny_config(demo_data, **{"train.epochs": 2, "preprocessing.size": 48, "train.seed": 5}), out,
         show_progress=False)
     return out / "model"
+
+
+@pytest.fixture()
+def no_image_limits():
+    """Accept tiny and flat images: for tests of the pixel pipeline itself on small arrays
+    (the size and contrast limits are tested in test_hostile.py)."""
+    from cxrkit.data import images
+
+    old = (images.LIMITS.max_pixels, images.LIMITS.min_size, images.LIMITS.min_range)
+    images.set_limits(min_size=1, min_range=0.0)
+    yield
+    images.set_limits(*old)

@@ -22,6 +22,7 @@ def test_resize_modes():
     assert cc.shape == (40, 40) and abs(cc[:, :18].mean() - 1) < 1e-5 and cc[:, 22:].max() == 0
 
 
+@pytest.mark.usefixtures("no_image_limits")
 def test_normalize_and_tensor(tmp_path):
     g = np.full((30, 30), 128, np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), g)
@@ -93,6 +94,7 @@ def test_tta_views_geometry():
         tta_views("lots")
 
 
+@pytest.mark.usefixtures("no_image_limits")
 def test_rgb_colour_images(tmp_path):
     rgb = np.zeros((20, 30, 3), np.uint8)
     rgb[..., 0] = 200  # red

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from ..artifact import LoadedModel, ModelMeta, default_thresholds, load_model, save_model
+from ..artifact import LoadedModel, ModelMeta, default_thresholds, load_model, write_model_files
 from ..errors import ArtifactError, ConfigError, CxrkitError
 from ..labels import subsets_for
 from ..metrics import best_thresholds, summarize
-from ..utils import atomic_write, staged_dir, write_json
+from ..utils import atomic_write, check_output_dir, mark_output, staged_dir, write_json
 from .features import FeatureSet, extract_features, head_rows, set_head_rows
 from .runner import CategoryResult, CFTConfig, eval_labels, run_categories, run_ft_layer
 
@@ -69,12 +69,14 @@ def run_cft(model_path: str | Path, train_table: str | Path, valid_table: str | 
             cfg: CFTConfig, images_root: str | Path | None = None, train_split: str | None = None,
             valid_split: str | None = None, test_table: str | Path | None = None, test_split: str | None = None,
             holdout: float | None = None, feature_dtype: str = "float32", cache_dir: str | Path | None = None,
-            batch_size: int = 64, show_progress: bool = True, console: Any = None) -> dict[str, Any]:
+            batch_size: int = 64, show_progress: bool = True, console: Any = None,
+            overwrite: bool = False) -> dict[str, Any]:
     """Extract (cached) features, fine-tune the rows, write the new model (or a shard's part)."""
     say = console.print if console is not None else (lambda *a, **k: None)
     cfg.validate()
     out = Path(out)
     t0 = time.time()
+    check_output_dir(out, "cft" if cfg.shard[1] == 1 else "cft-part", [model_path], overwrite)
     model = load_model(model_path)
     if not hasattr(model.model, "head") or not hasattr(model.model, "features"):
         raise CxrkitError(f"{model_path}: this architecture exposes no per-class head rows for CFT")
@@ -145,17 +147,21 @@ def finish(model: LoadedModel, cfg: CFTConfig, results: list[CategoryResult], tr
                 "n_test": len(test) if test is not None else None, "seconds": round(seconds, 1)}
     meta.metrics = dict(meta.metrics or {})
     meta.metrics["cft"] = {k: _headline(v) for k, v in metrics.items()}
-    save_model(out, model.model, meta)
-    rep = out / "cft"
-    rep.mkdir(exist_ok=True)
-    write_report(rep, results, metric, metrics)
     from ..report import plot_cft_curves, plot_cft_gains
 
-    plot_cft_gains(results, metric, rep / "gains.png")
-    plot_cft_curves(results, rep / "curves.png")
     summary = {"model": str(out), "metric": metric, "changed": meta.cft["n_changed"], "categories": len(results),
                **{k: _headline(v) for k, v in metrics.items()}, "seconds": round(seconds, 1)}
-    write_json(rep / "summary.json", summary)
+    # the model, its report, plots and summary are written in one staging folder and swapped
+    # in once: a kill at any point leaves either the old output or the whole new one
+    with staged_dir(out) as tmp:
+        write_model_files(tmp, model.model, meta)
+        rep = tmp / "cft"
+        rep.mkdir()
+        write_report(rep, results, metric, metrics)
+        plot_cft_gains(results, metric, rep / "gains.png")
+        plot_cft_curves(results, rep / "curves.png")
+        write_json(rep / "summary.json", summary)
+        mark_output(tmp, "cft")
     return summary
 
 
@@ -202,6 +208,7 @@ def write_part(out: Path, model: LoadedModel, cfg: CFTConfig, results: list[Cate
         (tmp / PART_JSON).write_text(json.dumps({
             "format": "cxrkit-cft-part", "model_sha256": model.meta.weights_sha256, "config": cfg.to_dict(),
             "shard": list(cfg.shard), "results": [dict(r.summary(), curves=r.curves) for r in results]}, default=float))
+        mark_output(tmp, "cft-part")
     return out
 
 
@@ -228,8 +235,9 @@ def merge_parts(model_path: str | Path, parts: list[str | Path], valid_table: st
                 images_root: str | Path | None = None, valid_split: str | None = None,
                 test_table: str | Path | None = None, test_split: str | None = None, holdout: float | None = None,
                 feature_dtype: str = "float32", cache_dir: str | Path | None = None,
-                show_progress: bool = True, console: Any = None) -> dict[str, Any]:
+                show_progress: bool = True, console: Any = None, overwrite: bool = False) -> dict[str, Any]:
     """Combine shard parts into the fine-tuned model (thresholds and scores from ``valid``)."""
+    check_output_dir(out, "cft", [model_path, *parts], overwrite)
     model = load_model(model_path)
     results: list[CategoryResult] = []
     cfg_d: dict[str, Any] | None = None

@@ -18,6 +18,7 @@ DICOM pixel pipeline, in this order (SPEC section 2):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import asdict, dataclass
@@ -37,6 +38,120 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ".ima"}
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 cv2.setNumThreads(1)  # decoding runs in data-loader workers; one thread each avoids oversubscription
+
+
+@dataclass
+class ImageLimits:
+    """What a reader accepts, checked before (size) and after (content) decoding.
+
+    ``max_pixels``: declared width x height (x frames) above this is ``too_large``, refused
+    from the header before any pixel is decoded (a 390 KB PNG can declare 20000 x 20000);
+    ``min_size``: a shorter side below this is ``too_small``; ``min_range``: an image whose
+    intensities (in [0, 1], 0.5th to 99.5th percentile) span less than this is ``empty``
+    (blank, constant or near-constant films would otherwise get confident calls)."""
+
+    max_pixels: int = 100_000_000
+    min_size: int = 32
+    min_range: float = 0.02
+
+
+def _env_limits() -> ImageLimits:
+    """Defaults, or CXRKIT_MAX_PIXELS / CXRKIT_MIN_SIZE / CXRKIT_MIN_RANGE (the container)."""
+    import os
+
+    lim = ImageLimits()
+    for key, attr, conv in (("CXRKIT_MAX_PIXELS", "max_pixels", int), ("CXRKIT_MIN_SIZE", "min_size", int),
+                            ("CXRKIT_MIN_RANGE", "min_range", float)):
+        if os.environ.get(key):
+            try:
+                setattr(lim, attr, conv(os.environ[key]))
+            except ValueError:
+                log.warning("%s=%r is not a number; using %s", key, os.environ[key], getattr(lim, attr))
+    return lim
+
+
+LIMITS = _env_limits()
+
+
+def set_limits(max_pixels: int | None = None, min_size: int | None = None, min_range: float | None = None) -> None:
+    """Change the process-wide :data:`LIMITS` (decoding workers forked later inherit them)."""
+    if max_pixels is not None:
+        LIMITS.max_pixels = int(max_pixels)
+    if min_size is not None:
+        LIMITS.min_size = int(min_size)
+    if min_range is not None:
+        LIMITS.min_range = float(min_range)
+
+
+def check_declared_size(path: str | Path, width: int, height: int, frames: int = 1) -> None:
+    """Raise ``too_large`` when a header declares more pixels than :data:`LIMITS` allows."""
+    n = int(width) * int(height) * max(1, int(frames))
+    if n > LIMITS.max_pixels:
+        raise ImageReadError(path, FailureReason.TOO_LARGE,
+                             f"declares {width} x {height}" + (f" x {frames} frames" if frames > 1 else "")
+                             + f" = {n / 1e6:.0f} megapixels, above the limit of {LIMITS.max_pixels / 1e6:.0f}")
+
+
+def check_content(img: np.ndarray, path: str | Path) -> np.ndarray:
+    """Refuse images too small to be a film or without contrast (see :class:`ImageLimits`)."""
+    h, w = img.shape[:2]
+    if min(h, w) < LIMITS.min_size:
+        raise ImageReadError(path, FailureReason.TOO_SMALL,
+                             f"image is {w} x {h} pixels; the shorter side must be at least {LIMITS.min_size}")
+    if LIMITS.min_range > 0:
+        step = max(1, int(np.sqrt(h * w / 65536.0)))
+        sample = np.asarray(img[::step, ::step], dtype=np.float32)
+        lo, hi = np.percentile(sample, [0.5, 99.5])
+        if not hi - lo >= LIMITS.min_range:
+            raise ImageReadError(path, FailureReason.EMPTY,
+                                 f"image is blank or near-constant (intensity spread {max(hi - lo, 0.0):.3f} "
+                                 f"< {LIMITS.min_range})")
+    return img
+
+
+def _raster_header_size(p: Path) -> None:
+    """Check a raster's declared size from its header (PIL reads headers lazily)."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # cxrkit applies its own limit, with a reason instead of a warning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:
+                w, h = im.size
+                frames = int(getattr(im, "n_frames", 1) or 1)
+    except Exception:  # not something PIL can identify: the decoder will say what it is
+        return
+    check_declared_size(p, w, h, 1)
+    if frames > 1 and w * h * frames > LIMITS.max_pixels:
+        check_declared_size(p, w, h, frames)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Any:
+    """Silence what C libraries write to file descriptor 2 (libpng's "iCCP: known incorrect
+    sRGB profile", libjpeg's "Corrupt JPEG data"): cxrkit reports problems itself. Only on the
+    main thread (the descriptor is process-wide)."""
+    import os
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -81,14 +196,14 @@ def read_image_rgb(path: str | Path, intensity: str = "auto") -> np.ndarray:
         return np.repeat(read_image(p, intensity)[..., None], 3, axis=2)
     arr = _decode_raster(p)
     if arr.ndim == 3 and arr.shape[2] >= 3:
-        return _scale_raster(cv2.cvtColor(arr[:, :, :3], cv2.COLOR_BGR2RGB), p, intensity)
-    return np.repeat(_scale_raster(_raster_grey(arr, p), p, intensity)[..., None], 3, axis=2)
+        return check_content(_scale_raster(cv2.cvtColor(arr[:, :, :3], cv2.COLOR_BGR2RGB), p, intensity), p)
+    return np.repeat(check_content(_scale_raster(_raster_grey(arr, p), p, intensity), p)[..., None], 3, axis=2)
 
 
 def read_raster(path: str | Path, intensity: str = "auto") -> np.ndarray:
     """PNG / JPEG / BMP / TIFF, 8 or 16 bit, grey, grey+alpha, RGB or RGBA -> grey [0, 1]."""
     p = Path(path)
-    return _scale_raster(_raster_grey(_decode_raster(p), p), p, intensity)
+    return check_content(_scale_raster(_raster_grey(_decode_raster(p), p), p, intensity), p)
 
 
 def _decode_raster(p: Path) -> np.ndarray:
@@ -99,7 +214,9 @@ def _decode_raster(p: Path) -> np.ndarray:
         raise ImageReadError(p, FailureReason.UNREADABLE, f"cannot read file ({e.strerror or e})") from None
     if buf.size == 0:
         raise ImageReadError(p, FailureReason.EMPTY, "file is empty (0 bytes)")
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    _raster_header_size(p)
+    with _quiet_stderr():  # OpenCV prints libpng / libjpeg warnings straight to file descriptor 2
+        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:
         if buf[:4].tobytes() == b"\x89PNG" or buf[:2].tobytes() == b"\xff\xd8":
             raise ImageReadError(p, FailureReason.TRUNCATED, "image data is corrupt or truncated")
@@ -181,6 +298,8 @@ def read_metaimage(path: str | Path, intensity: str = "auto") -> np.ndarray:
         except zlib.error:
             raise ImageReadError(p, FailureReason.TRUNCATED, "MetaImage compressed data is corrupt") from None
     n = int(np.prod(dims)) * channels
+    if len(dims) >= 2:
+        check_declared_size(p, dims[0], dims[1], int(np.prod(dims[2:])) if len(dims) > 2 else 1)
     if len(data) < n * dtype.itemsize:
         raise ImageReadError(p, FailureReason.TRUNCATED, "MetaImage data is shorter than its header says")
     arr = np.frombuffer(data[: n * dtype.itemsize], dtype=dtype).reshape(*dims[::-1], channels)
@@ -191,10 +310,10 @@ def read_metaimage(path: str | Path, intensity: str = "auto") -> np.ndarray:
     arr = arr.astype(np.float32)
     img = arr[..., 0] if channels == 1 else arr[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
     if intensity == "auto" and dtype.kind == "u" and dtype.itemsize == 1:
-        return img / 255.0
+        return check_content(img / 255.0, p)
     if intensity == "auto" and dtype.kind == "u" and dtype.itemsize == 2:
-        return img / float(_bit_range(int(img.max())))
-    return _minmax(img, p)
+        return check_content(img / float(_bit_range(int(img.max()))), p)
+    return check_content(_minmax(img, p), p)
 
 
 def write_metaimage(path: str | Path, img: np.ndarray, compress: bool = True) -> Path:
@@ -382,7 +501,50 @@ def check_dicom_image(ds: Any, path: str | Path, info: DicomInfo | None = None) 
         raise ImageReadError(path, FailureReason.MULTI_FRAME, f"multi-frame DICOM ({info.frames} frames); expected one radiograph")
     if info.rows <= 0 or info.columns <= 0:
         raise ImageReadError(path, FailureReason.UNREADABLE, "DICOM header lacks Rows / Columns")
+    check_declared_size(path, info.columns, info.rows, max(1, info.frames))
+    _check_pixel_length(ds, path, info)
     return info
+
+
+def _check_pixel_length(ds: Any, path: str | Path, info: DicomInfo) -> None:
+    """Native (uncompressed) pixel data must be as long as Rows x Columns x frames x samples x
+    bits say: shorter, or declared longer than the file, is ``truncated``; longer is
+    ``unexpected_pixel_length`` (Rows / Columns do not describe the data)."""
+    try:
+        raw = ds.get_item("PixelData")
+    except Exception:
+        return
+    if raw is None:
+        return
+    declared = getattr(raw, "length", None)
+    value = getattr(raw, "value", None)
+    if declared is None or declared == 0xFFFFFFFF:  # encapsulated (compressed): the decoder checks
+        return
+    if value is not None and isinstance(value, (bytes, bytearray)) and len(value) < declared:
+        raise ImageReadError(path, FailureReason.TRUNCATED,
+                             f"PixelData declares {declared} bytes but the file holds only {len(value)}")
+    tell = getattr(raw, "value_tell", None)
+    if tell is not None and isinstance(path, (str, Path)) and Path(path).is_file():
+        size = Path(path).stat().st_size
+        if tell + declared > size:
+            raise ImageReadError(path, FailureReason.TRUNCATED,
+                                 f"PixelData declares {declared} bytes, more than the file holds")
+    fm = getattr(ds, "file_meta", None)
+    ts = getattr(fm, "TransferSyntaxUID", None) if fm is not None else None
+    if ts is not None and getattr(ts, "is_compressed", False):
+        return
+    bits = _int(ds.get("BitsAllocated", 0))
+    if bits <= 0:
+        return
+    n = info.rows * info.columns * max(1, info.frames) * max(1, info.samples_per_pixel)
+    expected = (n + 7) // 8 if bits == 1 else n * ((bits + 7) // 8)
+    if declared < expected:
+        raise ImageReadError(path, FailureReason.TRUNCATED,
+                             f"PixelData holds {declared} bytes; Rows x Columns x frames need {expected}")
+    if declared > expected + (expected % 2) + 1:
+        raise ImageReadError(path, FailureReason.UNEXPECTED_PIXEL_LENGTH,
+                             f"PixelData holds {declared} bytes but {info.rows} x {info.columns}"
+                             + (f" x {info.frames} frames" if info.frames > 1 else "") + f" need {expected}")
 
 
 def _decode(ds: Any, path: Path, info: DicomInfo) -> np.ndarray:
@@ -497,6 +659,7 @@ def apply_dicom_pipeline(arr: np.ndarray, ds: Any, path: str | Path = "<dataset>
         np.subtract(np.float32(1.0), out, out=out)
     if float(out.max()) <= float(out.min()):
         raise ImageReadError(path, FailureReason.EMPTY, "image is constant after windowing (no contrast)")
+    check_content(out, path)
     return out, voi
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -153,6 +154,25 @@ def build_model(cfg: ModelConfig | Mapping[str, Any], num_classes: int, load_wei
     if num_classes < 1:
         raise ConfigError("a model needs at least one class")
     return lookup_arch(cfg.arch)(cfg, num_classes, load_weights)
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Build the configured backbone on PyTorch's ``meta`` device (no memory, no weights, no
+    download): an unknown backbone or keyword argument fails with a ConfigError as soon as a
+    config is read, before any image is decoded. Weight files are checked for existence."""
+    from .registry import BackboneSpec, build_backbone, resolve_weights_path
+
+    if cfg.weights is not None:
+        resolve_weights_path(cfg.weights)
+    ckpt = cfg.backbone_kwargs.get("checkpoint_path")
+    if ckpt is not None and not Path(str(ckpt)).expanduser().is_file():
+        raise ConfigError(f"model.backbone_kwargs.checkpoint_path: file not found: {ckpt}")
+    if cfg.arch != "classifier":
+        return  # other architectures derive parts of their config from the training labels
+    kwargs = {k: v for k, v in cfg.backbone_kwargs.items() if k != "checkpoint_path"}
+    with torch.device("meta"):
+        build_backbone(BackboneSpec(cfg.backbone, pretrained=False, weights=None, in_chans=cfg.in_chans,
+                                    kwargs=kwargs))
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -403,7 +403,7 @@ def build_mlvpt(cfg: ModelConfig, num_classes: int, load_weights: bool) -> nn.Mo
                         weights_map=cfg.weights_map)
     try:
         vit, _ = build_backbone(spec)
-    except TypeError as e:  # a non-ViT timm model refusing img_size, or a cxrkit backbone
+    except (TypeError, ConfigError) as e:  # a non-ViT timm model refusing img_size, or a cxrkit backbone
         raise ConfigError(f"mlvpt needs a timm Vision Transformer backbone (e.g. vit_base_patch16_224), "
                           f"got {cfg.backbone!r} ({e})") from None
     if not isinstance(vit, VisionTransformer):

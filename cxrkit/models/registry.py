@@ -105,7 +105,10 @@ def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
             raise ConfigError(f"weights_map must be 'order' or empty, got {spec.weights_map!r}")
         spec = BackboneSpec(spec.name, spec.pretrained, str(path), spec.in_chans, spec.kwargs, None)
     if spec.name in _BACKBONES:
-        return _BACKBONES[spec.name](spec)
+        try:
+            return _BACKBONES[spec.name](spec)
+        except TypeError as e:  # an unknown or wrongly typed keyword argument
+            raise ConfigError(f"could not build backbone {spec.name!r} ({str(e).splitlines()[0]})") from None
     name = spec.name[5:] if spec.name.startswith("timm:") else spec.name
     return _timm_backbone(name, spec)
 
@@ -123,8 +126,13 @@ def _timm_backbone(name: str, spec: BackboneSpec) -> tuple[nn.Module, int]:
         kwargs["pretrained_cfg_overlay"] = dict(file=str(spec.weights))
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=spec.in_chans, **kwargs)
-    except (RuntimeError, OSError, ValueError, TypeError) as e:
+    except Exception as e:
+        if "checkpoint_path" not in kwargs and not isinstance(e, (RuntimeError, OSError, ValueError, TypeError)):
+            raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "checkpoint_path" in kwargs and not isinstance(e, TypeError):
+            raise ConfigError(f"backbone_kwargs.checkpoint_path {kwargs['checkpoint_path']}: not a weights file "
+                              f"this backbone can load ({msg[:160]})") from None
         if pretrained and spec.weights is None:
             raise ConfigError(f"could not load pretrained weights for {name!r} from the hub ({msg}); offline, "
                               "give a local file with `weights:`") from None

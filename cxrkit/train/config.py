@@ -141,6 +141,15 @@ class TrainConfig:
             raise ConfigError("train.monitor must be mAUC, mAP or loss")
         if self.optim.name not in ("adam", "adamw", "sgd"):
             raise ConfigError("optim.name must be adam, adamw or sgd")
+        import math
+
+        if not (isinstance(self.optim.lr, (int, float)) and math.isfinite(self.optim.lr) and self.optim.lr > 0):
+            raise ConfigError(f"optim.lr must be a positive number, got {self.optim.lr!r}")
+        if self.optim.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.optim.weight_decay!r}")
+        from ..losses import check_loss
+
+        check_loss(self.loss.name, dict(self.loss.params))
         if self.schedule.name not in ("constant", "onecycle", "cosine"):
             raise ConfigError("schedule.name must be constant, onecycle or cosine")
         from .partial import build_strategy
@@ -152,6 +161,9 @@ class TrainConfig:
         from ..models.classifier import lookup_arch
 
         lookup_arch(m.arch)  # an unknown architecture fails before any image is read
+        from ..models.classifier import check_model_config
+
+        check_model_config(m)  # so do an unknown backbone, backbone kwarg or weights file
         if m.in_chans != self.preprocessing_obj.channels:
             raise ConfigError(f"model.in_chans ({m.in_chans}) must equal preprocessing.channels "
                               f"({self.preprocessing_obj.channels})")

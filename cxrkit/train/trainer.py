@@ -304,6 +304,14 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
             raise CxrkitError(f"train and valid tables have different classes ({len(classes)} vs "
                               f"{len(valid.table.classes)}); set data.classes")
         if main:
+            for split_name, sd in (("train", train), ("valid", valid)):
+                lab = np.asarray(sd.labels)
+                if lab.size:
+                    empty = [c for c, col in zip(classes, lab.T) if np.isnan(col).all()]
+                    if empty:
+                        log.warning("every %s label of %s is unknown: %s", split_name, ", ".join(empty),
+                                    "nothing is learned for it" if split_name == "train"
+                                    else "it cannot be validated")
             _write_failures(out / "data_failures.csv", [dict(f, split="train") for f in train.failures]
                             + [dict(f, split="valid") for f in valid.failures])
             dist_summary = summarize_table(train.table.select(train.rows))
@@ -377,11 +385,17 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                                  "history": [], "completed": False}
         if resume and has_checkpoint(out):
             state = load_checkpoint(out, model, ema, opt, strategy)
-            if main:
+            if main and not state.get("completed"):
                 say(f"resuming from epoch {state['epoch'] + 1} of {cfg.train.epochs}")
         elif resume and main:
             say("no checkpoint to resume from; starting a new run")
         if state.get("completed"):
+            if main and not (out / "summary.json").is_file():  # killed while writing the final report
+                say(f"all {state['epoch']} epoch(s) were trained; finishing the final report")
+                _final_report(out, cfg, classes, valid_t, state)
+            elif main:
+                say(f"this run already finished ({state['epoch']} epoch(s)); nothing to resume")
+            barrier(dist_info)
             return _result(out, state)
         net: nn.Module = model
         if dist_info.enabled:
@@ -552,7 +566,10 @@ def _final_report(out: Path, cfg: TrainConfig, classes: tuple[str, ...], valid_t
     if probs_file.is_file():
         probs = np.load(probs_file)
         plot_roc_pr(valid_t, probs, list(classes), plots / "roc.png", plots / "pr.png")
-        probs_file.unlink()
+    # summary.json is written last and marks the report complete: a run killed before it is
+    # finished by --resume (the best epoch's probabilities are kept until then)
     write_json(out / "summary.json", {"name": cfg.name, "best_epoch": state["best_epoch"],
                                       "monitor": cfg.train.monitor, "best_monitor": state["best"],
                                       "epochs_run": len(hist), "model": str(out / "model")})
+    if probs_file.is_file():
+        probs_file.unlink()
