@@ -440,7 +440,21 @@ def _power_series(start: Tensor, base: Tensor, coefs: Sequence[float], taylor: b
 
 class RobustAsymmetricLoss(AsymmetricPolynomialLoss):
     """RAL (seed 004 eq. 6): :class:`AsymmetricPolynomialLoss` whose negative term is
-    multiplied by the Hill weight psi(p) = lamb - p (p unclipped; gradient flows through psi)."""
+    multiplied by a Hill-style weight.
+
+    ``variant="paper"`` (default) follows the paper's equation: the negative term times
+    psi(p) = lamb - p (p unclipped; the gradient flows through psi), the focusing weight
+    p_m^gamma_neg detached as in ASL.
+
+    ``variant="released"`` follows the authors' released code (kalelpark/RAL, ``Ralloss``),
+    which differs from the equation in two ways: the negative term is weighted by
+    (lamb - p) * p^2 * (lamb - (1 - p_m)) instead of (lamb - p), and the focusing weights
+    (1 - p_t)^gamma keep their gradient (``detach_focal_weight`` defaults to False there).
+    With the default coefficients both share the positive term
+    -log p - (1 - p) + 1.25 (1 - p)^2 and the negative term's -log(1 - p_m) p_m^gamma_neg.
+    """
+
+    VARIANTS = ("paper", "released")
 
     def __init__(
         self,
@@ -451,18 +465,28 @@ class RobustAsymmetricLoss(AsymmetricPolynomialLoss):
         alpha: Sequence[float] = (0.0, 1.75),
         beta: Sequence[float] = (1.0,),
         log_term: bool = True,
-        detach_focal_weight: bool = True,
+        detach_focal_weight: bool | None = None,
         reduction: Reduction = "sum",
         lamb: float = 1.5,
+        variant: str = "paper",
     ) -> None:
+        if variant not in self.VARIANTS:
+            raise ConfigError(f"RAL variant must be one of {', '.join(self.VARIANTS)}, got {variant!r}")
+        if detach_focal_weight is None:
+            detach_focal_weight = variant == "paper"
         super().__init__(gamma_neg, gamma_pos, clip, eps, alpha, beta, log_term, detach_focal_weight, reduction)
         self.lamb = _check_float("lamb", lamb)
+        self.variant = variant
 
     def _neg_factor(self, x: Tensor) -> Tensor:
-        return self.lamb - torch.sigmoid(x)
+        p = torch.sigmoid(x)
+        if self.variant == "paper":
+            return self.lamb - p
+        q_m = 1.0 - _clipped_prob(x, self.clip)  # the released code's clipped 1 - p
+        return (self.lamb - p) * p.square() * (self.lamb - q_m)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, lamb={self.lamb}"
+        return f"{super().extra_repr()}, lamb={self.lamb}, variant={self.variant!r}"
 
 
 class HillLoss(_ElementwiseLoss):
@@ -708,3 +732,22 @@ def build_loss(name: str, **params: Any) -> nn.Module:
         return cls(**params)
     except TypeError as exc:
         raise ConfigError(f"invalid parameters for loss {key!r} ({cls.__name__}): {exc}") from None
+
+
+def check_loss(name: str, params: dict[str, Any]) -> None:
+    """Fail with a ConfigError for an unknown loss, unknown parameter names or invalid values,
+    without needing the data (used when a config is read)."""
+    import inspect
+
+    key = str(name).strip().lower()
+    if key not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; valid names: {', '.join(list_losses())}")
+    cls = LOSSES[key]
+    try:
+        inspect.signature(cls.__init__).bind_partial(None, **params)
+    except TypeError as exc:
+        raise ConfigError(f"invalid parameters for loss {key!r} ({cls.__name__}): {exc}") from None
+    if "num_classes" in inspect.signature(cls.__init__).parameters and "num_classes" not in params:
+        return  # needs the class count, known once the tables are read
+    build_loss(key, **params)
+

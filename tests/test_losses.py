@@ -706,3 +706,53 @@ def test_aucm_one_class_one_dimensional() -> None:
     zeros = np.zeros(1)
     expected = ref_aucm(x[:, 2:3], t[:, 2:3], zeros, zeros, zeros)[0]
     assert out.item() == pytest.approx(expected, rel=1e-10)
+
+
+def np_ral_released(x: np.ndarray, y: np.ndarray, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
+                    eps: float = 1e-8, lamb: float = 1.5, eps_pos: float = 1.0, eps_pos_pow: float = -2.5,
+                    eps_neg: float = 0.0) -> float:
+    """The released RAL code's formula (kalelpark/RAL ``Ralloss``), written out in float64 NumPy:
+    Taylor positive term, clipped negative term times (lamb - p) p^2 (lamb - q_m), both times
+    the one-sided focusing weight (1 - p_t)^gamma, summed and negated."""
+    p = np_sigmoid(x)
+    q_m = np.minimum(1.0 - p + clip, 1.0)
+    pc = np.maximum(p, eps)
+    pos = y * (np.log(pc) + eps_pos * (1 - pc) + eps_pos_pow * 0.5 * (1 - pc) ** 2)
+    neg = (1 - y) * (np.log(np.maximum(q_m, eps)) + eps_neg * np.maximum(q_m, eps)) * (lamb - p) * p**2 * (lamb - q_m)
+    p_t = p * y + q_m * (1 - y)
+    w = (1 - p_t) ** (gamma_pos * y + gamma_neg * (1 - y))
+    return float(-((pos + neg) * w).sum())
+
+
+@pytest.mark.parametrize("lamb,gamma_neg", [(1.5, 4.0), (2.0, 2.0), (1.2, 0.0)])
+def test_ral_released_variant_matches_the_released_formula(lamb: float, gamma_neg: float) -> None:
+    x, _ = make_batch(seed=21)
+    y = (np.random.default_rng(3).random(x.shape) < 0.3).astype(np.float64)
+    loss = RobustAsymmetricLoss(variant="released", lamb=lamb, gamma_neg=gamma_neg)
+    xt = torch.tensor(x, requires_grad=True)
+    value = loss(xt, torch.tensor(y))
+    assert value.item() == pytest.approx(np_ral_released(x, y, gamma_neg=gamma_neg, lamb=lamb), rel=1e-9, abs=1e-9)
+    # the released code keeps the gradient through the focusing weight: compare with finite
+    # differences of the NumPy formula
+    value.backward()
+    h = 1e-6
+    idx = [(21, 1), (30, 3), (40, 4), (25, 2)]
+    for i, j in idx:
+        xp, xm = x.copy(), x.copy()
+        xp[i, j] += h
+        xm[i, j] -= h
+        fd = (np_ral_released(xp, y, gamma_neg=gamma_neg, lamb=lamb) - np_ral_released(xm, y, gamma_neg=gamma_neg,
+                                                                                        lamb=lamb)) / (2 * h)
+        assert xt.grad[i, j].item() == pytest.approx(fd, rel=1e-5, abs=1e-7)
+
+
+def test_ral_paper_and_released_variants_differ_and_bad_variant_is_refused() -> None:
+    x, _ = make_batch(seed=22)
+    y = torch.zeros_like(torch.tensor(x))
+    paper = RobustAsymmetricLoss()(torch.tensor(x), y)
+    released = RobustAsymmetricLoss(variant="released")(torch.tensor(x), y)
+    assert not torch.allclose(paper, released)
+    assert RobustAsymmetricLoss().detach_focal_weight and not RobustAsymmetricLoss(variant="released").detach_focal_weight
+    with pytest.raises(ConfigError, match="variant"):
+        RobustAsymmetricLoss(variant="github")
+    assert build_loss("ral", variant="released").variant == "released"
