@@ -1,15 +1,18 @@
 # Leaderboard-submission image: cxrkit's torch-free runtime + an ONNX model, CPU only.
 # Build with challenge/do_build.sh (it stages the model into challenge/build/model first).
-FROM python:3.11-slim
+# Leaderboards run x86-64 Linux: the platform is fixed, whatever machine builds the image.
+FROM --platform=linux/amd64 python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-COPY challenge/requirements-runtime.txt /tmp/requirements-runtime.txt
-RUN pip install --no-cache-dir -r /tmp/requirements-runtime.txt \
-    && rm -f /tmp/requirements-runtime.txt
+# every runtime package pinned with its hashes (challenge/lock.sh writes the lock file), so two
+# builds a month apart install the same bytes
+COPY challenge/requirements-runtime.lock /tmp/requirements-runtime.lock
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements-runtime.lock \
+    && rm -f /tmp/requirements-runtime.lock
 
 # cxrkit itself without its training dependencies (torch, timm, MONAI, ...)
 COPY pyproject.toml README.md /tmp/cxrkit-src/
@@ -19,16 +22,20 @@ RUN pip install --no-cache-dir --no-deps /tmp/cxrkit-src \
     && find /usr/local/lib/python3.11 -name "__pycache__" -type d -prune -exec rm -rf {} + \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin cxrkit
 
-# the model, baked in (a read-only mount at /opt/ml/model replaces it)
+# the model, baked in (a read-only mount at /opt/ml/model replaces it); an interface.json next to
+# it (challenge/build/interface.json, optional) maps grand-challenge output sockets
 COPY challenge/build/model /opt/ml/model
-RUN chmod -R a+rX /opt/ml/model
+COPY challenge/build/interface /opt/ml/
+RUN chmod -R a+rX /opt/ml
 
 ENV CXRKIT_MODEL=/opt/ml/model \
     CXRKIT_CACHE_DIR=/tmp/cxrkit-cache \
     HOME=/tmp \
+    ORT_DISABLE_TELEMETRY=1 \
     CXRKIT_QUIET=1 \
     OMP_NUM_THREADS=2
 
-USER cxrkit
+# any uid works (CodaLab runs as an arbitrary uid): nothing is written outside /output and /tmp
+USER 10001
 WORKDIR /input
 ENTRYPOINT ["cxrkit-submit"]

@@ -313,6 +313,8 @@ class OnnxPredictor(Predictor):
             import onnxruntime as ort
         except ImportError:
             raise CxrkitError("the ONNX engine needs onnxruntime (pip install cxrkit[onnx])") from None
+        if hasattr(ort, "disable_telemetry_events"):
+            ort.disable_telemetry_events()  # nothing written under $HOME, nothing sent (leaderboards, hospitals)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

@@ -6,14 +6,16 @@ Modes::
     cxrkit-submit INPUT.csv OUTPUT.csv             CheXpert CodaLab: input has a Path column; output
     cxrkit-submit chexpert INPUT.csv OUTPUT.csv    is Study + the 5 competition columns, one row per
                                                    study (maximum over its views)
-    cxrkit-submit cxr-lt INPUT.csv OUT_DIR         CXR-LT: OUT_DIR/submission.csv (id + 26 columns)
-                                                   and OUT_DIR/submission.zip
+    cxrkit-submit cxr-lt INPUT.csv OUT_DIR         CXR-LT: OUT_DIR/submission.csv (id + 26 columns,
+      [--sample-submission S.csv]                  or the sample submission's columns and rows) and
+                                                   OUT_DIR/submission.zip (+ code/ with the model card)
     cxrkit-submit gc [--input /input] [--output /output]
                                                    grand-challenge style (the default without
                                                    arguments): every image under /input (as listed
                                                    by /input/inputs.json when present) ->
                                                    /output/results.json (+ probabilities.json for
-                                                   a single case): one probability per label
+                                                   a single case), or with --interface the phase's
+                                                   output sockets
 
 The model comes from ``--model``, ``$CXRKIT_MODEL`` or ``/opt/ml/model`` (baked into the
 image or mounted read-only). Any failure exits non-zero with the reason on stderr.
@@ -111,36 +113,171 @@ def chexpert(args: argparse.Namespace) -> None:
 
 
 def _study(path: str) -> str:
-    """CheXpert study: the path up to its studyN folder."""
-    parts = Path(path).parts
-    for i, part in enumerate(parts):
-        if part.startswith("study"):
-            return "/".join(parts[: i + 1])
-    return str(Path(path).parent)
+    """CheXpert study key, the official rule: the view file's path up to its last ``/``, as
+    the input table spells it (any prefix kept: ``CheXpert-v1.0/...``, ``study_data/...``,
+    absolute paths, ``./``)."""
+    p = str(path).strip().replace("\\", "/")
+    return p.rsplit("/", 1)[0] if "/" in p else ""
+
+
+# ---------------------------------------------------------------------------------------
+# CXR-LT (2023: 26 classes; 2024 MICCAI: task 1 40 classes with Normal, task 2 26 with
+# Normal, task 3 unseen classes) -- the class list and order come from a sample submission
+# ---------------------------------------------------------------------------------------
+
+#: names that mean the same finding in different label tables
+SYNONYMS = {"no finding": "normal", "normal": "normal", "pleural effusion": "effusion", "effusion": "effusion",
+            "pleural thickening": "pleural thickening", "calcification of the aorta": "calcification of the aorta",
+            "aortic calcification": "calcification of the aorta"}
+
+
+def class_key(name: str) -> str:
+    """Case, space, underscore and hyphen insensitive; ``No Finding`` = ``Normal``,
+    ``Pleural_Effusion`` = ``Pleural Effusion`` = ``Effusion``."""
+    import re
+
+    k = re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
+    return SYNONYMS.get(k, k)
+
+
+def map_classes(wanted: list[str], available: list[str], what: str) -> list[int]:
+    """Index into ``available`` for every ``wanted`` name; one error naming every class missing."""
+    index: dict[str, int] = {}
+    for i, c in enumerate(available):
+        index.setdefault(class_key(c), i)
+    missing = [w for w in wanted if class_key(w) not in index]
+    if missing:
+        raise CxrkitError(f"the model cannot produce {len(missing)} class(es) {what} asks for: {', '.join(missing)}")
+    return [index[class_key(w)] for w in wanted]
+
+
+def read_sample_submission(path: Path) -> tuple[str, list[str], list[str]]:
+    """(id column, class columns in order, ids in order) of a leaderboard's sample submission."""
+    if not path.is_file():
+        raise CxrkitError(f"{path}: sample submission not found")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header or len(header) < 2:
+            raise CxrkitError(f"{path}: a sample submission needs an id column and at least one class column")
+        ids = [r[0] for r in reader if r]
+    return header[0], header[1:], ids
+
+
+def _prevalence(pred: Any, probs: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Per-class fill value for rows that could not be predicted: the training prevalence the
+    model records, else the mean prediction over the rows that were predicted."""
+    fallback = probs[ok].mean(0) if ok.any() else np.full(probs.shape[1], 0.5, np.float32)
+    out = fallback.astype(np.float64)
+    per_member = [m.meta.get("extra", {}).get("train_prevalence") or {} for m in pred.spec.members]
+    for j, c in enumerate(pred.classes):
+        vals = [d[c] for d in per_member if d.get(c) is not None]
+        if vals:
+            out[j] = float(np.mean(vals))
+    return out
+
+
+def _predict_or_fill(pred: Any, paths: list[Path], args: argparse.Namespace, out_dir: Path
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities for every path; unreadable / missing images get the training prevalence,
+    are listed on stderr and in ``OUT/missing.csv``; with ``--strict`` the run fails."""
+    from .predict import predict_paths
+
+    probs, idx, failures = predict_paths(pred, paths, batch_size=args.batch_size, workers=args.workers,
+                                         tta=args.tta, show_progress=False)
+    out = np.zeros((len(paths), len(pred.classes)), dtype=np.float32)
+    ok = np.zeros(len(paths), dtype=bool)
+    out[idx] = probs
+    ok[idx] = True
+    if failures:
+        fill = _prevalence(pred, out, ok)
+        out[~ok] = fill
+        reasons = {f.path: f for f in failures}
+        _write_csv(out_dir / "missing.csv", ["path", "reason", "detail"],
+                   [[str(p), reasons.get(str(p)).reason if str(p) in reasons else "missing",
+                     reasons.get(str(p)).detail if str(p) in reasons else ""] for p in np.asarray(paths)[~ok]])
+        print(f"warning: {int((~ok).sum())} of {len(paths)} image(s) could not be predicted; their rows hold the "
+              f"training prevalence (list in {out_dir / 'missing.csv'})", file=sys.stderr)
+        for p in np.asarray(paths, dtype=object)[~ok][:20]:
+            f = reasons.get(str(p))
+            print(f"  {p}: {f.detail if f else 'not found'}", file=sys.stderr)
+        if args.strict:
+            raise CxrkitError(f"{int((~ok).sum())} image(s) could not be predicted (--strict)")
+    return out, ok
 
 
 def cxr_lt(args: argparse.Namespace) -> None:
     pred = _predictor(args.model, args.threads)
-    cols = _columns(pred, CXR_LT_26, "CXR-LT")
     inp = Path(args.input)
     rows = _read_rows(inp)
-    id_col = next((c for c in ("dicom_id", "id", "image_id", "ImageID") if c in rows[0]), None)
-    path_col = next((c for c in ("path", "Path", "image", "file") if c in rows[0]), None)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.sample_submission:
+        id_name, wanted, sample_ids = read_sample_submission(Path(args.sample_submission))
+    else:
+        id_name, wanted, sample_ids = "dicom_id", list(CXR_LT_26), None
+    cols = map_classes(wanted, pred.classes, "the CXR-LT submission" + (
+        f" ({args.sample_submission})" if args.sample_submission else " (26 classes)"))
+    id_col = next((c for c in (id_name, "dicom_id", "id", "image_id", "ImageID", "study_id") if c in rows[0]), None)
+    path_col = next((c for c in ("path", "Path", "fpath", "image", "file") if c in rows[0]), None)
     if id_col is None and path_col is None:
-        raise CxrkitError(f"{inp}: needs a dicom_id (and/or path) column")
+        raise CxrkitError(f"{inp}: needs an id ({id_name}) and/or a path column")
     if path_col is None:
         path_col = id_col
     paths = [_resolve(r[path_col], inp.parent) for r in rows]
-    probs = _predict_all(pred, paths, args)[:, cols]
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    ids = [r[id_col] if id_col else Path(r[path_col]).stem for r in rows]
-    _write_csv(out / "submission.csv", ["dicom_id", *CXR_LT_26],
-               [[i, *(f"{v:.6f}" for v in p)] for i, p in zip(ids, probs)])
+    image_ids = [r[id_col] if id_col else Path(r[path_col]).stem for r in rows]
+    probs, ok = _predict_or_fill(pred, paths, args, out)
+    fill = _prevalence(pred, probs, ok)[cols]
+    probs = probs[:, cols]
+    agg = args.aggregate
+    if agg != "image":  # one row per study (or study and view), max over its images
+        key_col = "study_id" if agg == "study" else None
+        if key_col and key_col not in rows[0]:
+            raise CxrkitError(f"{inp}: --aggregate {agg} needs a study_id column")
+        keys = [r["study_id"] if agg == "study" else f"{r.get('study_id', '')}_{r.get('view', r.get('ViewPosition', ''))}"
+                for r in rows]
+        from .runtime import aggregate_studies
+
+        image_ids, probs, _ = aggregate_studies(probs, keys, None, "max")
+    by_id = {i: k for k, i in enumerate(image_ids)}
+    order = sample_ids if sample_ids is not None else list(image_ids)
+    absent = [i for i in order if i not in by_id]
+    if absent:
+        print(f"warning: {len(absent)} id(s) of the sample submission are not in {inp}; their rows hold the "
+              "training prevalence", file=sys.stderr)
+        if args.strict:
+            raise CxrkitError(f"{len(absent)} id(s) of the sample submission have no image (--strict)")
+    body = []
+    for i in order:
+        p = probs[by_id[i]] if i in by_id else fill
+        body.append([i, *(f"{v:.6f}" for v in p)])
+    _write_csv(out / "submission.csv", [id_name, *wanted], body)
     tmp = out / ".submission.zip.tmp"
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         z.write(out / "submission.csv", "submission.csv")
+        if not args.csv_only:  # the layout the winning entries used: the CSV plus code/
+            for name, text in _model_card(pred, args).items():
+                z.writestr(f"code/{name}", text)
     os.replace(tmp, out / "submission.zip")
+
+
+def _model_card(pred: Any, args: argparse.Namespace) -> dict[str, str]:
+    """code/ of a CXR-LT zip: the model's configs and a card with the cxrkit version."""
+    from . import __version__
+
+    files = {}
+    lines = [f"# {pred.name}", "", f"cxrkit {__version__}; model version {pred.version}; "
+             f"{len(pred.spec.members)} member(s)", "", "Classes: " + ", ".join(pred.classes), "",
+             "Made with `cxrkit-submit cxr-lt` (onnxruntime on the CPU"
+             + (f", TTA {args.tta}" if args.tta else "") + ")."]
+    for k, m in enumerate(pred.spec.members):
+        cfg = m.meta.get("train_config")
+        if cfg:
+            files[f"config-{k:02d}.json"] = json.dumps(cfg, indent=2, default=str)
+        files[f"model-{k:02d}.json"] = json.dumps({kk: v for kk, v in m.meta.items() if kk != "train_config"},
+                                                  indent=2, default=str)
+    files["MODEL_CARD.md"] = "\n".join(lines) + "\n"
+    return files
 
 
 def _inside(rel: Any) -> bool:
@@ -152,14 +289,37 @@ def _inside(rel: Any) -> bool:
     return not (os.path.isabs(norm) or norm == ".." or norm.startswith("../"))
 
 
+IMAGE_KINDS = {"image", "segmentation", "heat map", "heatmap", "dicom image set", "dicom-image-set"}
+
+
+def _is_image_socket(interface: dict[str, Any]) -> bool | None:
+    """True / False when the socket says what it is (``super_kind`` / ``kind``), else None."""
+    sk = str(interface.get("super_kind") or "").strip().lower()
+    k = str(interface.get("kind") or "").strip().lower()
+    if sk:
+        return sk == "image"
+    if k:
+        return k in IMAGE_KINDS or "image" in k
+    return None
+
+
 def _gc_inputs(root: Path) -> list[Path]:
+    """The image files of a grand-challenge job. With ``/input/inputs.json`` only image
+    sockets are read (value sockets such as age or sex, and non-image files, are ignored);
+    image sockets hold ``.mha`` / ``.tif`` files or a DICOM image set of ``<sop_uid>.dcm``
+    files; the files may be symlinks (the platform's shim links them in)."""
     from .data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
+
+    def is_image_file(f: Path) -> bool:
+        return f.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES or (f.suffix.lower() != ".json" and is_dicom_file(f))
 
     def images_in(p: Path) -> list[Path]:
         if p.is_file():
-            return [p]
-        return sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES
-                                                                  or is_dicom_file(f)))
+            return [p] if is_image_file(p) else []
+        out = []
+        for dirpath, _dirs, files in os.walk(p, followlinks=True):
+            out += [Path(dirpath) / f for f in files if (Path(dirpath) / f).is_file() and is_image_file(Path(dirpath) / f)]
+        return sorted(out)
 
     listing = root / "inputs.json"
     if listing.is_file():
@@ -169,38 +329,137 @@ def _gc_inputs(root: Path) -> list[Path]:
             raise CxrkitError(f"{listing}: not valid JSON ({e})") from None
         found: list[Path] = []
         for e in entries if isinstance(entries, list) else [entries]:
-            rel = (e.get("interface") or {}).get("relative_path") if isinstance(e, dict) else None
-            name = ((e.get("image") or {}).get("name") if isinstance(e, dict) else None) or ""
-            if rel:
-                if not _inside(rel):
-                    print(f"warning: {listing}: relative_path {rel!r} leaves the input folder; ignored",
-                          file=sys.stderr)
-                    continue
-                target = root / rel
-                cand = images_in(target) if target.exists() else []
-                if name:
-                    cand = [c for c in cand if c.name == name] or cand
-                found += cand
+            if not isinstance(e, dict):
+                continue
+            interface = e.get("interface") or {}
+            rel = interface.get("relative_path")
+            if not rel:
+                continue
+            if not _inside(rel):
+                print(f"warning: {listing}: relative_path {rel!r} leaves the input folder; ignored", file=sys.stderr)
+                continue
+            kind = _is_image_socket(interface)
+            if kind is False:
+                continue  # a value or file socket: not an image
+            name = ((e.get("image") or {}).get("name")) or ""
+            target = root / rel
+            cand = images_in(target) if target.exists() else []
+            if name:
+                cand = [c for c in cand if c.name == name] or cand
+            found += cand
         if found:
             return sorted(dict.fromkeys(found))
     return [f for f in images_in(root) if f.name != "inputs.json"]
 
 
+# ---------------------------------------------------------------------------------------
+# grand-challenge output sockets
+# ---------------------------------------------------------------------------------------
+
+RESERVED_SLUGS = {"results-json-file", "results"}  # results.json is the platform's own
+
+
+def load_interface(path: str | Path) -> list[dict[str, Any]]:
+    """The output sockets of a phase: a JSON or YAML file holding a list of sockets, or
+    ``{"outputs": [...]}``, ``{"algorithm": {"outputs": [...]}}`` (grand-challenge-forge's
+    algorithm context) or ``{"algorithm_outputs": [...]}`` (a phase of its pack context).
+    Each socket: ``slug``, ``kind``, ``relative_path`` and optionally ``cxrkit``: what to write
+    (``{"write": "probabilities"}``, ``{"write": "probability", "finding": "Cardiomegaly"}``,
+    ``{"write": "call", "finding": ...}``, ``{"write": "positive"}``, ``{"write": "report"}``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CxrkitError(f"{p}: interface file not found")
+    try:
+        text = p.read_text()
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:
+        raise CxrkitError(f"{p}: interface file is not valid JSON / YAML ({str(e).splitlines()[0]})") from None
+    if isinstance(data, dict):
+        data = (data.get("outputs") or data.get("algorithm_outputs")
+                or (data.get("algorithm") or {}).get("outputs") or [])
+    if not isinstance(data, list) or not data:
+        raise CxrkitError(f"{p}: lists no output sockets")
+    for s in data:
+        if not isinstance(s, dict) or not s.get("relative_path"):
+            raise CxrkitError(f"{p}: every output socket needs a relative_path ({s!r})")
+        if not _inside(str(s["relative_path"])):
+            raise CxrkitError(f"{p}: output relative_path {s['relative_path']!r} leaves /output")
+        if s.get("slug") in RESERVED_SLUGS or str(s["relative_path"]) == "results.json":
+            raise CxrkitError(f"{p}: results.json is reserved by grand-challenge; choose another socket")
+    return data
+
+
+def socket_value(socket: dict[str, Any], classes: list[str], probs: np.ndarray, thresholds: np.ndarray,
+                 meta: dict[str, Any]) -> Any:
+    """What one output socket gets, from its ``cxrkit`` mapping or, without one, from its kind:
+    a float socket named after a finding -> that probability, a bool one -> the call at the
+    model's threshold, an anything / JSON socket -> every probability."""
+    spec = dict(socket.get("cxrkit") or {})
+    kind = str(socket.get("kind") or "").strip().lower()
+    slug = str(socket.get("slug") or "")
+    write = spec.get("write")
+    finding = spec.get("finding")
+    if write is None:
+        if kind in ("float", "integer", "bool", "boolean"):
+            finding = finding or slug
+            write = "call" if kind in ("bool", "boolean") else "probability"
+        else:
+            write = "probabilities"
+    if write in ("probability", "call"):
+        keys = {class_key(c): i for i, c in enumerate(classes)}
+        cand = [class_key(finding or ""), class_key(str(finding or "").replace("-", " "))]
+        for suffix in (" probability", " likelihood", " present", " call"):
+            cand += [c[: -len(suffix)] for c in list(cand) if c.endswith(suffix)]
+        j = next((keys[c] for c in cand if c in keys), None)
+        if j is None:
+            raise CxrkitError(f"output socket {slug!r}: no finding {finding!r} among the model's classes")
+        return round(float(probs[j]), 6) if write == "probability" else bool(probs[j] >= thresholds[j])
+    if write == "probabilities":
+        return {c: round(float(v), 6) for c, v in zip(classes, probs)}
+    if write == "positive":
+        return [c for c, v, t in zip(classes, probs, thresholds) if v >= t]
+    if write == "report":
+        return {**meta, "probabilities": {c: round(float(v), 6) for c, v in zip(classes, probs)},
+                "positive": [c for c, v, t in zip(classes, probs, thresholds) if v >= t]}
+    raise CxrkitError(f"output socket {slug!r}: unknown cxrkit.write {write!r}")
+
+
+def _interface_path(args: argparse.Namespace) -> str | None:
+    for cand in (args.interface, os.environ.get("CXRKIT_GC_INTERFACE")):
+        if cand:
+            return cand
+    baked = Path(os.environ.get("CXRKIT_MODEL") or DEFAULT_MODEL).parent / "interface.json"
+    return str(baked) if baked.is_file() else None
+
+
 def grand_challenge(args: argparse.Namespace) -> None:
-    pred = _predictor(args.model, args.threads)
     root, out = Path(args.input), Path(args.output)
+    iface = _interface_path(args)
+    sockets = load_interface(iface) if iface else None  # checked before the model is loaded
+    pred = _predictor(args.model, args.threads)
     if not root.is_dir():
         raise CxrkitError(f"{root}: input folder not found")
     paths = _gc_inputs(root)
     if not paths:
         raise CxrkitError(f"{root}: no input images (PNG / JPEG / TIFF / MHA / DICOM)")
     probs = _predict_all(pred, paths, args)
-    cases = [{"input": str(p.relative_to(root)), "probabilities": {c: round(float(v), 6) for c, v in zip(pred.classes, pr)},
-              "positive": [c for c, v, t in zip(pred.classes, pr, pred.thresholds) if v >= t]}
-             for p, pr in zip(paths, probs)]
     out.mkdir(parents=True, exist_ok=True)
     from .utils import write_json
 
+    if sockets is not None:  # one job is one case: its images (e.g. a DICOM set) -> the maximum
+        case = probs.max(0)
+        meta = {"model": pred.name, "version": pred.version, "inputs": [str(p.relative_to(root)) for p in paths]}
+        for sock in sockets:
+            write_json(out / str(sock["relative_path"]), socket_value(sock, pred.classes, case, pred.thresholds, meta))
+        return
+    cases = [{"input": str(p.relative_to(root)), "probabilities": {c: round(float(v), 6) for c, v in zip(pred.classes, pr)},
+              "positive": [c for c, v, t in zip(pred.classes, pr, pred.thresholds) if v >= t]}
+             for p, pr in zip(paths, probs)]
     write_json(out / "results.json", {"model": pred.name, "version": pred.version, "cases": cases})
     if len(cases) == 1:
         write_json(out / "probabilities.json", cases[0]["probabilities"])
@@ -226,9 +485,19 @@ def parser() -> argparse.ArgumentParser:
     x = sub.add_parser("cxr-lt", help="CXR-LT: INPUT.csv OUT_DIR")
     x.add_argument("input")
     x.add_argument("output")
+    x.add_argument("--sample-submission", default=None,
+                   help="the leaderboard's sample submission: its header gives the id column and the classes in "
+                        "order (CXR-LT 2024 tasks), its rows the ids in order")
+    x.add_argument("--aggregate", choices=["image", "study", "study-view"], default="image",
+                   help="one row per image (default), per study or per study and view (max over images)")
+    x.add_argument("--csv-only", action="store_true", help="submission.zip holds only submission.csv (no code/)")
+    x.add_argument("--strict", action="store_true", help="fail when an image is missing instead of filling its row")
     g = sub.add_parser("gc", help="grand-challenge: /input -> /output")
     g.add_argument("--input", default="/input")
     g.add_argument("--output", default="/output")
+    g.add_argument("--interface", default=None,
+                   help="the phase's output sockets (JSON / YAML; default $CXRKIT_GC_INTERFACE or interface.json "
+                        "next to the model)")
     return ap
 
 

@@ -10,7 +10,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from cxrkit.errors import CxrkitError
 from cxrkit.submit import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +48,12 @@ def test_cxr_lt(tmp_path, monkeypatch):
     assert main(["--model", MODEL, "cxr-lt", "input.csv", str(tmp_path)]) == 0
     _same_csv(tmp_path / "submission.csv", T / "cxrlt" / "expected" / "submission.csv")
     assert len(_csv(tmp_path / "submission.csv")[0]) == 27
-    with zipfile.ZipFile(tmp_path / "submission.zip") as z:
+    with zipfile.ZipFile(tmp_path / "submission.zip") as z:  # the winning entries' layout: CSV + code/
+        names = z.namelist()
+        assert names[0] == "submission.csv" and "code/MODEL_CARD.md" in names and "code/model-00.json" in names
+        assert "cxrkit" in z.read("code/MODEL_CARD.md").decode()
+    assert main(["--model", MODEL, "cxr-lt", "input.csv", str(tmp_path / "only"), "--csv-only"]) == 0
+    with zipfile.ZipFile(tmp_path / "only" / "submission.zip") as z:
         assert z.namelist() == ["submission.csv"]
 
 
@@ -81,3 +88,186 @@ def test_console_script_in_a_subprocess(tmp_path):
                        cwd=tmp_path / "in", capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     _same_csv(tmp_path / "o.csv", T / "chexpert" / "expected.csv")
+
+
+# ---------------------------------------------------------------------------------------
+# issue 11: the platforms' own conventions
+# ---------------------------------------------------------------------------------------
+
+CXR_LT_2024_TASK1 = [  # the 40 classes of CXR-LT 2024 task 1, as its sample submission spells them
+    "Adenopathy", "Atelectasis", "Azygos Lobe", "Calcification of the Aorta", "Cardiomegaly", "Clavicle Fracture",
+    "Consolidation", "Edema", "Emphysema", "Enlarged Cardiomediastinum", "Fibrosis", "Fissure", "Fracture",
+    "Granuloma", "Hernia", "Hydropneumothorax", "Infarction", "Infiltration", "Kyphosis", "Lobar Atelectasis",
+    "Lung Lesion", "Lung Opacity", "Mass", "Nodule", "Normal", "Pleural Effusion", "Pleural Other",
+    "Pleural Thickening", "Pneumomediastinum", "Pneumonia", "Pneumoperitoneum", "Pneumothorax",
+    "Pulmonary Embolism", "Pulmonary Hypertension", "Rib Fracture", "Round(ed) Atelectasis",
+    "Subcutaneous Emphysema", "Support Devices", "Tortuous Aorta", "Tuberculosis"]
+
+
+def test_class_names_map_across_leaderboards():
+    from cxrkit.submit import class_key, map_classes
+
+    assert class_key("No Finding") == class_key("Normal") == class_key("no_finding")
+    assert class_key("Pleural_Effusion") == class_key("Pleural Effusion") == class_key("pleural-effusion")
+    model = ["No Finding", "Pleural Effusion", "Cardiomegaly"]
+    assert map_classes(["normal", "Pleural_Effusion", "CARDIOMEGALY"], model, "x") == [0, 1, 2]
+    with pytest.raises(CxrkitError) as e:
+        map_classes(CXR_LT_2024_TASK1, model, "task 1")
+    msg = str(e.value)
+    assert "37 class(es)" in msg and "Tuberculosis" in msg and "Adenopathy" in msg and "Normal" not in msg.split(":")[1]
+
+
+def _sample(path, id_name, classes, ids):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([id_name, *classes])
+        for i in ids:
+            w.writerow([i, *(["0"] * len(classes))])
+    return path
+
+
+def test_cxr_lt_2024_task1_needs_every_class_and_names_the_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(T / "cxrlt")
+    ids = [r[0] for r in _csv("input.csv")[1:]]
+    _sample(tmp_path / "task1.csv", "dicom_id", CXR_LT_2024_TASK1, ids)
+    assert main(["--model", MODEL, "cxr-lt", "input.csv", str(tmp_path / "o"), "--sample-submission",
+                 str(tmp_path / "task1.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "14 class(es)" in err and "Tuberculosis" in err and "Adenopathy" in err
+
+
+def test_cxr_lt_2024_task2_order_names_and_ids_from_the_sample_submission(tmp_path, monkeypatch):
+    from cxrkit.labels import CXR_LT_26
+
+    monkeypatch.chdir(T / "cxrlt")
+    task2 = [("Normal" if c == "No Finding" else c) for c in CXR_LT_26][::-1]  # Normal, another order
+    ids = [r[0] for r in _csv("input.csv")[1:]]
+    order = ids[::-1]
+    _sample(tmp_path / "task2.csv", "dicom_id", task2, order)
+    assert main(["--model", MODEL, "cxr-lt", "input.csv", str(tmp_path / "o"), "--sample-submission",
+                 str(tmp_path / "task2.csv")]) == 0
+    got = _csv(tmp_path / "o" / "submission.csv")
+    assert got[0] == ["dicom_id", *task2] and [r[0] for r in got[1:]] == order
+    ref = {r[0]: dict(zip(_csv(T / "cxrlt" / "expected" / "submission.csv")[0][1:], r[1:]))
+           for r in _csv(T / "cxrlt" / "expected" / "submission.csv")[1:]}
+    for r in got[1:]:
+        row = dict(zip(task2, r[1:]))
+        assert abs(float(row["Normal"]) - float(ref[r[0]]["No Finding"])) < 1e-4
+        assert abs(float(row["Pneumonia"]) - float(ref[r[0]]["Pneumonia"])) < 1e-4
+
+
+def test_cxr_lt_missing_images_are_filled_reported_and_strict_fails(tmp_path, capsys):
+    shutil.copytree(T / "cxrlt", tmp_path / "in")
+    rows = _csv(tmp_path / "in" / "input.csv")
+    (tmp_path / "in" / rows[2][1]).unlink()  # one image gone
+    (tmp_path / "in" / rows[3][1]).write_bytes(b"not a png")  # one unreadable
+    model = tmp_path / "model"
+    shutil.copytree(T / "model", model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["extra"] = {"train_prevalence": {c: 0.01 * (k + 1) for k, c in enumerate(meta["classes"])}}
+    (model / "model.json").write_text(json.dumps(meta))
+    out = tmp_path / "o"
+    inp = str(tmp_path / "in" / "input.csv")
+    assert main(["--model", str(model), "cxr-lt", inp, str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "2 of" in err and rows[2][1] in err and rows[3][1] in err
+    got = {r[0]: r[1:] for r in _csv(out / "submission.csv")[1:]}
+    assert len(got) == len(rows) - 1
+    for k in (2, 3):
+        np.testing.assert_allclose([float(v) for v in got[rows[k][0]]], [0.01 * (j + 1) for j in range(26)], atol=1e-6)
+    assert float(got[rows[1][0]][0]) != 0.01  # a readable image keeps its prediction
+    assert len(_csv(out / "missing.csv")) == 3
+    assert main(["--model", str(model), "cxr-lt", inp, str(tmp_path / "o2"), "--strict"]) == 2
+
+
+def test_chexpert_study_key_is_the_path_up_to_the_last_slash():
+    from cxrkit.submit import _study
+
+    real = _csv(REPO / ".." / "shared" / "data" / "chexpert" / "valid.csv") if (
+        REPO / ".." / "shared" / "data" / "chexpert" / "valid.csv").is_file() else [["Path"],
+        ["CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg"]]
+    for row in real[1:]:
+        path = row[0]
+        want = path.rsplit("/", 1)[0]
+        assert _study(path) == want
+        for prefix in ("study_data/", "/data/chexpert/", "./"):
+            assert _study(prefix + path) == prefix + want
+    assert _study("CheXpert-v1.0/valid/patient1/study2/extra/view1.jpg") == "CheXpert-v1.0/valid/patient1/study2/extra"
+
+
+INTERFACE = {"algorithm": {"title": "CXR", "inputs": [
+    {"slug": "chest-x-ray", "kind": "Image", "super_kind": "Image", "relative_path": "images/chest-x-ray"},
+    {"slug": "patient-age", "kind": "Integer", "super_kind": "Value", "relative_path": "patient-age.json"}],
+    "outputs": [
+    {"slug": "chest-x-ray-findings", "kind": "Anything", "super_kind": "File", "relative_path": "findings.json"},
+    {"slug": "cardiomegaly-likelihood", "kind": "Float", "super_kind": "Value",
+     "relative_path": "cardiomegaly-likelihood.json"},
+    {"slug": "pneumonia", "kind": "Bool", "super_kind": "Value", "relative_path": "pneumonia.json"},
+    {"slug": "effusion-probability", "kind": "Float", "super_kind": "Value", "relative_path": "effusion.json",
+     "cxrkit": {"write": "probability", "finding": "Pleural Effusion"}}]}}
+
+
+def _gc_input(root):
+    (root / "images" / "chest-x-ray").mkdir(parents=True)
+    real = root.parent / "store" / "case.mha"
+    real.parent.mkdir()
+    shutil.copy(T / "gc" / "input" / "images" / "chest-x-ray" / "case.mha", real)
+    (root / "images" / "chest-x-ray" / "case.mha").symlink_to(real)  # as the platform's shim does
+    (root / "patient-age.json").write_text("63")
+    (root / "notes.txt").write_text("a file that is not an image")
+    (root / "inputs.json").write_text(json.dumps([
+        {"interface": INTERFACE["algorithm"]["inputs"][0], "image": {"name": "case.mha"}},
+        {"interface": INTERFACE["algorithm"]["inputs"][1], "value": 63}]))
+    return root
+
+
+def test_grand_challenge_output_sockets_from_the_interface(tmp_path):
+    root = _gc_input(tmp_path / "input")
+    (tmp_path / "interface.json").write_text(json.dumps(INTERFACE))
+    out = tmp_path / "out"
+    assert main(["--model", MODEL, "gc", "--input", str(root), "--output", str(out), "--interface",
+                 str(tmp_path / "interface.json")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cardiomegaly-likelihood.json", "effusion.json",
+                                                     "findings.json", "pneumonia.json"]
+    exp = json.loads((T / "gc" / "expected" / "probabilities.json").read_text())
+    findings = json.loads((out / "findings.json").read_text())
+    assert findings.keys() == exp.keys()
+    assert abs(json.loads((out / "cardiomegaly-likelihood.json").read_text()) - exp["Cardiomegaly"]) < 1e-4
+    assert abs(json.loads((out / "effusion.json").read_text()) - exp["Pleural Effusion"]) < 1e-4
+    thr = json.loads((T / "model" / "model.json").read_text())
+    t = thr["thresholds"][thr["classes"].index("Pneumonia")]
+    assert json.loads((out / "pneumonia.json").read_text()) is (exp["Pneumonia"] >= t)
+
+
+def test_grand_challenge_interface_errors(tmp_path, capsys):
+    root = _gc_input(tmp_path / "input")
+    bad = dict(INTERFACE["algorithm"], outputs=[{"slug": "results", "kind": "Anything", "relative_path": "results.json"}])
+    (tmp_path / "i.json").write_text(json.dumps({"algorithm": bad}))
+    assert main(["--model", MODEL, "gc", "--input", str(root), "--output", str(tmp_path / "o"),
+                 "--interface", str(tmp_path / "i.json")]) == 2
+    assert "reserved" in capsys.readouterr().err
+    (tmp_path / "i.json").write_text(json.dumps({"outputs": [{"slug": "hernia-x", "kind": "Float",
+                                                              "relative_path": "h.json"}]}))
+    assert main(["--model", MODEL, "gc", "--input", str(root), "--output", str(tmp_path / "o"),
+                 "--interface", str(tmp_path / "i.json")]) == 2
+    assert "no finding" in capsys.readouterr().err
+
+
+def test_grand_challenge_value_inputs_are_not_images(tmp_path):
+    from cxrkit.submit import _gc_inputs
+
+    root = _gc_input(tmp_path / "input")
+    assert [p.name for p in _gc_inputs(root)] == ["case.mha"]
+    # a DICOM image set: <sop_uid>.dcm files in the socket's folder
+    from dicom_helpers import make_dicom
+
+    d = tmp_path / "dcm"
+    (d / "images" / "cxr").mkdir(parents=True)
+    img = (np.random.default_rng(0).random((64, 64)) * 4000).astype(np.uint16)
+    for uid in ("1.2.3.4", "1.2.3.5"):
+        make_dicom(d / "images" / "cxr" / f"{uid}.dcm", img)
+    (d / "age.json").write_text("50")
+    (d / "inputs.json").write_text(json.dumps([
+        {"interface": {"slug": "cxr", "kind": "DICOM Image Set", "super_kind": "Image", "relative_path": "images/cxr"}},
+        {"interface": {"slug": "age", "kind": "Integer", "super_kind": "Value", "relative_path": "age.json"}}]))
+    assert [p.name for p in _gc_inputs(d)] == ["1.2.3.4.dcm", "1.2.3.5.dcm"]

@@ -111,7 +111,10 @@ def check_content(img: np.ndarray, path: str | Path) -> np.ndarray:
 
 def _raster_header_size(p: Path) -> None:
     """Check a raster's declared size from its header (PIL reads headers lazily)."""
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover (a runtime without Pillow: OpenCV's own pixel cap applies)
+        return
 
     Image.MAX_IMAGE_PIXELS = None  # cxrkit applies its own limit, with a reason instead of a warning
     try:

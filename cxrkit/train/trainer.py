@@ -338,6 +338,10 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
             strategy.prepare(train.labels)
             elem_loss = build_loss(cfg.loss.name, **{**cfg.loss.params, "reduction": "none"}).to(device)
         unknown_all = torch.from_numpy(np.isnan(train.labels))
+        with warnings.catch_warnings():  # the fill value of leaderboard rows whose image is missing
+            warnings.simplefilter("ignore")
+            pos_frac = np.nanmean(np.where(np.isnan(train.labels), np.nan, train.labels == 1), axis=0)
+        prevalence = {c: (float(v) if np.isfinite(v) else None) for c, v in zip(classes, pos_frac)}
         if main:
             dump_config(cfg, out / "config.yaml")  # now with what the architecture derived from the labels
             if cfg.data.partial_known is not None:  # the split every method of a comparison shares
@@ -485,7 +489,7 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                         final = summarize_metrics(valid_t, probs, list(classes), thresholds=default_thresholds(thr),
                                                   subsets=subsets)
                     _save_best(out, eval_model, cfg, classes, default_thresholds(thr), final, epoch + 1,
-                               param_counts)
+                               param_counts, prevalence)
                     np.save(out / ".best_valid_probs.npy", probs.astype(np.float32))
                 else:
                     state["bad_epochs"] += 1
@@ -529,7 +533,8 @@ def _fmt(v: Any) -> str:
 
 
 def _save_best(out: Path, model: nn.Module, cfg: TrainConfig, classes: tuple[str, ...], thresholds: list[float],
-               metrics: dict[str, Any], epoch: int, parameters: dict[str, int] | None = None) -> None:
+               metrics: dict[str, Any], epoch: int, parameters: dict[str, int] | None = None,
+               prevalence: dict[str, float | None] | None = None) -> None:
     meta = ModelMeta(
         classes=list(classes),
         preprocessing=cfg.preprocessing_obj.to_dict(),
@@ -540,6 +545,7 @@ def _save_best(out: Path, model: nn.Module, cfg: TrainConfig, classes: tuple[str
         label_space=cfg.label_space,
         train_config=cfg.to_dict(),
         metrics={"valid": metrics, "epoch": epoch, "parameters": parameters or {}},
+        extra={"train_prevalence": prevalence or {}},
     )
     save_model(out / "model", model, meta)
 
