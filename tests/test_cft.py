@@ -234,3 +234,61 @@ def test_cft_bad_options(trained_model, demo_data, tmp_path):
                         str(demo_data / "valid.csv"), "--out", str(tmp_path / "x"), "--shard", "3"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--shard" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_coco_preset_draws_both_parents_of_every_child_by_roulette():
+    import types
+
+    from cxrkit.cft.ga import GA_PRESETS, _biased_uniform, roulette_pairs
+
+    assert GA_PRESETS["coco"].pairing == "roulette"
+    rng = np.random.default_rng(0)
+    fit = np.array([0.0, 1.0, 3.0, 6.0])
+    idx = roulette_pairs(fit, 20000, rng)
+    freq = np.bincount(idx.ravel(), minlength=4) / idx.size
+    np.testing.assert_allclose(freq, fit / fit.sum(), atol=0.01)
+    # the two parents are independent draws: pairs (k, k + 1) of the selected parents no longer
+    assert np.mean(idx[:, 0] == idx[:, 1]) == pytest.approx((fit / fit.sum()) @ (fit / fit.sum()), abs=0.01)
+    pop = np.arange(4, dtype=float)[:, None] * np.ones((4, 6))
+    ga = types.SimpleNamespace(population=pop, last_generation_fitness=np.array([0.0, 0.0, 0.0, 1.0]))
+    kids = _biased_uniform(np.random.default_rng(1), 0.2, "roulette")(pop[:2], (10, 6), ga)
+    assert (kids == 3.0).all()  # only individual 3 has fitness: it is both parents of every child
+    kids = _biased_uniform(np.random.default_rng(1), 0.2, "fixed")(pop[:2], (10, 6), ga)
+    assert set(np.unique(kids)) <= {0.0, 1.0}  # the old pairing mates the selected parents only
+
+
+def test_pesg_follows_libauc_update_rule():
+    """Two steps of cxrkit's PESG (variant libauc) against the rule written out by hand:
+    clipped gradient + epoch_decay (v - v_ref) + weight_decay v, LibAUC's momentum buffer,
+    closed-form dual step on alpha."""
+    import torch
+
+    from cxrkit.cft.bp import PESG
+    from cxrkit.losses import build_loss
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 5)
+    y = (torch.rand(64) < 0.3).float()
+    w = torch.randn(5, requires_grad=True)
+    loss = build_loss("aucm", num_classes=1, margin=1.0)
+    opt = PESG([w], loss, lr=0.1, epoch_decay=2e-3, weight_decay=1e-5, variant="libauc", momentum=0.9,
+               clip_value=0.05, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    refs = [torch.randn(p.shape, generator=gen) * 0.01 for p in (w, loss.a, loss.b)]
+    v = [w.detach().clone(), loss.a.detach().clone(), loss.b.detach().clone()]
+    alpha = loss.alpha.detach().clone()
+    bufs = [None, None, None]
+    for _ in range(2):
+        opt.zero_grad()
+        out = loss((x @ w)[:, None], y[:, None])
+        out.backward()
+        grads = [w.grad.clone(), loss.a.grad.clone(), loss.b.grad.clone()]
+        opt.step()
+        for i in range(3):
+            d = grads[i].clamp(-0.05, 0.05) + 2e-3 * (v[i] - refs[i]) + 1e-5 * v[i]
+            bufs[i] = d if bufs[i] is None else bufs[i] * 0.1 + d * 0.9
+            v[i] = v[i] - 0.1 * bufs[i]
+        alpha = (alpha + 0.1 * (2 * (1.0 + v[2] - v[1]) - 2 * alpha)).clamp(0, 999)
+        for got, want in zip((w, loss.a, loss.b), v):
+            torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(loss.alpha.detach(), alpha, rtol=1e-6, atol=1e-7)

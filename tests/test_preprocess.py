@@ -111,3 +111,24 @@ def test_rgb_colour_images(tmp_path):
     np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
     with pytest.raises(ConfigError, match="needs channels: 3"):
         Preprocessing(colour="rgb", channels=1)
+
+
+def test_full_resolution_films_are_preprocessed_as_the_saved_model_says(trained_model, tmp_path):
+    """A 1024 px PNG given to predict goes through exactly the saved model's resize (area
+    interpolation from full size), range and normalisation."""
+    import cv2
+
+    from cxrkit.artifact import load_preprocessing
+    from cxrkit.runtime import prepare_file
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:1024, 0:1024]
+    big = np.clip(60 + 120 * x / 1024 + 20 * np.sin(y / 31.0) + rng.normal(0, 8, (1024, 1024)), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "film.png"), big)
+    pre = load_preprocessing(trained_model)
+    got = prepare_file(0, tmp_path / "film.png", [pre]).arrays[0]
+    h, w = pre.hw
+    want = cv2.resize(big.astype(np.float32) / 255.0, (w, h), interpolation=cv2.INTER_AREA)
+    want = (want - np.asarray(pre.mean, np.float32)[0]) / np.asarray(pre.std, np.float32)[0]
+    np.testing.assert_allclose(got[0], want, atol=1e-5)
+    assert pre.interpolation == "area"

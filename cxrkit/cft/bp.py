@@ -4,7 +4,9 @@
   lr 1e-4, 500 epochs; COCO gamma+ = 0, gamma- = 4, clip = 0.05, lr 1e-4, 5,000 epochs).
 * ``bp-wmw``: SGD (lr 1e-3, momentum 0.9, batches of 32,768) on the Wilcoxon-Mann-Whitney
   AUC surrogate.
-* ``bp-aucm``: PESG (lr 1e-2, margin 1, full batch) on the AUC-margin loss.
+* ``bp-aucm``: PESG (LibAUC's update: clipping 1, momentum 0.9, epoch_decay 2e-3, weight decay
+  1e-5; lr 1e-2, margin 1, full batch) on the AUC-margin loss; ``bp.pesg=cxrkit`` is the
+  earlier plain form (docs/cft.md compares them).
 
 Each category early-stops at its own best validation score (AUC or AP) and keeps the
 original row when no epoch beats it. :func:`fit_layer_bp` is the FT-BP ablation: the
@@ -36,8 +38,10 @@ class BPConfig:
     epochs: int = 500
     batch_size: int | None = None  # None = full batch
     momentum: float = 0.9
-    epoch_decay: float = 2e-3  # PESG: pull towards the original row (LibAUC's epoch_decay / gamma)
+    epoch_decay: float = 2e-3  # PESG: pull towards the reference point (LibAUC's epoch_decay / gamma)
     weight_decay: float = 0.0
+    pesg: str = "libauc"  # PESG update: "libauc" (the published optimiser) or "cxrkit" (plain, before 0.2)
+    clip_value: float = 1.0  # PESG (libauc): gradients clamped to +-clip_value
     metric: str = "auc"
     patience: int | None = None  # stop after this many epochs without validation gain
     eval_every: int = 1
@@ -64,32 +68,70 @@ def bp_preset(method: str, preset: str) -> BPConfig:
                         batch_size=32768, epochs=500, metric=metric)
     if method == "bp-aucm":
         return BPConfig(loss="aucm", loss_params={"margin": 1.0}, optimizer="pesg", lr=1e-2, epochs=500,
-                        metric=metric)
+                        weight_decay=1e-5, metric=metric)
     raise ConfigError(f"unknown BP method {method!r}")
 
 
 class PESG:
-    """Proximal epoch stochastic gradient (Guo et al. 2020; LibAUC's PESG for AUCM): gradient
-    descent on the row and on a, b, ascent on alpha (kept >= 0), with a pull of strength
-    ``epoch_decay`` towards the reference (original) row."""
+    """Proximal epoch stochastic gradient (Guo et al. 2020) for the AUC-margin loss.
+
+    ``variant="libauc"`` is LibAUC's published optimiser (``libauc.optimizers.PESG``, mode
+    ``sgd``), written from its update rule: for the row and a, b,
+    d = clamp(grad, -clip_value, clip_value) + epoch_decay (v - v_ref) + weight_decay v, a
+    momentum buffer buf <- (1 - momentum) buf + momentum d (LibAUC's form; the first buf is
+    d), v <- v - lr buf; the reference point v_ref starts as N(0, 0.01^2) noise (seeded) as
+    in LibAUC; the dual step is alpha <- clamp(alpha + lr (2 (margin + b - a) - 2 alpha), 0, 999),
+    LibAUC's closed form, not autograd's alpha gradient.
+
+    ``variant="cxrkit"`` is cxrkit's earlier plain form: no clipping, no momentum, v_ref = the
+    original row, alpha <- max(alpha + lr dF/dalpha, 0)."""
 
     def __init__(self, params: list[torch.Tensor], loss: torch.nn.Module, lr: float, epoch_decay: float,
-                 weight_decay: float = 0.0) -> None:
-        self.params = params
-        self.ref = [p.detach().clone() for p in params]
+                 weight_decay: float = 0.0, variant: str = "libauc", momentum: float = 0.9,
+                 clip_value: float = 1.0, seed: int = 0) -> None:
+        if variant not in ("libauc", "cxrkit"):
+            raise ConfigError(f"bp.pesg must be libauc or cxrkit, got {variant!r}")
+        self.variant = variant
         self.loss = loss
         self.lr, self.epoch_decay, self.weight_decay = lr, epoch_decay, weight_decay
+        self.momentum, self.clip_value = momentum, clip_value
+        if variant == "libauc":
+            # LibAUC optimises a and b with the same rule as the model
+            self.params = [*params, *(p for n, p in loss.named_parameters() if n in ("a", "b"))]
+            gen = torch.Generator().manual_seed(int(seed))
+            self.ref = [torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.01 for p in self.params]
+        else:
+            self.params = list(params)
+            self.ref = [p.detach().clone() for p in self.params]
+        self.buf: list[torch.Tensor | None] = [None] * len(self.params)
 
     def zero_grad(self) -> None:
-        for p in [*self.params, *self.loss.parameters()]:
+        for p in {id(q): q for q in [*self.params, *self.loss.parameters()]}.values():
             p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
-        for p, r in zip(self.params, self.ref):
-            if p.grad is not None:
-                p -= self.lr * (p.grad + self.epoch_decay * (p - r) + self.weight_decay * p)
-        for name, p in self.loss.named_parameters():
+        for i, (p, r) in enumerate(zip(self.params, self.ref)):
+            if p.grad is None:
+                continue
+            g = p.grad.clamp(-self.clip_value, self.clip_value) if self.variant == "libauc" else p.grad
+            d = g + self.epoch_decay * (p - r) + self.weight_decay * p
+            if self.variant == "libauc" and self.momentum:
+                if self.buf[i] is None:
+                    self.buf[i] = d.clone()
+                else:
+                    self.buf[i] = self.buf[i] * (1 - self.momentum) + d * self.momentum
+                d = self.buf[i]
+            p -= self.lr * d
+        named = dict(self.loss.named_parameters())
+        alpha = named.get("alpha")
+        if self.variant == "libauc":
+            if alpha is not None and alpha.grad is not None:
+                margin = float(getattr(self.loss, "margin", 1.0))
+                alpha += self.lr * (2 * (margin + named["b"] - named["a"]) - 2 * alpha)
+                alpha.clamp_(0, 999)
+            return
+        for name, p in named.items():
             if p.grad is None:
                 continue
             if name == "alpha":
@@ -105,7 +147,8 @@ def _optimizer(cfg: BPConfig, params: list[torch.Tensor], loss: torch.nn.Module)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "pesg":
-        return PESG(params, loss, cfg.lr, cfg.epoch_decay, cfg.weight_decay)
+        return PESG(params, loss, cfg.lr, cfg.epoch_decay, cfg.weight_decay, variant=cfg.pesg,
+                    momentum=cfg.momentum, clip_value=cfg.clip_value, seed=cfg.seed)
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; use adam, sgd or pesg")
 
 

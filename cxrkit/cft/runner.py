@@ -114,6 +114,7 @@ class CategoryResult:
     test_after: float | None = None
     n_train: dict[str, int] = field(default_factory=dict)
     n_val: int = 0
+    n_val_pos: int = 0  # positives among the validation labels the choice was made on
     candidates: list[dict[str, Any]] = field(default_factory=list)
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -157,7 +158,8 @@ def fit_category(c: int, name: str, train: FeatureSet, valid: FeatureSet, test: 
     kv = ~np.isnan(yv)
     xv = valid.class_features(c, np.flatnonzero(kv))
     yv_known = yv[kv].astype(int)
-    res = CategoryResult(c, name, w0.copy(), float(b0), "original", float("nan"), float("nan"), n_val=int(kv.sum()))
+    res = CategoryResult(c, name, w0.copy(), float(b0), "original", float("nan"), float("nan"), n_val=int(kv.sum()),
+                         n_val_pos=int((yv[kv] == 1).sum()))
     before = BinaryScorer(yv_known, metric)
     if before.defined:
         res.val_before = res.val_after = float(before(xv @ w0 + np.float32(b0))[0])
@@ -281,7 +283,7 @@ def run_ft_layer(train: FeatureSet, valid: FeatureSet, test: FeatureSet | None, 
         r = CategoryResult(c, name, w1[c], float(b1[c]), f"ft-bp-asl/{policy}",
                            _score(xv, w[c], float(b[c]), yv[:, c], metric) or float("nan"),
                            _score(xv, w1[c], float(b1[c]), yv[:, c], metric) or float("nan"),
-                           n_val=int((~np.isnan(yv[:, c])).sum()))
+                           n_val=int((~np.isnan(yv[:, c])).sum()), n_val_pos=int((yv[:, c] == 1).sum()))
         if test is not None:
             yte = np.stack([eval_labels(test.labels[:, k]) for k in range(len(test.classes))], axis=1)
             xte = np.asarray(test.z, np.float32)
