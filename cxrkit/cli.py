@@ -38,6 +38,17 @@ err_console = Console(stderr=True)
 log = logging.getLogger("cxrkit")
 
 
+#: set by long commands: returns the one line printed on Ctrl-C (where the run stopped, how to resume)
+_ON_INTERRUPT: list[Any] = []
+
+
+def _quote_argv(extra: list[str] | None = None, drop: tuple[str, ...] = ()) -> str:
+    import shlex
+
+    args = [a for a in sys.argv[1:] if a not in drop]
+    return "cxrkit " + " ".join(shlex.quote(a) for a in args + [e for e in (extra or []) if e not in args])
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"cxrkit {__version__}")
@@ -214,6 +225,19 @@ def train(
     else:
         cfg = load_config(config, ovs)
     run_dir = out or Path("runs") / cfg.name
+
+    def stopped() -> str:
+        import json as _json
+
+        try:
+            done = _json.loads((run_dir / "checkpoint" / "state.json").read_text()).get("epoch", 0)
+        except (OSError, ValueError):
+            done = 0
+        cmd = _quote_argv(["--out", str(run_dir), "--resume"] if out is None else ["--resume"])
+        return (f"interrupted: training stopped after {done} complete epoch(s) of {cfg.train.epochs} in {run_dir}; "
+                f"continue with: {cmd}")
+
+    _ON_INTERRUPT.append(stopped)
     res = fit(cfg, run_dir, resume=resume, stop_after_epochs=stop_after_epochs, console=console)
     if res.completed:
         b = res.best_metrics
@@ -243,7 +267,9 @@ def _print_eval(summary: dict) -> None:
     fg = {g: groups[g] for g in ("G1", "G2", "G3", "G4", "G5") if groups.get(g)}
     if fg:
         console.print("  ".join(f"{g}: mAP {f(v.get('mAP'))}" for g, v in fg.items())
-                      + "   (classes in 5 groups by known labels, G1 fewest)")
+                      + f"   (classes in {len(fg)} groups by known labels, G1 fewest)")
+    elif summary.get("groups_note"):
+        console.print(summary["groups_note"])
     for w in summary.get("warnings", []):
         err_console.print(f"warning: {w}", markup=False, highlight=False)
     if summary.get("n_failed"):
@@ -364,11 +390,32 @@ def predict(
     from .predict import run_predict
     from .runtime import DicomFilter
 
+    from .predict import check_predict_options
+
+    check_predict_options(tta=tta, study=study, shard=_parse_shard(shard), lateral_weight=lateral_weight,
+                          batch_size=batch_size)  # before the model is loaded or any image read
+    if sr is not None:
+        try:
+            import highdicom  # noqa: F401
+        except ImportError:
+            raise CxrkitError("--sr needs highdicom (pip install cxrkit[sr])") from None
     set_limits(max_pixels=max_pixels, min_size=min_size, min_range=min_range)
     filt = DicomFilter(modalities=_csv_list(modalities, DicomFilter.modalities),
                        body_parts=_csv_list(body_parts, DicomFilter.body_parts),
                        views=_csv_list(views, DicomFilter.views), require_view=require_view, enabled=not no_filter)
     pred = load_predictor(model, engine=engine, device=_device(device))
+
+    def stopped() -> str:
+        n = 0
+        try:
+            with open(out, "rb") as f:
+                n = max(0, sum(1 for _ in f) - 1)
+        except OSError:
+            pass
+        return (f"interrupted: about {n} row(s) are in {out}; continue with: "
+                f"{_quote_argv(['--resume'], drop=('--overwrite',))}")
+
+    _ON_INTERRUPT.append(stopped)
     res = run_predict(pred, inputs, out, batch_size=batch_size, workers=workers, tta=tta, images_root=images_root,
                       dicom_filter=filt, resume=resume, overwrite=overwrite, shard=_parse_shard(shard), study=study,
                       lateral_weight=lateral_weight, sr_dir=sr)
@@ -493,6 +540,8 @@ def cft(
     from .cft.runner import CFTConfig
 
     ga, bp = _parse_sets(sets)
+    _ON_INTERRUPT.append(lambda: f"interrupted: CFT stopped before writing {out} (nothing there was changed); "
+                                 f"the feature cache is kept, so rerunning is quick: {_quote_argv()}")
     pols = [p.strip() for p in policies.split(",")] if policies else (["ignore", "ones", "zeros"] if method == "greedy" else ["ignore"])
     cfg = CFTConfig(method=method, preset=preset, policies=pols,
                     candidates=[c.strip() for c in candidates.split(",")] if candidates else None,
@@ -578,22 +627,46 @@ def weights_convert(
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("demo-run"),
     n_studies: Annotated[int, typer.Option("--n-studies", min=20, help="Synthetic studies to generate.")] = 600,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data, the training and CFT; the same seed gives the same run.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start clean: remove an earlier demo run in --out first (otherwise its finished stages are reused).")] = False,
 ) -> None:
     """Run the main job on the embedded SYNTHETIC demo data.
 
-    Generates the data, inspects it and runs the whole pipeline (train, CFT, evaluate,
-    report) into one run folder. Finishes on a laptop CPU in a few minutes."""
+    Stages, in order: generate the data, inspect it, train, evaluate, category-wise
+    fine-tuning, predict; all into one run folder. Finishes on a laptop CPU in a few minutes.
+    Run again into the same folder, it reuses the finished stages.
+
+    Example: cxrkit demo --out demo-run"""
     from .demo_job import run_demo
 
-    summary = run_demo(out, n_studies=n_studies, seed=seed, console=console)
+    summary = run_demo(out, n_studies=n_studies, seed=seed, console=console, overwrite=overwrite)
     console.print(f"[bold]demo finished[/bold]: everything is in {summary['out']}")
 
 
 def main() -> None:
     """Console-script entry point: one-line errors, exit code 2 for user mistakes."""
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover
+        from click import exceptions as cx
+
     try:
-        app()  # standalone mode: typer/click handle --help, usage errors and exit codes
+        rv = app(standalone_mode=False)  # cxrkit prints usage errors itself: one line, exit 2
+        if rv == 130 and _ON_INTERRUPT:  # typer turns Ctrl-C inside a command into exit code 130
+            _interrupted()
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+    except getattr(cx, "NoArgsIsHelpError", ()) as e:  # `cxrkit` / `cxrkit data` alone: the help
+        print(e.ctx.get_help())
+        sys.exit(0)
+    except cx.UsageError as e:  # missing argument, unknown command or option, bad value
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        err_console.print(f"error: {e.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:  # Ctrl-C inside a command (click turns KeyboardInterrupt into Abort)
+        _interrupted()
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
     except CxrkitError as e:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -602,8 +675,19 @@ def main() -> None:
         err_console.print(f"error: {where}{e.strerror or e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+        _interrupted()
+
+
+def _interrupted() -> None:
+    """One line on Ctrl-C: where the run stopped and the command that continues it; exit 130."""
+    msg = "interrupted"
+    if _ON_INTERRUPT:
+        try:
+            msg = _ON_INTERRUPT[-1]()
+        except Exception:  # the message must never hide the interrupt
+            pass
+    err_console.print(msg, markup=False, highlight=False, soft_wrap=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":  # pragma: no cover

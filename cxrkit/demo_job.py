@@ -43,9 +43,17 @@ DEMO_CFT: dict[str, Any] = {"method": "greedy", "preset": "chexpert", "policies"
                             "bp": {"epochs": 300, "lr": 1e-3, "patience": 100}}
 
 
+#: what a demo run writes into its folder (``--overwrite`` removes exactly these)
+DEMO_OUTPUTS = ("data", "train", "model-cft", "cache", "label_distribution.json", "label_distribution.png",
+                "examples.png", "evaluation.json", "predictions.csv", "predictions.failures.csv", "summary.json")
+
+
 def run_demo(out: str | Path, n_studies: int = 600, seed: int = 0, console: Any = None,
-             epochs: int | None = None, cft: dict[str, Any] | None = None, workers: int | None = None
-             ) -> dict[str, Any]:
+             epochs: int | None = None, cft: dict[str, Any] | None = None, workers: int | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Run every stage into ``out``. A second run into the same folder reuses the stages that
+    finished (the trained model, the CFT model, the predictions) and completes the rest;
+    ``overwrite`` starts clean (it removes only what a demo run writes)."""
     from .data.demo import contact_sheet, generate_demo
     from .data.preprocess import Preprocessing
     from .data.tables import load_table, summarize
@@ -55,11 +63,42 @@ def run_demo(out: str | Path, n_studies: int = 600, seed: int = 0, console: Any 
     from .train.config import load_config
     from .train.trainer import fit
 
+    import json
+    import shutil
+
+    from .errors import CxrkitError
+
     say = console.print if console is not None else (lambda *a, **k: None)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CxrkitError(f"{out}: exists and is not a folder")
+    previous = None
+    if out.is_dir() and any(out.iterdir()):
+        ours = all(p.name in DEMO_OUTPUTS or p.name.startswith(".") for p in out.iterdir())
+        if not ours:
+            raise CxrkitError(f"{out}: holds files a demo run did not write; choose another --out")
+        if overwrite:
+            say(f"--overwrite: removing the earlier demo run in {out} and starting clean")
+            for name in DEMO_OUTPUTS:
+                p = out / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        else:
+            try:
+                previous = json.loads((out / "summary.json").read_text())
+            except (OSError, ValueError):
+                previous = None
+            if previous is not None and (previous.get("seed") != seed or previous.get("n_studies", n_studies)
+                                         != n_studies):
+                raise CxrkitError(f"{out}: holds a demo run with another --seed / --n-studies; pass --overwrite "
+                                  "to replace it or choose another --out")
+            say(f"{out} holds an earlier demo run: reusing its finished stages"
+                f"{' (it had finished)' if previous else ''}; pass --overwrite to start clean")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    summary: dict[str, Any] = {"out": str(out), "seed": seed, "stages": {}}
+    summary: dict[str, Any] = {"out": str(out), "seed": seed, "n_studies": n_studies, "stages": {}}
     n_stages = 6
 
     say(f"[bold]1/{n_stages} synthetic data[/bold]")
@@ -122,22 +161,44 @@ def run_demo(out: str | Path, n_studies: int = 600, seed: int = 0, console: Any 
     c["seed"] = seed
     cft_cfg = CFTConfig(**c)
     cft_dir = out / "model-cft"
-    cres = run_cft(model_dir, ds.train_csv, ds.valid_csv, cft_dir, cft_cfg, test_table=ds.test_csv,
-                   cache_dir=out / "cache" / "features", console=console)
+    prev_cft = (previous or {}).get("stages", {}).get("cft")
+    if prev_cft and (cft_dir / "cft" / "summary.json").is_file() and prev_cft.get("source_sha256") == _sha(model_dir):
+        cres = prev_cft
+        say("reusing the fine-tuned model of the earlier run")
+    else:
+        cres = run_cft(model_dir, ds.train_csv, ds.valid_csv, cft_dir, cft_cfg, test_table=ds.test_csv,
+                       cache_dir=out / "cache" / "features", console=console, overwrite=True)
+        cres = dict(cres, source_sha256=_sha(model_dir))
     vb, va = cres["valid_before"], cres["valid_after"]
-    say(f"CFT changed {cres['changed']} of {cres['categories']} categories; valid mAUC {vb['mAUC']:.4f} -> "
-        f"{va['mAUC']:.4f}" + (f"; test (held out) mAUC {cres['test_before']['mAUC']:.4f} -> "
-                               f"{cres['test_after']['mAUC']:.4f}" if "test_after" in cres else ""))
+
+    def change(b: dict[str, Any], a: dict[str, Any]) -> str:
+        comp = ""
+        if b.get("competition_mAUC") is not None and a.get("competition_mAUC") is not None:
+            comp = f", competition-5 mAUC {b['competition_mAUC']:.4f} -> {a['competition_mAUC']:.4f}"
+        return f"mAUC {b['mAUC']:.4f} -> {a['mAUC']:.4f}, mAP {b['mAP']:.4f} -> {a['mAP']:.4f}{comp}"
+
+    say(f"CFT changed {cres['changed']} of {cres['categories']} categories; valid {change(vb, va)}"
+        + (f"; test (held out) {change(cres['test_before'], cres['test_after'])}" if "test_after" in cres else ""))
     summary["stages"]["cft"] = {"model": str(cft_dir), "report": str(cft_dir / "cft" / "report.csv"),
                                 "gains_plot": str(cft_dir / "cft" / "gains.png"), **cres}
     model = load_predictor(cft_dir)
 
     say(f"[bold]6/{n_stages} predict[/bold] (with the fine-tuned model)")
     test_dir = data_dir / "synthetic-cxr-demo" / ("test" if ds.test_csv else "valid")
-    pr = run_predict(model, [test_dir], out / "predictions.csv", show_progress=False)
+    pr = run_predict(model, [test_dir], out / "predictions.csv", show_progress=False, overwrite=True)
     say(f"predicted {pr['predicted']} images -> {pr['out']}")
     summary["stages"]["predict"] = pr
 
     summary["seconds"] = round(time.time() - t0, 1)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _sha(model_dir: Path) -> str:
+    import json
+
+    try:
+        return str(json.loads((Path(model_dir) / "model.json").read_text()).get("weights_sha256", ""))
+    except (OSError, ValueError):
+        return ""
+

@@ -364,18 +364,23 @@ def check_encoding(labels: np.ndarray) -> None:
 
 
 def frequency_groups(counts: Sequence[float] | np.ndarray, n_groups: int) -> np.ndarray:
-    """Group index (0 = fewest) of each class after sorting by ``counts`` ascending and
-    cutting into ``n_groups`` groups of (nearly) equal size, as Open Images' G1..G5.
-    Ties are broken by class order so the result is deterministic."""
+    """Group index (0 = fewest) of each class by ``counts``, as Open Images' G1..G5: classes
+    sorted ascending, class at rank r in group floor(r * n_groups / n). Ties fall in one group
+    (a tied class takes the rank of the first of its ties), so equal counts are never split."""
     counts = np.asarray(counts, dtype=np.float64)
+    n = len(counts)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
     order = np.argsort(counts, kind="stable")
-    groups = np.empty(len(counts), dtype=np.int64)
-    for g, idx in enumerate(np.array_split(order, n_groups)):
-        groups[idx] = g
+    sorted_c = counts[order]
+    first = np.searchsorted(sorted_c, sorted_c, side="left")  # rank of the first tie
+    groups = np.empty(n, dtype=np.int64)
+    groups[order] = (first * n_groups) // n
     return groups
 
 
 HEAD_MEDIUM_TAIL = ("head", "medium", "tail")
+UNDEFINED_GROUP = "undefined"
 
 
 def head_medium_tail(
@@ -383,19 +388,26 @@ def head_medium_tail(
     head_min: float | None = None,
     tail_max: float | None = None,
 ) -> list[str]:
-    """``head`` / ``medium`` / ``tail`` for each class by its number of positives.
+    """``head`` / ``medium`` / ``tail`` for each class by its number of positives; a class
+    without positives is ``undefined`` (it belongs to no frequency group).
 
     With thresholds: head if positives >= ``head_min``, tail if positives <= ``tail_max``,
-    medium otherwise. Without: terciles of the classes sorted by positives (most frequent
-    third = head), which works for any label space.
+    medium otherwise. Without: terciles of the classes with positives, sorted by positives
+    (most frequent third = head), ties kept in one group (:func:`frequency_groups`).
     """
     pos = np.asarray(positives, dtype=np.float64)
+    out = [UNDEFINED_GROUP] * len(pos)
+    has = np.flatnonzero(pos > 0)
     if head_min is not None or tail_max is not None:
         hi = np.inf if head_min is None else head_min
         lo = -np.inf if tail_max is None else tail_max
-        return ["head" if p >= hi else "tail" if p <= lo else "medium" for p in pos]
-    g = frequency_groups(pos, 3)  # 0 fewest -> tail
-    return [HEAD_MEDIUM_TAIL[2 - int(i)] for i in g]
+        for i in has:
+            out[i] = "head" if pos[i] >= hi else "tail" if pos[i] <= lo else "medium"
+        return out
+    g = frequency_groups(pos[has], 3)  # 0 fewest -> tail
+    for i, k in zip(has, g):
+        out[i] = HEAD_MEDIUM_TAIL[2 - int(k)]
+    return out
 
 
 def subsets_for(classes: Sequence[str], label_space: str | None = None) -> dict[str, list[str]]:

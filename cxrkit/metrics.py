@@ -759,8 +759,15 @@ def summarize(
     groups: dict[str, Any] = {}
     if n_classes:
         hmt = head_medium_tail(hmt_counts)
-        g5 = [f"G{int(g) + 1}" for g in frequency_groups(g5_counts, 5)]
-        for labels, keys in ((hmt, ("head", "medium", "tail")), (g5, tuple(f"G{i}" for i in range(1, 6)))):
+        report["class_groups"] = dict(zip(names, hmt))
+        todo: list[tuple[list[str], tuple[str, ...]]] = [(hmt, ("head", "medium", "tail"))]
+        if n_classes >= 5 and len(np.unique(g5_counts)) > 1:
+            g5 = [f"G{int(g) + 1}" for g in frequency_groups(g5_counts, 5)]
+            todo.append((g5, tuple(f"G{i}" for i in range(1, 6))))
+        else:  # every class has as many known labels (a fully labelled table), or too few classes
+            report["groups_note"] = ("G1..G5 omitted: " + ("fewer than 5 classes" if n_classes < 5 else
+                                     "every class has the same number of known labels (fully labelled)"))
+        for labels, keys in todo:
             m_auc = group_means(auc, labels, names, what="AUC", warn=False)
             m_ap = group_means(ap, labels, names, what="AP", warn=False)
             for k in keys:

@@ -163,7 +163,7 @@ def collect_inputs(inputs: Sequence[str | Path], images_root: str | Path | None 
                                  _key(f, p, root_key)))
             for f in walk_failures:
                 fail(f)
-            if not found:
+            if not found and len(inputs) > 1:  # alone, the run's own error says it
                 log.warning("%s: no image files found", p)
             continue
         if (p.suffix.lower() in TABLE_SUFFIXES or p.name.lower().endswith(".csv.gz")) and not is_dicom_file(p):
@@ -356,11 +356,13 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
 
     out = Path(out)
     fpath = failures_path(out)
+    check_predict_options(tta=tta, study=study, shard=shard, lateral_weight=lateral_weight, batch_size=batch_size)
     if out.exists() and not (resume or overwrite):
         raise CxrkitError(f"{out}: exists; use --resume to continue it or --overwrite to replace it")
+    if out.exists() and out.is_dir():
+        raise CxrkitError(f"{out}: is a folder; --out is the CSV file to write")
     i, n = shard
-    if n < 1 or not 0 <= i < n:
-        raise CxrkitError(f"shard must be i/n with 0 <= i < n (got {i}/{n})")
+    existed = {p: p.exists() for p in (out, fpath)}
     items, pre_failures = collect_inputs(inputs, images_root)
     if n > 1:  # by the mount-independent key (path relative to the input folder / table path)
         items = [it for it in items if shard_of(it.key or str(it.path), n) == i]
@@ -416,8 +418,31 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
         result["sr"] = str(rep)
         result["sr_written"], result["sr_failed"] = rep.written, rep.failed
     if total_rows == 0:
+        # a run that predicted nothing leaves no empty CSV behind (the failures file stays when it has rows)
+        for p, was in existed.items():
+            if not was and p.exists() and (p == out or result["failed"] == 0):
+                p.unlink()
+        if result["failed"] == 0:
+            raise CxrkitError(f"nothing to predict: {', '.join(str(i) for i in inputs)[:200]} hold(s) no image files")
         raise CxrkitError(f"nothing could be predicted ({result['failed']} input(s) not used; see {fpath})")
     return result
+
+
+def check_predict_options(tta: str | bool | None = None, study: str | None = None, shard: tuple[int, int] = (0, 1),
+                          lateral_weight: float = 0.5, batch_size: int = 16) -> None:
+    """Every option of ``predict`` is checked before any image is read or any file written."""
+    from .data.augment import tta_views
+
+    tta_views(tta)
+    if study is not None and study not in ("max", "mean", "view-weighted"):
+        raise CxrkitError(f"--study must be max, mean or view-weighted, got {study!r}")
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise CxrkitError(f"shard must be i/n with 0 <= i < n (got {i}/{n})")
+    if not 0 <= lateral_weight <= 1:
+        raise CxrkitError(f"--lateral-weight must be in [0, 1], got {lateral_weight}")
+    if batch_size < 1:
+        raise CxrkitError("--batch-size must be at least 1")
 
 
 def read_rows(out: str | Path, classes: Sequence[str]) -> tuple[list[dict[str, str]], np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .utils import atomic_write
 
-GROUP_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
+GROUP_COLOURS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728", "undefined": "#999999"}
 
 
 def _plt() -> Any:
@@ -42,11 +42,13 @@ def plot_label_distribution(summary: Mapping[str, Any], path: str | Path, max_cl
     colours = [GROUP_COLOURS.get(c.get("group", "medium"), "#777777") for c in classes]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.38 * len(names) + 2), 4.2))
     x = np.arange(len(names))
-    ax.bar(x, np.maximum(pos, 0.8), color=colours, label="positive")
+    # a log scale cannot show 0: classes without positives get no bar (their group says undefined)
+    ax.bar(x, np.where(pos > 0, pos, np.nan), color=colours, label="positive")
     if unc.any():
-        ax.bar(x, unc, bottom=np.maximum(pos, 0.8), color="#bbbbbb", label="uncertain (-1)")
+        ax.bar(x, np.where(unc > 0, unc, np.nan), bottom=np.where(pos > 0, pos, 0.0), color="#bbbbbb",
+               label="uncertain (-1)")
     if unk.any():
-        ax.plot(x, np.maximum(unk, 0.8), "k.", label="unknown (blank)")
+        ax.plot(x, np.where(unk > 0, unk, np.nan), "k.", label="unknown (blank)")
     ax.set_yscale("log")
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7 if len(names) > 30 else 8)
@@ -54,11 +56,14 @@ def plot_label_distribution(summary: Mapping[str, Any], path: str | Path, max_cl
     title = f"{summary.get('format', '')}: {summary.get('n_images', 0):,} images, {len(summary['classes'])} classes"
     ax.set_title(title, fontsize=10)
     ax.set_ylim(bottom=0.5)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in GROUP_COLOURS.values()]
-    labels = [f"{g} (positives)" for g in GROUP_COLOURS]
+    present = [g for g in GROUP_COLOURS if any(c.get("group") == g for c in classes)] or list(GROUP_COLOURS)[:3]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in present]
+    labels = [f"{g} (positives)" if g != "undefined" else "no positives (undefined)" for g in present]
     h, lab = ax.get_legend_handles_labels()
     extra = [(hh, ll) for hh, ll in zip(h, lab) if ll != "positive"]
-    ax.legend(handles + [e[0] for e in extra], labels + [e[1] for e in extra], loc="upper right", fontsize=7)
+    # outside the axes, so it never covers a bar
+    ax.legend(handles + [e[0] for e in extra], labels + [e[1] for e in extra], loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), fontsize=7, borderaxespad=0.0)
     fig.tight_layout()
     return _save(fig, path)
 

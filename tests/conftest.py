@@ -86,3 +86,30 @@ def no_image_limits():
     images.set_limits(min_size=1, min_range=0.0)
     yield
     images.set_limits(*old)
+
+
+class CliResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_cli_inprocess(capsys: pytest.CaptureFixture, *args: str) -> CliResult:
+    """``cxrkit ARGS`` through the console-script entry point (one-line errors, exit codes),
+    in this process: the same code path as a subprocess without paying torch's import again."""
+    import sys
+
+    from cxrkit import cli
+
+    old = sys.argv
+    sys.argv = ["cxrkit", *args]
+    capsys.readouterr()
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+        cli._ON_INTERRUPT.clear()
+    out = capsys.readouterr()
+    return CliResult(code, out.out, out.err)

@@ -95,3 +95,32 @@ def test_demo_command_end_to_end(tmp_path):
     assert 0 <= s["stages"]["evaluate"]["mAUC"] <= 1 and s["stages"]["evaluate"]["test_mAUC"] is not None
     cft = s["stages"]["cft"]
     assert cft["valid_after"]["mAUC"] >= cft["valid_before"]["mAUC"] and "test_after" in cft
+    # a second run into the same folder reuses the finished stages and completes (issue 12)
+    said = []
+
+    class Console:
+        def print(self, *a, **k):
+            said.append(" ".join(str(x) for x in a))
+
+    before = (tmp_path / "demo" / "model-cft" / "model.safetensors").stat().st_mtime_ns
+    s2 = run_demo(tmp_path / "demo", n_studies=120, seed=1, epochs=2,
+                  cft={"ga": {"generations": 15}, "bp": {"epochs": 15}}, workers=1, console=Console())
+    text = "\n".join(said)
+    assert "reusing its finished stages" in text and "reusing the fine-tuned model" in text
+    assert "resuming from epoch" not in text and "already finished" in text
+    assert (tmp_path / "demo" / "model-cft" / "model.safetensors").stat().st_mtime_ns == before
+    assert s2["stages"]["predict"]["predicted"] == s["stages"]["predict"]["predicted"]
+    assert "mAP" in text and "->" in text
+    # --overwrite starts clean; a folder with someone else's files is refused
+    said.clear()
+    run_demo(tmp_path / "demo", n_studies=120, seed=1, epochs=2, cft={"ga": {"generations": 15}, "bp": {"epochs": 15}},
+             workers=1, console=Console(), overwrite=True)
+    assert any("starting clean" in t for t in said)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    import pytest
+
+    from cxrkit.errors import CxrkitError
+
+    with pytest.raises(CxrkitError, match="did not write"):
+        run_demo(tmp_path / "mine", n_studies=120, seed=1, epochs=2)

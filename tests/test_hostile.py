@@ -558,17 +558,22 @@ def _config(tmp_path: Path, demo_data: Path, **extra: object) -> Path:
      "could not build backbone 'resnet18'"),
     ({"model.arch": "nope"}, "unknown architecture 'nope'"),
 ])
-def test_bad_training_configs_fail_in_one_line_before_any_image_is_decoded(demo_data, tmp_path, extra, needle):
-    r = _cli("train", str(_config(tmp_path, demo_data, **extra)), "--out", str(tmp_path / "run"))
+def test_bad_training_configs_fail_in_one_line_before_any_image_is_decoded(demo_data, tmp_path, extra, needle,
+                                                                          capsys):
+    from conftest import run_cli_inprocess
+
+    r = run_cli_inprocess(capsys, "train", str(_config(tmp_path, demo_data, **extra)), "--out", str(tmp_path / "run"))
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
     assert not (tmp_path / "run" / "data_failures.csv").exists()  # stopped before the data was read
 
 
-def test_checkpoint_path_that_is_not_a_weights_file_is_one_line(demo_data, tmp_path):
+def test_checkpoint_path_that_is_not_a_weights_file_is_one_line(demo_data, tmp_path, capsys):
+    from conftest import run_cli_inprocess
+
     (tmp_path / "notes.pth").write_bytes(b"this is not a checkpoint\n" * 10)
-    r = _cli("train", str(_config(tmp_path, demo_data, **{"model.backbone": "resnet18",
+    r = run_cli_inprocess(capsys, "train", str(_config(tmp_path, demo_data, **{"model.backbone": "resnet18",
                                                           "model.backbone_kwargs": {"checkpoint_path":
                                                                                     str(tmp_path / "notes.pth")}})),
              "--out", str(tmp_path / "run"))
@@ -576,14 +581,17 @@ def test_checkpoint_path_that_is_not_a_weights_file_is_one_line(demo_data, tmp_p
     assert r.returncode == 2 and len(lines) == 1 and "not a weights file" in lines[0], r.stderr
 
 
-def test_onnx_file_onnxruntime_refuses_is_one_line(trained_model, tmp_path):
+def test_onnx_file_onnxruntime_refuses_is_one_line(trained_model, tmp_path, capsys):
+    from conftest import run_cli_inprocess
+
     pytest.importorskip("onnxruntime")
     m = tmp_path / "m"
     shutil.copytree(trained_model, m)
     (m / "model.onnx").write_bytes(b"\x08\x07garbage that is not a protobuf model")
     (m / "model.safetensors").unlink()  # an ONNX-only deployment folder
     write_png(tmp_path / "a.png", film())
-    r = _cli("predict", str(m), str(tmp_path / "a.png"), "--engine", "onnx", "--out", str(tmp_path / "o.csv"))
+    r = run_cli_inprocess(capsys, "predict", str(m), str(tmp_path / "a.png"), "--engine", "onnx", "--out",
+                          str(tmp_path / "o.csv"))
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "onnxruntime cannot load" in lines[0], r.stderr
 

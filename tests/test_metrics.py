@@ -385,7 +385,9 @@ def test_summarize_report():
     # 8 classes in 5 groups: sizes 2, 2, 2, 1, 1; G1 = fewest = classes 7, 6
     assert rep2["groups"]["G5"]["mAUC"] == pytest.approx(auc[0])
     assert rep2["groups"]["G1"]["mAUC"] == pytest.approx(auc[6])
-    assert rep2["groups"]["tail"]["mAP"] == pytest.approx(np.nanmean(ap[[5, 6, 7]]))
+    # class 7 has no positives: no head / medium / tail group; the others in terciles
+    assert rep2["class_groups"][names[7]] == "undefined"
+    assert rep2["groups"]["tail"]["mAP"] == pytest.approx(np.nanmean(ap[[4, 5, 6]]))
     with pytest.raises(MetricInputError, match="not evaluated"):
         summarize(t, s, names, subsets={"x": ["nope"]})
 
@@ -396,5 +398,5 @@ def test_summarize_few_classes_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rep = summarize(t, s, ["a", "b"])
-    assert rep["mAUC"] == 1.0 and rep["groups"]["G5"] is None and rep["groups"]["G1"] is not None
+    assert rep["mAUC"] == 1.0 and "G1" not in rep["groups"] and "fewer than 5" in rep["groups_note"]
     json.dumps(rep, allow_nan=False)

@@ -229,8 +229,6 @@ def test_forward_backward_and_frozen_backbone(model: MLVPT, capsys):
     gates = 2 * (c * d + c * n_m)
     expect = model.prompts.numel() + experts + gates + (c * 2 * d + c) + c  # + bias_delta
     assert learnable == expect
-    with capsys.disabled():
-        print(f"\nML-VPT vit_tiny/32px, {c} classes: learnable {learnable:,} / total {total:,}")
 
 
 def test_per_class_gating_uses_own_group(model: MLVPT):

@@ -158,9 +158,17 @@ def test_evaluate_reports_coco_and_open_images_metrics(demo_data, tmp_path):
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "model"), str(shared(*COCO_VAL)),
                                  "--json", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output
-    for key in ("CP", "CR", "CF1", "OP", "OR", "OF1", "G1: mAP", "G5: mAP"):
+    for key in ("CP", "CR", "CF1", "OP", "OR", "OF1"):
         assert key in r.output
     e = json.loads((tmp_path / "e.json").read_text())
-    assert set(e["groups"]) >= {"G1", "G2", "G3", "G4", "G5"}
-    assert 0 <= e["OF1"] <= 1 and 0 <= e["CP"] <= 1
-    assert f"OF1 {e['OF1']:.4f}" in r.output and f"G1: mAP {e['groups']['G1']['mAP']:.4f}" in r.output
+    assert 0 <= e["OF1"] <= 1 and 0 <= e["CP"] <= 1 and f"OF1 {e['OF1']:.4f}" in r.output
+    # COCO's annotations are exhaustive: G1..G5 by known labels mean nothing there, and say so
+    assert not any(k.startswith("G") for k in e["groups"]) and "fully labelled" in r.output
+    # on the partially labelled training table they are defined and printed
+    r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "model"), str(tmp_path / "run" / "partial_train.csv"),
+                                 "--json", str(tmp_path / "p.json")])
+    assert r.exit_code == 0, r.output
+    p = json.loads((tmp_path / "p.json").read_text())
+    assert set(p["groups"]) >= {"G1", "G2", "G3", "G4", "G5"} and p["groups"]["G1"] is not None
+    out = " ".join(r.output.split())
+    assert f"G1: mAP {p['groups']['G1']['mAP']:.4f}" in out and "groups by known labels, G1 fewest" in out
