@@ -28,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Label tables and images: demo data, inspect, render.", no_args_is_help=True)
+data_app = typer.Typer(help="Label tables and images: demo data, inspect, render, partial labels.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 weights_app = typer.Typer(help="Pretrained weight files: convert third-party state dicts for timm.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
@@ -80,14 +80,16 @@ def _main(
 @data_app.command("demo")
 def data_demo(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the synthetic dataset into.")],
-    n_studies: Annotated[int, typer.Option("--n-studies", min=10, help="Number of studies (1-2 views each).")] = 400,
+    n_studies: Annotated[int, typer.Option("--n-studies", min=10, help="Number of studies (1-2 views each). 400 here, a quick dataset; `cxrkit demo` uses 600 so its model has enough to learn from.")] = 400,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same files.")] = 0,
     size: Annotated[int, typer.Option("--size", min=32, max=1024, help="Image size in pixels.")] = 128,
 ) -> None:
     """Write the SYNTHETIC demo dataset in CheXpert layout.
 
     train.csv has uncertain (-1.0) and blank labels, valid.csv is fully labelled, the PNG
-    images have the findings drawn in (enlarged heart, effusion meniscus, ...)."""
+    images have the findings drawn in (enlarged heart, effusion meniscus, ...).
+
+    Example: cxrkit data demo demo-data --n-studies 400"""
     from .data.demo import generate_demo
 
     if out_dir.exists() and not out_dir.is_dir():
@@ -110,7 +112,9 @@ def data_inspect(
 ) -> None:
     """Count positive / negative / uncertain / unknown labels per class.
 
-    Also assigns head / medium / tail groups; writes JSON and a long-tail bar chart on request."""
+    Also assigns head / medium / tail groups; writes JSON and a long-tail bar chart on request.
+
+    Example: cxrkit data inspect ../shared/data/chexpert/train.csv.gz --plot dist.png"""
     from .data.tables import load_table, summarize
     from .report import plot_label_distribution
     from .utils import write_json
@@ -147,7 +151,9 @@ def data_render(
     """Write an image as the model sees it, before normalisation, as 8-bit grey PNG.
 
     DICOM goes through the full pipeline first: modality LUT / rescale, VOI LUT or window,
-    MONOCHROME1 inversion; then the resize to the model's input size."""
+    MONOCHROME1 inversion; then the resize to the model's input size.
+
+    Example: cxrkit data render film.dcm seen.png --model runs/nih_hires/model"""
     import cv2
 
     from .data.preprocess import Preprocessing
@@ -186,7 +192,9 @@ def data_partial(
     """Write a partially labelled copy: keep --known of each image's labels, the rest unknown.
 
     Simulates the partial-label setting of the CFT paper (10 %..90 % known) reproducibly; the
-    copy's image paths are relative to its own folder."""
+    copy's image paths are relative to its own folder.
+
+    Example: cxrkit data partial coco/instances_train2014.json --known 0.1 --seed 0 --out coco10.csv"""
     from .data.partial import write_partial_table
     from .data.tables import load_table
 
@@ -215,7 +223,9 @@ def train(
 
     The run folder gets the resolved config, per-epoch metrics (JSON/CSV), plots, a
     resumable checkpoint and the best model as RUN_DIR/model. Under torchrun it trains with
-    DistributedDataParallel."""
+    DistributedDataParallel.
+
+    Example: cxrkit train configs/nih_hires.yaml --out runs/nih_hires train.epochs=3"""
     from .train.config import load_config
     from .train.trainer import fit
 
@@ -295,7 +305,7 @@ def evaluate(
     study: Annotated[Optional[str], typer.Option("--study", help="Score per study: max, mean or view-weighted.")] = None,
     lateral_weight: Annotated[float, typer.Option("--lateral-weight", help="view-weighted: weight of lateral views.")] = 0.5,
     engine: Annotated[str, typer.Option("--engine", help="torch or onnx (onnxruntime on the CPU).")] = "torch",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass (evaluation: 32, twice predict's 16, since no decoded batch is kept).")] = 32,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     corrupt: Annotated[Optional[list[str]], typer.Option("--corrupt", help="Also score with this corruption applied to each decoded image (repeatable): blur, salt-pepper, speckle, optionally with parameters, e.g. blur:sigma=0.02.")] = None,
@@ -304,7 +314,9 @@ def evaluate(
     """Score a saved model or ensemble on a labelled table: per-class AUC / AP / F1 and their means.
 
     With --corrupt, the same images are scored again under each corruption (seed 004's
-    robustness test) and the clean and corrupted scores are reported side by side."""
+    robustness test) and the clean and corrupted scores are reported side by side.
+
+    Example: cxrkit evaluate runs/nih_hires/model ../shared/data/nih_hires/labels.csv --split valid --json eval.json"""
     from .data.corrupt import parse_corruption
     from .ensemble import load_predictor
     from .evaluate import evaluate_table
@@ -362,6 +374,7 @@ def predict(
     tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation: none, flip, seed000, seed000+flip.")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="Also write <out>.studies.csv: one row per study, max, mean or view-weighted.")] = None,
     lateral_weight: Annotated[float, typer.Option("--lateral-weight", help="view-weighted: weight of lateral views.")] = 0.5,
+    study_key: Annotated[str, typer.Option("--study-key", help="Files without study information (no DICOM StudyInstanceUID, no table study column): auto = each file is its own study; folder = the files of a folder are one study.")] = "auto",
     engine: Annotated[str, typer.Option("--engine", help="torch, or onnx (onnxruntime; exported on first use).")] = "torch",
     resume: Annotated[bool, typer.Option("--resume", help="Continue: skip inputs already in the output or failures file.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
@@ -375,7 +388,7 @@ def predict(
     require_view: Annotated[bool, typer.Option("--require-view", help="Skip DICOM without a usable ViewPosition.")] = False,
     no_filter: Annotated[bool, typer.Option("--no-filter", help="Predict every readable DICOM, whatever its modality / body part / view.")] = False,
     sr: Annotated[Optional[Path], typer.Option("--sr", help="Also write one DICOM Structured Report per study here (needs highdicom).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass; rows are flushed to disk after each batch.")] = 16,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding worker processes.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")] = "auto",
 ) -> None:
@@ -384,7 +397,9 @@ def predict(
     Rows carry the DICOM UIDs and view, model name and version, and per label the
     probability, threshold and call. Every input not used is in <out>.failures.csv with its
     reason. Rows are flushed as they come: an interrupted run continues with --resume.
-    Exits non-zero only if nothing could be predicted."""
+    Exits non-zero only if nothing could be predicted.
+
+    Example: cxrkit predict runs/nih_hires/model /mnt/pacs-export --out preds.csv --study max --sr sr/"""
     from .data.images import set_limits
     from .ensemble import load_predictor
     from .predict import run_predict
@@ -394,6 +409,8 @@ def predict(
 
     check_predict_options(tta=tta, study=study, shard=_parse_shard(shard), lateral_weight=lateral_weight,
                           batch_size=batch_size)  # before the model is loaded or any image read
+    if study_key not in ("auto", "folder"):
+        raise CxrkitError(f"--study-key must be auto or folder, got {study_key!r}")
     if sr is not None:
         try:
             import highdicom  # noqa: F401
@@ -418,7 +435,7 @@ def predict(
     _ON_INTERRUPT.append(stopped)
     res = run_predict(pred, inputs, out, batch_size=batch_size, workers=workers, tta=tta, images_root=images_root,
                       dicom_filter=filt, resume=resume, overwrite=overwrite, shard=_parse_shard(shard), study=study,
-                      lateral_weight=lateral_weight, sr_dir=sr)
+                      lateral_weight=lateral_weight, sr_dir=sr, study_key=study_key)
     msg = f"predicted {res['predicted']} image(s) -> {res['out']}"
     if res["already_done"]:
         msg += f" ({res['already_done']} already there)"
@@ -436,15 +453,17 @@ def ensemble(
     models: Annotated[list[Path], typer.Argument(help="Saved model folders (each possibly CFT-tuned).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Ensemble folder to write.")],
     weights: Annotated[Optional[str], typer.Option("--weights", help="Comma-separated weights (default equal).")] = None,
-    name: Annotated[Optional[str], typer.Option("--name")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Name recorded in ensemble.json and every output row (default: ensemble).")] = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Classes (comma-separated) when members differ.")] = None,
     valid: Annotated[Optional[Path], typer.Option("--valid", help="Choose the ensemble's thresholds on this table.")] = None,
-    valid_split: Annotated[Optional[str], typer.Option("--valid-split")] = None,
-    images_root: Annotated[Optional[Path], typer.Option("--images-root")] = None,
+    valid_split: Annotated[Optional[str], typer.Option("--valid-split", help="Only rows of this split of --valid (split column value or .txt id list).")] = None,
+    images_root: Annotated[Optional[Path], typer.Option("--images-root", help="Folder the --valid table's image paths are relative to.")] = None,
     tta: Annotated[Optional[str], typer.Option("--tta", help="TTA used when choosing thresholds on --valid.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder that another command (or you) wrote.")] = False,
 ) -> None:
-    """Combine saved models into one ensemble (weighted mean of probabilities)."""
+    """Combine saved models into one ensemble (weighted mean of probabilities).
+
+    Example: cxrkit ensemble runs/a/model runs/b/model --out runs/ens --valid valid.csv"""
     from .ensemble import build_ensemble
 
     w = [float(x) for x in weights.split(",")] if weights else None
@@ -452,6 +471,16 @@ def ensemble(
     build_ensemble(models, out, weights=w, name=name, classes=cl, valid_table=valid, images_root=images_root,
                    valid_split=valid_split, tta=tta, overwrite=overwrite)
     console.print(f"wrote ensemble of {len(models)} model(s) to {out}")
+    if valid is not None:  # the validation scores its thresholds were chosen on
+        import json as _json
+
+        m = (_json.loads((out / "ensemble.json").read_text()).get("metrics") or {}).get("valid") or {}
+
+        def f(v: object) -> str:
+            return "-" if v is None else f"{v:.4f}"
+
+        console.print(f"thresholds chosen on {valid}: valid mAUC {f(m.get('mAUC'))}, mAP {f(m.get('mAP'))}, "
+                      f"mF1 {f(m.get('mF1'))}")
 
 
 @app.command("export")
@@ -461,7 +490,9 @@ def export(
     deploy: Annotated[Optional[Path], typer.Option("--deploy", help="Also write a lean copy (JSON + ONNX, no PyTorch weights) here, e.g. for a container.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder that another command (or you) wrote.")] = False,
 ) -> None:
-    """Export a model or every member of an ensemble to ONNX for onnxruntime on the CPU."""
+    """Export a model or every member of an ensemble to ONNX for onnxruntime on the CPU.
+
+    Example: cxrkit export runs/ens --onnx --deploy challenge/build/model"""
     from .export import deployment_copy, export_model
 
     if not onnx:
@@ -517,11 +548,11 @@ def cft(
     policies: Annotated[Optional[str], typer.Option("--policies", help="Uncertainty policies for training labels, e.g. ignore,ones,zeros (default: ignore; greedy: all three).")] = None,
     candidates: Annotated[Optional[str], typer.Option("--candidates", help="greedy: row methods compared (default bp-asl,ga-<metric>).")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Processes fine-tuning categories in parallel.")] = 1,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: only categories c with c %% n == i; writes a part for cft-merge.")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: only categories c with c mod n = i; writes a part for cxrkit cft-merge.")] = None,
     train_split: Annotated[Optional[str], typer.Option("--train-split", help="Split of the training table (split column value or .txt id list).")] = None,
-    valid_split: Annotated[Optional[str], typer.Option("--valid-split")] = None,
+    valid_split: Annotated[Optional[str], typer.Option("--valid-split", help="Split of the validation table (split column value or .txt id list).")] = None,
     test_table: Annotated[Optional[Path], typer.Option("--test", help="Held-out table: scored before / after, never used for choices.")] = None,
-    test_split: Annotated[Optional[str], typer.Option("--test-split")] = None,
+    test_split: Annotated[Optional[str], typer.Option("--test-split", help="Split of the --test table.")] = None,
     holdout: Annotated[Optional[float], typer.Option("--holdout", help="Without --test: hold out this fraction of the validation patients for reporting.")] = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Only these categories (comma-separated).")] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="auc or ap (default: by method / preset).")] = None,
@@ -529,13 +560,15 @@ def cft(
     sets: Annotated[Optional[list[str]], typer.Option("--set", help="Override a GA / BP option, e.g. --set ga.generations=200 --set bp.lr=1e-3.")] = None,
     feature_dtype: Annotated[str, typer.Option("--feature-dtype", help="float32 or float16 feature cache.")] = "float32",
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature cache folder (default ~/.cache/cxrkit/features).")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the GA / BP runs and of --holdout; the same seed gives the same rows.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder that another command (or you) wrote.")] = False,
 ) -> None:
     """Category-wise Fine-Tuning: fine-tune each category's head row on its known labels.
 
     Prints a per-category before / after table and writes the new model (same inference
-    cost) with MODEL_OUT/cft/report.csv, report.json, gains.png and curves.png."""
+    cost) with MODEL_OUT/cft/report.csv, report.json, gains.png and curves.png.
+
+    Example: cxrkit cft runs/demo/model train.csv valid.csv --out runs/demo/model-cft --method greedy"""
     from .cft.pipeline import run_cft
     from .cft.runner import CFTConfig
 
@@ -590,14 +623,16 @@ def cft_merge(
     parts: Annotated[list[Path], typer.Argument(help="Part folders written by cxrkit cft --shard i/n.")],
     valid_table: Annotated[Path, typer.Option("--valid", help="Validation table (thresholds, before / after).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
-    images_root: Annotated[Optional[Path], typer.Option("--images-root")] = None,
-    valid_split: Annotated[Optional[str], typer.Option("--valid-split")] = None,
-    test_table: Annotated[Optional[Path], typer.Option("--test")] = None,
-    test_split: Annotated[Optional[str], typer.Option("--test-split")] = None,
-    holdout: Annotated[Optional[float], typer.Option("--holdout")] = None,
+    images_root: Annotated[Optional[Path], typer.Option("--images-root", help="Folder the tables' image paths are relative to.")] = None,
+    valid_split: Annotated[Optional[str], typer.Option("--valid-split", help="Split of the validation table (split column value or .txt id list).")] = None,
+    test_table: Annotated[Optional[Path], typer.Option("--test", help="Held-out table: scored before / after, never used for choices.")] = None,
+    test_split: Annotated[Optional[str], typer.Option("--test-split", help="Split of the --test table.")] = None,
+    holdout: Annotated[Optional[float], typer.Option("--holdout", help="Without --test: hold out this fraction of the validation patients (as cft did).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder that another command (or you) wrote.")] = False,
 ) -> None:
-    """Combine the parts of a sharded CFT run into the fine-tuned model."""
+    """Combine the parts of a sharded CFT run into the fine-tuned model.
+
+    Example: cxrkit cft-merge runs/m parts/0 parts/1 --valid valid.csv --out runs/m-cft"""
     from .cft.pipeline import merge_parts
 
     merge_parts(model, parts, valid_table, out, images_root=images_root, valid_split=valid_split,
@@ -611,7 +646,9 @@ def weights_convert(
     dst: Annotated[Path, typer.Argument(help="Output .safetensors for `model.weights` in a config.")],
     arch: Annotated[str, typer.Option("--arch", help="timm architecture the tensors correspond to, in order.")],
 ) -> None:
-    """Rename a third-party state dict onto a timm architecture (by order; shapes checked)."""
+    """Rename a third-party state dict onto a timm architecture (by order; shapes checked).
+
+    Example: cxrkit weights convert lite0.pth lite0.safetensors --arch efficientnet_lite0"""
     from .models.weights import convert_weights
 
     convert_weights(src, dst, arch)
@@ -671,8 +708,15 @@ def main() -> None:
         err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except OSError as e:  # missing / unwritable / existing paths, full disk
+        import errno
+
         where = f"{e.filename}: " if e.filename else ""
-        err_console.print(f"error: {where}{e.strerror or e}", markup=False, highlight=False, soft_wrap=True)
+        msg = e.strerror or str(e)
+        if e.errno == errno.ENOTDIR and e.filename:  # an output path under an existing file
+            blocker = next((q for q in Path(str(e.filename)).parents if q.is_file()), None)
+            if blocker is not None:
+                msg = f"cannot be created: {blocker} is a file, not a folder"
+        err_console.print(f"error: {where}{msg}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()

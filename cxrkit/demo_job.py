@@ -115,7 +115,7 @@ def run_demo(out: str | Path, n_studies: int = 600, seed: int = 0, console: Any 
     pre = Preprocessing(size=128)
     rows = list(range(min(12, len(train_table))))
     imgs = [pre.load(data_dir / train_table.paths[i]) for i in rows]
-    titles = [", ".join(c for c, v in zip(train_table.classes, train_table.labels[i]) if v == 1)[:40] or "-"
+    titles = [", ".join(c for c, v in zip(train_table.classes, train_table.labels[i]) if v == 1) or "-"
               for i in rows]
     contact_sheet(imgs, titles, out / "examples.png")
     summary["stages"]["inspect"] = {"json": str(out / "label_distribution.json"),

@@ -249,9 +249,8 @@ def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int =
     paths = list(paths)
     failures: list[Failure] = []
     probs, idx = [], []
-    n_batches = -(-len(paths) // batch_size) if paths else 0
     for batch in progress(prepared_batches(paths, predictor.preprocessings, batch_size, workers, dicom_filter,
-                                           corrupt), description, total=n_batches, enabled=show_progress):
+                                           corrupt), description, total=len(paths), enabled=show_progress, count=len):
         failures += [Failure(str(paths[p.index]), p.reason, p.detail) for p in batch if p.arrays is None]
         good, pr = predict_batch(predictor, batch, tta)
         if good:
@@ -349,7 +348,8 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
                 workers: int = 0, tta: str | bool | None = None, images_root: str | Path | None = None,
                 show_progress: bool = True, dicom_filter: DicomFilter | None = None, resume: bool = False,
                 overwrite: bool = False, shard: tuple[int, int] = (0, 1), study: str | None = None,
-                lateral_weight: float = 0.5, sr_dir: str | Path | None = None) -> dict[str, Any]:
+                lateral_weight: float = 0.5, sr_dir: str | Path | None = None, study_key: str = "auto"
+                ) -> dict[str, Any]:
     """``cxrkit predict``: collect inputs, predict, stream rows to ``out`` and reasons to
     ``<out>.failures.csv``; with ``study``, also ``<out>.studies.csv``."""
     from .utils import progress
@@ -357,6 +357,8 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
     out = Path(out)
     fpath = failures_path(out)
     check_predict_options(tta=tta, study=study, shard=shard, lateral_weight=lateral_weight, batch_size=batch_size)
+    if study_key not in ("auto", "folder"):
+        raise CxrkitError(f"--study-key must be auto or folder, got {study_key!r}")
     if out.exists() and not (resume or overwrite):
         raise CxrkitError(f"{out}: exists; use --resume to continue it or --overwrite to replace it")
     if out.exists() and out.is_dir():
@@ -377,12 +379,11 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
     todo = [it for it in items if it.id not in skip]
     new_failures = [f for f in pre_failures if f.path not in skip]
     fwriter.write([[f.path, f.reason, f.detail] for f in new_failures])
-    n_done = n_failed = 0
+    n_done = n_failed = n_inferred = 0
     try:
         paths = [it.path for it in todo]
-        n_batches = -(-len(paths) // batch_size) if paths else 0
         for batch in progress(prepared_batches(paths, predictor.preprocessings, batch_size, workers, dicom_filter),
-                              "predicting", total=n_batches, enabled=show_progress):
+                              "predicting (images)", total=len(paths), enabled=show_progress, count=len):
             bad = [p for p in batch if p.arrays is None]
             fwriter.write([[todo[p.index].id, p.reason, p.detail] for p in bad])
             n_failed += len(bad)
@@ -390,7 +391,10 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
             rows = []
             for p, pr in zip(good, probs):
                 it = todo[p.index]
-                study_id = it.meta.get("study") or p.info.get("study_instance_uid") or str(it.path.parent)
+                study_id = it.meta.get("study") or p.info.get("study_instance_uid")
+                if not study_id:  # no study information: its own study, or its folder when asked
+                    n_inferred += 1
+                    study_id = str(it.path.parent) if study_key == "folder" else it.id
                 view = it.meta.get("view") or p.info.get("view", "")
                 rows.append([it.id, study_id, view, *(p.info.get(k, "") for k in ID_COLUMNS), predictor.name,
                              predictor.version, *(_fmt(v) for v in pr), *(_fmt(t) for t in thr),
@@ -404,6 +408,10 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
     result: dict[str, Any] = {"predicted": n_done, "already_done": len(writer.done), "failed": n_failed
                               + len(new_failures), "out": str(out), "failures": str(fpath)}
     if study:
+        if n_inferred:
+            log.warning("%d image(s) carry no study information (no DICOM StudyInstanceUID, no study column): %s",
+                        n_inferred, "grouped into studies by their folder (--study-key folder)" if study_key == "folder"
+                        else "each is its own study; --study-key folder groups the images of a folder")
         result["studies"] = str(write_studies(out, classes, thr, study, lateral_weight))
     if sr_dir is not None:
         from .sr import write_study_reports

@@ -102,14 +102,26 @@ def plot_roc_pr(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str], 
         for ax in axes.ravel():
             ax.axis("off")
         figs[kind] = (fig, axes.ravel())
+    from .metrics import average_precision, roc_auc
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        aucs, aps = roc_auc(targets[:, :n], probs[:, :n]), average_precision(targets[:, :n], probs[:, :n])
     for j in range(n):
         known = ~np.isnan(targets[:, j])
         y, s = targets[known, j], probs[known, j]
         for kind in ("roc", "pr"):
             ax = figs[kind][1][j]
             ax.axis("on")
-            ax.set_title(classes[j][:28], fontsize=7)
+            score = aucs[j] if kind == "roc" else aps[j]
+            label = "AUC" if kind == "roc" else "AP"
+            ax.set_title(f"{classes[j][:24]}\n{label} {score:.3f} ({int(np.nansum(y))} pos)" if np.isfinite(score)
+                         else f"{classes[j][:24]}\n{label} undefined", fontsize=7)
             ax.tick_params(labelsize=6)
+            ax.set_xticks([0, 0.5, 1])
+            ax.set_yticks([0, 0.5, 1])
             if len(y) == 0 or y.min() == y.max():
                 ax.text(0.5, 0.5, "undefined\n(no positives or\nno negatives)", ha="center", va="center", fontsize=7)
                 continue
@@ -163,31 +175,44 @@ def plot_cft_gains(results: Sequence[Any], metric: str, path: str | Path) -> Pat
 
 def plot_cft_curves(results: Sequence[Any], path: str | Path, max_classes: int = 20) -> Path:
     """Learning curves per category: GA best train / validation fitness per generation (the
-    CFT paper's Fig. 3), BP validation score (and training loss) per epoch."""
+    CFT paper's Fig. 3), BP validation score per epoch. The chosen candidate is drawn thick
+    with its best validation point marked; other candidates thin. Categories beyond
+    ``max_classes`` or without curves are named in the figure's footnote."""
     plt = _plt()
-    with_curves = [r for r in results if r.curves][:max_classes]
-    n = max(1, len(with_curves))
+    with_curves = [r for r in results if r.curves]
+    shown = with_curves[:max_classes]
+    left_out = [r.name for r in results if not r.curves] + [r.name for r in with_curves[max_classes:]]
+    n = max(1, len(shown))
     cols = min(4, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows + 0.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, r in zip(axes.ravel(), with_curves):
+    for ax, r in zip(axes.ravel(), shown):
         ax.axis("on")
         for key, cv in r.curves.items():
-            style = "-" if key == r.chosen else ":"
+            chosen = key == r.chosen
+            lw, alpha = (2.0, 1.0) if chosen else (0.8, 0.6)
+            tag = f"{key}{' (chosen)' if chosen else ''}"
             if "train" in cv and "val" in cv and len(cv["train"]) == len(cv["val"]):  # GA
-                ax.plot(cv["train"], style, lw=1, label=f"{key} train")
-                ax.plot(cv["val"], style, lw=1, label=f"{key} valid")
-            elif "val" in cv:
-                ax.plot(cv["val"], style, lw=1, label=f"{key} valid")
-        ax.set_title(f"{r.name[:26]} -> {r.chosen}", fontsize=7)
+                ax.plot(cv["train"], "--", lw=lw, alpha=alpha, label=f"{tag} train")
+            if "val" in cv and len(cv["val"]):
+                line, = ax.plot(cv["val"], "-", lw=lw, alpha=alpha, label=f"{tag} valid")
+                if chosen:
+                    k = int(np.nanargmax(cv["val"]))
+                    ax.plot([k], [cv["val"][k]], "o", color=line.get_color(), ms=6, zorder=5,
+                            label=f"best valid {cv['val'][k]:.3f}")
+        ax.set_title(f"{r.name[:26]}: {r.chosen}", fontsize=7)
         ax.tick_params(labelsize=6)
         ax.set_xlabel("generation / epoch (sampled)", fontsize=6)
-        if len(r.curves) <= 3 and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=5)
-    fig.suptitle("CFT learning curves (solid: chosen candidate)", fontsize=9)
-    fig.tight_layout()
+        ax.set_ylabel("score (AUC / AP)", fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=5, loc="lower right")
+    fig.suptitle("CFT learning curves (thick: the chosen candidate, dot: its best validation score)", fontsize=9)
+    if left_out:
+        fig.text(0.01, 0.005, "not shown: " + ", ".join(left_out[:12]) + (" ..." if len(left_out) > 12 else "")
+                 + " (kept their original row or beyond the first " + str(max_classes) + ")", fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return _save(fig, path)
 
 

@@ -317,9 +317,11 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def progress(iterable: Iterable[T], description: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+def progress(iterable: Iterable[T], description: str, total: int | None = None, enabled: bool = True,
+             count: Any = None) -> Iterator[T]:
     """A rich progress bar over ``iterable`` on stderr; silent when ``enabled`` is false or
-    when ``CXRKIT_QUIET`` is set (tests)."""
+    when ``CXRKIT_QUIET`` is set (tests). ``count(item)``: how much one item advances the bar
+    (e.g. the images in a batch, so the bar counts images, not batches)."""
     if not enabled or os.environ.get("CXRKIT_QUIET"):
         yield from iterable
         return
@@ -332,7 +334,7 @@ def progress(iterable: Iterable[T], description: str, total: int | None = None, 
         task = prog.add_task(description, total=total if total is not None else _len(iterable))
         for item in iterable:
             yield item
-            prog.advance(task)
+            prog.advance(task, count(item) if count is not None else 1)
 
 
 def _len(x: Any) -> int | None:

@@ -144,3 +144,132 @@ def test_label_distribution_plot_draws_no_zero_bars_and_keeps_the_legend_outside
     assert leg is not None and "no positives (undefined)" in [t.get_text() for t in leg.get_texts()]
     assert leg.get_bbox_to_anchor().x0 >= ax.get_window_extent().x1 - 1  # right of the axes
     assert ax.get_ylabel() == "images"
+
+
+def test_sr_for_a_de_identified_dicom_without_birth_date_or_study_date(trained_model, tmp_path, capsys):
+    pytest.importorskip("highdicom")
+    import numpy as np
+    import pydicom
+
+    from conftest import run_cli_inprocess
+    from dicom_helpers import make_dicom
+
+    img = (np.random.default_rng(0).random((64, 64)) * 4000).astype(np.uint16)
+    f = make_dicom(tmp_path / "in" / "a.dcm" if (tmp_path / "in").mkdir() is None else None, img, bits_stored=12)
+    ds = pydicom.dcmread(f)
+    for k in ("PatientBirthDate", "StudyDate", "StudyTime", "PatientSex", "AccessionNumber", "StudyID",
+              "ReferringPhysicianName", "PatientName", "PatientID"):
+        if k in ds:
+            delattr(ds, k)
+    ds.save_as(f)
+    r = run_cli_inprocess(capsys, "predict", str(trained_model), str(tmp_path / "in"), "--out",
+                          str(tmp_path / "p.csv"), "--sr", str(tmp_path / "sr"))
+    assert r.returncode == 0, r.stderr
+    assert "1 report(s)" in " ".join(r.stdout.split()) and "failed" not in r.stdout
+    sr = pydicom.dcmread(next((tmp_path / "sr").glob("*.dcm")))
+    assert sr.Modality == "SR" and sr.StudyInstanceUID == ds.StudyInstanceUID and sr.PatientBirthDate == ""
+
+
+def test_a_flat_folder_of_pngs_is_not_one_study(trained_model, tmp_path, caplog):
+    from cxrkit.ensemble import load_predictor
+    from cxrkit.predict import run_predict
+
+    for i in range(3):
+        write_png(tmp_path / "in" / f"patient{i}.png" if (tmp_path / "in").mkdir(exist_ok=True) is None else None,
+                  film(seed=i))
+    pred = load_predictor(trained_model)
+    with caplog.at_level("WARNING"):
+        run_predict(pred, [tmp_path / "in"], tmp_path / "a.csv", study="max", show_progress=False)
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "a.studies.csv")))
+    assert len(rows) == 3 and all(r["n_images"] == "1" for r in rows)
+    assert any("no study information" in m for m in caplog.messages)
+    run_predict(pred, [tmp_path / "in"], tmp_path / "b.csv", study="max", show_progress=False, study_key="folder")
+    assert len(list(csv.DictReader(open(tmp_path / "b.studies.csv")))) == 1
+
+
+@pytest.fixture()
+def saved_figures(monkeypatch):
+    """The matplotlib figures cxrkit saves, so tests can check their artists (not pixels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = []
+    real = plt.Figure.savefig
+
+    def spy(self, *a, **k):
+        figs.append(self)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    return figs
+
+
+def test_roc_and_pr_panels_show_each_class_score(tmp_path, saved_figures):
+    import numpy as np
+
+    from cxrkit.metrics import average_precision, roc_auc
+    from cxrkit.report import plot_roc_pr
+
+    rng = np.random.default_rng(0)
+    t = (rng.random((80, 3)) < 0.3).astype(float)
+    t[:, 2] = 0.0  # undefined
+    s = rng.random((80, 3)) * 0.5 + t * 0.4
+    plot_roc_pr(t, s, ["Atelectasis", "Cardiomegaly", "Hernia"], tmp_path / "roc.png", tmp_path / "pr.png")
+    roc, pr = saved_figures
+    auc, ap = roc_auc(t, s), average_precision(t, s)
+    assert f"AUC {auc[0]:.3f}" in roc.axes[0].get_title() and f"AP {ap[1]:.3f}" in pr.axes[1].get_title()
+    assert "undefined" in roc.axes[2].get_title()
+    assert roc.axes[0].get_xlabel() == "FPR" and pr.axes[0].get_ylabel() == "precision"
+    assert [t.get_text() for t in roc.axes[0].get_xticklabels()][:1] != [""]
+
+
+def test_cft_curves_have_a_legend_labels_and_the_chosen_best_point(tmp_path, saved_figures):
+    from types import SimpleNamespace
+
+    from cxrkit.report import plot_cft_curves
+
+    r1 = SimpleNamespace(name="Edema", chosen="bp-asl/ignore", curves={
+        "bp-asl/ignore": {"val": [0.6, 0.7, 0.72, 0.71]}, "ga-auc/ignore": {"train": [0.6, 0.65], "val": [0.6, 0.62]}})
+    r2 = SimpleNamespace(name="Hernia", chosen="original", curves={})
+    plot_cft_curves([r1, r2], tmp_path / "c.png")
+    fig = saved_figures[0]
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "bp-asl/ignore (chosen) valid" in labels and "best valid 0.720" in labels
+    assert ax.get_xlabel() and ax.get_ylabel() and "bp-asl/ignore" in ax.get_title()
+    assert any("not shown: Hernia" in t.get_text() for t in fig.texts)
+
+
+def test_examples_titles_wrap_instead_of_being_cut(tmp_path, saved_figures):
+    import numpy as np
+
+    from cxrkit.data.demo import contact_sheet
+
+    long = "Enlarged Cardiomediastinum, Cardiomegaly, Pleural Effusion, Support Devices"
+    contact_sheet([np.zeros((32, 32))] * 2, [long, "-"], tmp_path / "e.png", cols=2)
+    title = saved_figures[0].axes[0].get_title()
+    assert title.replace("\n", " ") == long and "\n" in title
+
+
+def test_table_messages_missing_nih_column_and_case_insensitive_columns(tmp_path, capsys):
+    from conftest import run_cli_inprocess
+
+    (tmp_path / "a.csv").write_text("Image Index,Patient ID\na.png,1\n")
+    line = _one_error_line(run_cli_inprocess(capsys, "data", "inspect", str(tmp_path / "a.csv")))
+    assert "missing column(s) ['Finding Labels']" in line
+    (tmp_path / "b.csv").write_text("image index,FINDING LABELS,patient id\na.png,No Finding,1\nb.png,Mass|Nodule,2\n")
+    r = run_cli_inprocess(capsys, "data", "inspect", str(tmp_path / "b.csv"))
+    assert r.returncode == 0 and "nih" in r.stdout and "Mass" in r.stdout
+
+
+def test_out_under_an_existing_file_says_so(tmp_path, capsys):
+    from conftest import run_cli_inprocess
+
+    (tmp_path / "afile").write_text("x")
+    line = _one_error_line(run_cli_inprocess(capsys, "data", "demo", str(tmp_path / "afile" / "sub"), "--n-studies",
+                                             "10"))
+    assert f"{tmp_path / 'afile'} is a file" in line

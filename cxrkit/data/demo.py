@@ -496,11 +496,15 @@ def contact_sheet(images: list[np.ndarray], titles: list[str], path: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import textwrap
+
     rows = math.ceil(len(images) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows))
+    wrapped = [textwrap.fill(t, 24) for t in titles]  # long label lists wrap instead of running into neighbours
+    lines = max((w.count("\n") + 1 for w in wrapped), default=1)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, (2.2 + 0.14 * lines) * rows))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
-    for ax, im, t in zip(np.atleast_1d(axes).ravel(), images, titles):
+    for ax, im, t in zip(np.atleast_1d(axes).ravel(), images, wrapped):
         ax.imshow(im, cmap="gray", vmin=0, vmax=1)
         ax.set_title(t, fontsize=7)
     fig.tight_layout()

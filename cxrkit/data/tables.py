@@ -511,14 +511,33 @@ def detect_format(path: str | Path, columns: Sequence[str] | None = None) -> str
         return "generic"  # written by LabelTable.to_csv
     if {"ImageID", "LabelName", "Confidence"} <= cols:
         return "openimages"
-    if "Image Index" in cols and "Finding Labels" in cols:
-        return "nih"
+    if "Image Index" in cols and ("Finding Labels" in cols or not any(c in cols for c in NIH_14)):
+        return "nih"  # without Finding Labels the NIH reader names the missing column
     if "dicom_id" in cols and sum(c in cols for c in CXR_LT_26) >= 20:
         return "cxr-lt"
     if "Path" in cols and ("Frontal/Lateral" in cols or "AP/PA" in cols
                            or sum(c in cols for c in CHEXPERT_14) >= 12):
         return "chexpert"
     return "generic"
+
+
+#: column names of the supported formats, matched case-insensitively (``image index`` is
+#: NIH's ``Image Index``, ``PATH`` CheXpert's ``Path``, ``pleural effusion`` the class)
+KNOWN_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender", "View Position",
+                 "Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "dicom_id", "study_id", "subject_id", "ImageID",
+                 "LabelName", "Confidence", "split", *CHEXPERT_14, *CXR_LT_26, *NIH_14)
+
+
+def _canonical_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Rename columns that differ from a known name only in case / surrounding spaces."""
+    canon = {c.lower(): c for c in reversed(KNOWN_COLUMNS)}
+    present = set(df.columns)
+    ren = {}
+    for c in df.columns:
+        k = str(c).strip().lower()
+        if k in canon and canon[k] != c and canon[k] not in present and canon[k] not in ren.values():
+            ren[c] = canon[k]
+    return df.rename(columns=ren) if ren else df
 
 
 def load_table(path: str | Path, format: str | None = None, classes: str | Path | Sequence[str] | None = None) -> LabelTable:
@@ -536,6 +555,7 @@ def load_table(path: str | Path, format: str | None = None, classes: str | Path 
         return read_coco(path)
     df = _read_csv(path, dtype={"ImageID": str, "LabelName": str, "Image Index": str, "dicom_id": str,
                                 "Path": str, "path": str, "Finding Labels": str, "id": str})
+    df = _canonical_columns(df)
     fmt = format or detect_format(path, list(df.columns))
     log.debug("%s: format %s", path, fmt)
     if fmt == "chexpert":
