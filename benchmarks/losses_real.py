@@ -35,11 +35,13 @@ LOSSES = {
 }
 GRID = {
     "asl": [{"gamma_neg": g} for g in (2.0, 4.0, 6.0)],
-    "ral": [{"gamma_neg": g, "lamb": lamb} for g in (2.0, 4.0, 6.0) for lamb in (1.5, 3.0)],
+    "ral": [{"gamma_neg": 2.0, "lamb": 1.5}, {"gamma_neg": 4.0, "lamb": 1.5}, {"gamma_neg": 6.0, "lamb": 1.5},
+            {"gamma_neg": 4.0, "lamb": 3.0}],
 }
 
 
-def run_one(out: Path, loss: str, params: dict, seed: int, size: int | None, epochs: int | None) -> dict:
+def run_one(out: Path, loss: str, params: dict, seed: int, size: int | None, epochs: int | None,
+            sets: list[str] | None = None) -> dict:
     from cxrkit.evaluate import evaluate_table
     from cxrkit.ensemble import load_predictor
     from cxrkit.train.config import load_config
@@ -56,6 +58,7 @@ def run_one(out: Path, loss: str, params: dict, seed: int, size: int | None, epo
         ov.append(f"preprocessing.size={size}")
     if epochs:
         ov.append(f"train.epochs={epochs}")
+    ov += list(sets or [])
     cfg = load_config(REPO / "configs" / "nih_hires.yaml", ov)
     t0 = time.perf_counter()
     fit(cfg, run, resume=(run / "checkpoint").exists(), show_progress=False)
@@ -84,6 +87,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None, help="input size (default: the recipe's)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs (default: the recipe's)")
     ap.add_argument("--grid", action="store_true", help="ASL / RAL hyper-parameter grid (first seed)")
+    ap.add_argument("--set", action="append", default=[], help="another recipe override, e.g. train.ema=null")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     print("command: python benchmarks/losses_real.py " + " ".join(sys.argv[1:]))
@@ -92,7 +96,7 @@ def main() -> None:
         for loss, grid in GRID.items():
             aucs = []
             for params in grid:
-                r = run_one(args.out, loss, params, seeds[0], args.size, args.epochs)
+                r = run_one(args.out, loss, params, seeds[0], args.size, args.epochs, args.set)
                 aucs.append(r["mAUC"])
                 print(f"{loss:<6}{json.dumps(params):<28}{r['mAUC']:>12.4f}{r['mAP']:>12.4f}", flush=True)
             a = np.array(aucs)
@@ -101,7 +105,7 @@ def main() -> None:
         return
     rows = {}
     for loss in args.losses.split(","):
-        rows[loss] = [run_one(args.out, loss, LOSSES[loss], s, args.size, args.epochs) for s in seeds]
+        rows[loss] = [run_one(args.out, loss, LOSSES[loss], s, args.size, args.epochs, args.set) for s in seeds]
         print(f"done {loss}: mAUC {_ms([r['mAUC'] for r in rows[loss]])}", flush=True)
     print(f"\n{'loss':<7}{'valid mAUC':>18}{'valid mAP':>18}{'head mAUC':>18}{'medium mAUC':>18}{'tail mAUC':>18}"
           f"{'min / run':>10}")

@@ -7,11 +7,21 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import enum
+import re
 from pathlib import Path
 
 
+_NUMPY_REPR = re.compile(r"np\.(?:float|int|uint|bool|str)\w*\(([^()]*)\)")
+
+
 class CxrkitError(Exception):
-    """Base class of every error cxrkit raises on purpose."""
+    """Base class of every error cxrkit raises on purpose. Messages never show NumPy reprs
+    (``np.float64(2.0)`` reads ``2.0``)."""
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (_NUMPY_REPR.sub(r"\1", args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class ConfigError(CxrkitError, ValueError):

@@ -273,3 +273,15 @@ def test_out_under_an_existing_file_says_so(tmp_path, capsys):
     line = _one_error_line(run_cli_inprocess(capsys, "data", "demo", str(tmp_path / "afile" / "sub"), "--n-studies",
                                              "10"))
     assert f"{tmp_path / 'afile'} is a file" in line
+
+
+def test_messages_show_no_numpy_reprs():
+    import numpy as np
+
+    from cxrkit.errors import ConfigError
+    from cxrkit.losses import build_loss
+
+    assert str(ConfigError(f"got {np.float64(2.0)!r}, {np.int64(3)!r}")) == "got 2.0, 3"
+    with pytest.raises(ConfigError) as e:
+        build_loss("asl", gamma_neg=np.float64(-2.0))
+    assert "np." not in str(e.value) and "-2.0" in str(e.value)
