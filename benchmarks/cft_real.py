@@ -59,7 +59,7 @@ def main() -> None:
             res.setdefault(name, []).append(s)
             rep = json.loads((d / "cft" / "report.json").read_text())
             for c in rep["categories"]:
-                if c["chosen"] != "original" and c.get("test_before") is not None and c.get("test_after") is not None:
+                if not str(c["chosen"]).startswith("original") and c.get("test_before") is not None and c.get("test_after") is not None:
                     per_cat.append((name, int(c.get("n_val_pos", 0)),
                                     c["val_after"] - c["val_before"], c["test_after"] - c["test_before"]))
             print(f"{name} seed {seed}: valid {s['valid_before']['mAUC']:.4f} -> {s['valid_after']['mAUC']:.4f}, "

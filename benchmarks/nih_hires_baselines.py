@@ -116,28 +116,26 @@ def main() -> None:
         probe_size = load_preprocessing(args.model).size
     probe_size = probe_size or 192
     results = {}
+    cs = [float(v) for v in args.C.split(",")]
+
+    def choose(best, f, name):  # the C (and features) with the best valid mAUC
+        for c in cs:
+            sva, sun = _fit_scores(f[0], ytr, f[1:], c)
+            m = _means(yva, sva)[1]
+            print(f"{name}, C={c:g}: valid mAUC {m:.4f}")
+            if best is None or m > best[0]:
+                best = (m, f"{name}, C={c:g}", sva, sun)
+        return best
+
     t0 = time.perf_counter()
     best = None
     for size in [int(s) for s in args.pixel_sizes.split(",")]:
-        f = [_features_pixels(p, size) for p in (ptr, pva, pun)]
-        for c in [float(v) for v in args.C.split(",")]:
-            sva, sun = _fit_scores(f[0], ytr, f[1:], c)
-            m = _means(yva, sva)[1]
-            print(f"pixels {size} px, C={c:g}: valid mAUC {m:.4f}")
-            if best is None or m > best[0]:
-                best = (m, f"pixels {size} px, C={c:g}", sva, sun)
+        best = choose(best, [_features_pixels(p, size) for p in (ptr, pva, pun)], f"pixels {size} px")
     results["pixels"] = best
     t_pix = time.perf_counter() - t0
     t0 = time.perf_counter()
-    f = [_features_probe(p, probe_size) for p in (ptr, pva, pun)]
-    best = None
-    for c in [float(v) for v in args.C.split(",")]:
-        sva, sun = _fit_scores(f[0], ytr, f[1:], c)
-        m = _means(yva, sva)[1]
-        print(f"probe {probe_size} px, C={c:g}: valid mAUC {m:.4f}")
-        if best is None or m > best[0]:
-            best = (m, f"linear probe {probe_size} px, C={c:g}", sva, sun)
-    results["probe"] = best
+    results["probe"] = choose(None, [_features_probe(p, probe_size) for p in (ptr, pva, pun)],
+                              f"linear probe {probe_size} px")
     t_probe = time.perf_counter() - t0
     if args.model:
         from cxrkit.ensemble import load_predictor
