@@ -533,8 +533,11 @@ def _canonical_columns(df: pd.DataFrame) -> pd.DataFrame:
     canon = {c.lower(): c for c in reversed(KNOWN_COLUMNS)}
     present = set(df.columns)
     ren = {}
+    as_is = set(KNOWN_COLUMNS) | set(GENERIC_ID_COLUMNS) | {"fpath"}  # names some format reads as they are
     for c in df.columns:
         k = str(c).strip().lower()
+        if c in as_is:
+            continue
         if k in canon and canon[k] != c and canon[k] not in present and canon[k] not in ren.values():
             ren[c] = canon[k]
     return df.rename(columns=ren) if ren else df
