@@ -408,9 +408,7 @@ def predict(
     from .predict import check_predict_options
 
     check_predict_options(tta=tta, study=study, shard=_parse_shard(shard), lateral_weight=lateral_weight,
-                          batch_size=batch_size)  # before the model is loaded or any image read
-    if study_key not in ("auto", "folder"):
-        raise CxrkitError(f"--study-key must be auto or folder, got {study_key!r}")
+                          batch_size=batch_size, study_key=study_key)  # before the model is loaded or any image read
     if sr is not None:
         try:
             import highdicom  # noqa: F401

@@ -356,9 +356,8 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
 
     out = Path(out)
     fpath = failures_path(out)
-    check_predict_options(tta=tta, study=study, shard=shard, lateral_weight=lateral_weight, batch_size=batch_size)
-    if study_key not in ("auto", "folder"):
-        raise CxrkitError(f"--study-key must be auto or folder, got {study_key!r}")
+    check_predict_options(tta=tta, study=study, shard=shard, lateral_weight=lateral_weight, batch_size=batch_size,
+                          study_key=study_key)
     if out.exists() and not (resume or overwrite):
         raise CxrkitError(f"{out}: exists; use --resume to continue it or --overwrite to replace it")
     if out.exists() and out.is_dir():
@@ -437,11 +436,13 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
 
 
 def check_predict_options(tta: str | bool | None = None, study: str | None = None, shard: tuple[int, int] = (0, 1),
-                          lateral_weight: float = 0.5, batch_size: int = 16) -> None:
+                          lateral_weight: float = 0.5, batch_size: int = 16, study_key: str = "auto") -> None:
     """Every option of ``predict`` is checked before any image is read or any file written."""
     from .data.augment import tta_views
 
     tta_views(tta)
+    if study_key not in ("auto", "folder"):
+        raise CxrkitError(f"--study-key must be auto or folder, got {study_key!r}")
     if study is not None and study not in ("max", "mean", "view-weighted"):
         raise CxrkitError(f"--study must be max, mean or view-weighted, got {study!r}")
     i, n = shard
