@@ -45,6 +45,7 @@ class BPConfig:
     metric: str = "auc"
     patience: int | None = None  # stop after this many epochs without validation gain
     eval_every: int = 1
+    fused: bool = True  # full-batch Adam on ASL: the fused one-pass kernel (numba) instead of autograd
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,10 +160,94 @@ def _loss(cfg: BPConfig, num_classes: int = 1) -> torch.nn.Module:
     return build_loss(cfg.loss, **params)
 
 
+_ASL_KEYS = {"gamma_pos", "gamma_neg", "clip", "eps", "detach_focal_weight", "reduction"}
+
+
+def fused_asl_params(cfg: BPConfig) -> dict[str, Any] | None:
+    """The ASL parameters when ``cfg`` can take the fused path (full-batch Adam on ASL with
+    detached focal weights, numba available), else None."""
+    from . import kernels
+
+    p = dict(cfg.loss_params)
+    if (not kernels.AVAILABLE or not cfg.fused or cfg.loss != "asl" or cfg.optimizer != "adam" or cfg.batch_size
+            or set(p) - _ASL_KEYS or not p.get("detach_focal_weight", True)
+            or p.get("reduction", "sum") not in ("sum", "mean")):
+        return None
+    ref = build_loss("asl", **p)  # the loss's own defaults and checks
+    return {"gamma_pos": ref.gamma_pos, "gamma_neg": ref.gamma_neg, "clip": ref.clip, "eps": ref.eps,
+            "mean": ref.reduction == "mean"}
+
+
+class _Adam:
+    """torch.optim.Adam's single-tensor update (float32, betas 0.9 / 0.999, eps 1e-8), on
+    NumPy arrays: the same arithmetic in the same order as the PyTorch optimiser."""
+
+    def __init__(self, params: list[np.ndarray], lr: float, weight_decay: float = 0.0) -> None:
+        self.params, self.lr, self.wd = params, np.float32(lr), np.float32(weight_decay)
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self.t += 1
+        b1, b2 = 0.9, 0.999
+        bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        step_size = np.float32(float(self.lr) / bc1)
+        bc2_sqrt = np.float32(bc2 ** 0.5)
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            g = g.astype(np.float32)
+            if self.wd:
+                g = g + self.wd * p
+            m += np.float32(1 - b1) * (g - m)  # exp_avg.lerp_(grad, 1 - beta1)
+            v *= np.float32(b2)
+            v += np.float32(1 - b2) * g * g
+            denom = np.sqrt(v) / bc2_sqrt + np.float32(1e-8)
+            p -= step_size * (m / denom)
+
+
+def _fit_row_fused(x: np.ndarray, y: np.ndarray, xv: np.ndarray, val_scorer: BinaryScorer, w0: np.ndarray,
+                   b0: float, val_before: float, cfg: BPConfig, asl: dict[str, Any], t0: float) -> RowFit:
+    """:func:`fit_row_bp` for full-batch Adam on ASL with the fused kernel: one pass over the
+    features per epoch computes the logits, the loss's derivative and the gradient."""
+    from . import kernels
+
+    w = np.asarray(w0, np.float32).copy()
+    b = np.array([b0], np.float32)
+    opt = _Adam([w, b], cfg.lr, cfg.weight_decay)
+    scale = 1.0 / max(len(y), 1) if asl["mean"] else 1.0
+    best = {"val": val_before, "w": w.copy(), "b": float(b[0]), "epoch": 0, "stale": 0}
+    curves: dict[str, list[float]] = {"train_loss": [], "val": []}
+    epoch = 0
+    for epoch in range(1, cfg.epochs + 1):
+        g, gb, loss = kernels.asl_grad(x, y, w, float(b[0]), asl["gamma_pos"], asl["gamma_neg"], asl["clip"],
+                                       asl["eps"])
+        opt.step([g * scale, np.array([gb * scale])])
+        curves["train_loss"].append(loss * scale)
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            v = float(val_scorer(xv @ w + b)[0])
+            curves["val"].append(v)
+            if v > best["val"] + 1e-12:
+                best.update(val=v, w=w.copy(), b=float(b[0]), epoch=epoch, stale=0)
+            else:
+                best["stale"] += cfg.eval_every
+            if cfg.patience is not None and best["stale"] >= cfg.patience:
+                break
+    improved = best["val"] > val_before + 1e-12
+    w_out = best["w"] if improved else np.asarray(w0, np.float32).copy()
+    b_out = best["b"] if improved else float(b0)
+    return RowFit(w_out.astype(np.float32), float(b_out), val_before, best["val"] if improved else val_before,
+                  improved, epoch, int(best["epoch"]), time.perf_counter() - t0, curves, stats={"fused": True})
+
+
 def fit_row_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                w0: np.ndarray, b0: float, cfg: BPConfig) -> RowFit:
     """Fine-tune ``(w0, b0)`` on the known labels (x_train, y_train); early stop per category
-    on ``cfg.metric`` over (x_val, y_val)."""
+    on ``cfg.metric`` over (x_val, y_val).
+
+    Full-batch Adam on ASL (bp-asl) takes the fused path (:func:`_fit_row_fused`, one pass
+    over the features per epoch) when numba is there; ``bp.fused: false`` forces the
+    PyTorch autograd loop, which every other loss / optimiser uses. Both give the same best
+    epoch and row to float32 rounding (tests/test_cft_kernels.py)."""
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     val_scorer = BinaryScorer(y_val, cfg.metric)
@@ -175,6 +260,9 @@ def fit_row_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     if not val_scorer.defined or y.numel() == 0 or y.min() == y.max():
         return RowFit(np.asarray(w0, np.float32).copy(), float(b0), val_before, val_before, False, 0, 0,
                       time.perf_counter() - t0, stats={"skipped": "no positives / negatives"})
+    asl = fused_asl_params(cfg)
+    if asl is not None:
+        return _fit_row_fused(x.numpy(), y.numpy(), xv, val_scorer, w0, b0, val_before, cfg, asl, t0)
     loss_fn = _loss(cfg)
     opt = _optimizer(cfg, [w, b], loss_fn)
     if cfg.optimizer != "pesg" and list(loss_fn.parameters()):

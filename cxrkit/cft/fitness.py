@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels
+
 METRICS = ("auc", "ap")
 
 
@@ -30,9 +32,13 @@ class BinaryScorer:
     * AUC = sum over positives of (#negatives below + 1/2 #negatives tied) / (P N)
     * AP  = mean over positives of TP(>= s) / (TP(>= s) + FP(>= s))
 
-    ``threads`` > 1 scores rows in parallel threads (numpy releases the GIL here)."""
+    float32 rows go to the compiled kernels of :mod:`cxrkit.cft.kernels` when numba is
+    there (the same merge on radix-sorted keys, O(n) per row, rows in parallel; the same
+    values); other dtypes and rows holding NaN take the NumPy code. ``threads``: 0 = all
+    the process's cores (numba's thread count); NumPy's code runs ``threads`` > 1 rows in
+    parallel threads (numpy releases the GIL there), else one."""
 
-    def __init__(self, y: np.ndarray, metric: str = "auc", threads: int = 1) -> None:
+    def __init__(self, y: np.ndarray, metric: str = "auc", threads: int = 0, compiled: bool = True) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}")
         y = np.asarray(y)
@@ -44,7 +50,8 @@ class BinaryScorer:
         self.n_neg = int((~self.y).sum())
         self.pos_idx = np.flatnonzero(self.y)
         self.neg_idx = np.flatnonzero(~self.y)
-        self.threads = max(1, int(threads))
+        self.threads = max(0, int(threads))
+        self.compiled = bool(compiled) and kernels.AVAILABLE
         self._pool = None
 
     @property
@@ -57,19 +64,30 @@ class BinaryScorer:
         if not self.defined:
             return np.full(s.shape[0], np.nan)
         fn = self._auc_row if self.metric == "auc" else self._ap_row
+        if self.compiled and s.dtype == np.float32:
+            kernel = kernels.auc_rows if self.metric == "auc" else kernels.ap_rows
+            out = kernel(s, self.pos_idx, self.neg_idx, self.threads)
+            for i in np.flatnonzero(np.isnan(out)):  # rows holding NaN: NumPy's sort order
+                out[i] = fn(s[i])
+            return out
         pool = self.pool()
         if pool is not None and s.shape[0] > 1:
             return np.fromiter(pool.map(fn, s), dtype=np.float64, count=s.shape[0])
         return np.fromiter(map(fn, s), dtype=np.float64, count=s.shape[0])
 
+    @property
+    def n_threads(self) -> int:
+        """``threads``, 0 resolved to the process's threads (:func:`kernels.default_threads`)."""
+        return self.threads or kernels.default_threads()
+
     def pool(self) -> Any:
-        """The thread pool (``threads`` > 1), created on first use."""
-        if self.threads <= 1:
+        """The thread pool (more than one thread), created on first use."""
+        if self.n_threads <= 1:
             return None
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(self.threads)
+            self._pool = ThreadPoolExecutor(self.n_threads)
         return self._pool
 
     def _split(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +135,7 @@ class PopulationScorer:
     lets the cache drop the dead."""
 
     def __init__(self, xt: np.ndarray, y: np.ndarray, metric: str = "auc", refresh: int = 25,
-                 sparse_fraction: float = 0.06, threads: int = 1) -> None:
+                 sparse_fraction: float = 0.06, threads: int = 0) -> None:
         self.xt = np.ascontiguousarray(xt, dtype=np.float32)
         self.z = self.xt.shape[0]
         self.scorer = BinaryScorer(y, metric, threads=threads)
@@ -136,7 +154,7 @@ class PopulationScorer:
             return sols[:, :-1] @ self.xt + sols[:, -1:]
         # rows split over our threads (BLAS itself runs single-threaded inside the GA, so its
         # idle threads do not spin against the AUC threads)
-        chunks = np.array_split(sols, min(len(sols), self.scorer.threads))
+        chunks = np.array_split(sols, min(len(sols), self.scorer.n_threads))
         return np.concatenate(list(pool.map(lambda c: c[:, :-1] @ self.xt + c[:, -1:], chunks)))
 
     def _incremental(self, sols: np.ndarray) -> np.ndarray:

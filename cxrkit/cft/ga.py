@@ -61,7 +61,7 @@ class GAConfig:
     patience: int | None = 300
     metric: str = "auc"
     refresh: int = 25  # exact rescoring of the population every this many generations
-    threads: int = 1  # threads for the fitness (AUC / AP) of a batch
+    threads: int = 0  # threads for the fitness (scores, AUC / AP) of a batch; 0 = the process's cores
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,7 +225,7 @@ def fit_row_ga(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
         save_best_solutions=False,
         **kw,
     )
-    if cfg.threads > 1:
+    if pop_scorer.scorer.n_threads > 1:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1, user_api="blas"):

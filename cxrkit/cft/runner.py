@@ -217,7 +217,10 @@ def _init_worker() -> None:
         pass
     import torch
 
+    from . import kernels
+
     torch.set_num_threads(1)
+    kernels.set_threads(1)
 
 
 def _worker(c: int) -> CategoryResult:

@@ -1,0 +1,335 @@
+"""Compiled kernels (numba) for CFT's two hot loops, with exact NumPy fall-backs elsewhere.
+
+* :func:`auc_rows` / :func:`ap_rows`: exact ROC AUC (ties count 1/2) and scikit-learn's
+  average precision of many float32 score rows against one label vector. Each row's
+  positive and negative scores are turned into order-preserving 32-bit keys and radix
+  sorted (three 11-bit passes, one counting pass for all three), then one linear merge
+  counts, per positive, the negatives below and tied. O(n) per row instead of NumPy's
+  O(n log n) comparison sorts; rows run in parallel threads.
+* :func:`asl_grad`: one fused pass over the feature matrix for CFT-BP: per sample the
+  logit ``x_i . w + b``, the ASL derivative (the same clamps, clips and detached focal
+  weights as :class:`cxrkit.losses.AsymmetricLoss`) and ``g += d_i x_i`` while ``x_i`` is
+  still in L1 cache, so the matrix is read from memory once per epoch instead of twice.
+  :func:`asl_grad_shared` does the same for K rows sharing one matrix (categories whose
+  known samples are the same): one read of the matrix for all K.
+
+numba compiles these on first use (cached on disk when the package folder, or numba's
+user cache, is writable). Without numba (``pip install numba`` is part of cxrkit's
+dependencies, but the leaderboard container leaves it out) or with ``CXRKIT_NO_NUMBA=1``,
+:data:`AVAILABLE` is False and callers use their NumPy / PyTorch code, which gives the
+same values (tests/test_cft_kernels.py checks each kernel against it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+import numpy as np
+
+try:  # pragma: no cover - import guard
+    if os.environ.get("CXRKIT_NO_NUMBA", "").strip() not in ("", "0"):
+        raise ImportError("disabled by CXRKIT_NO_NUMBA")
+    import numba
+    from numba import njit, prange
+
+    if not os.environ.get("NUMBA_THREADING_LAYER"):
+        # numba's own scheduler: fork-safe (CFT's --workers fork after the parent ran a
+        # kernel; GNU OpenMP aborts there). Not safe for concurrent calls from several
+        # Python threads, hence the lock below.
+        numba.config.THREADING_LAYER = "workqueue"
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised with CXRKIT_NO_NUMBA=1
+    numba = None
+    AVAILABLE = False
+
+__all__ = ["AVAILABLE", "auc_rows", "ap_rows", "asl_grad", "asl_grad_shared", "default_threads", "set_threads"]
+
+_LOCK = threading.Lock()
+_FAST = {"reassoc", "contract"}  # let the dot products vectorise; no finite-math assumptions
+
+if AVAILABLE:
+
+    @njit(cache=True, nogil=True)
+    def _sorted_keys(row, idx, a, b, cnt):  # pragma: no cover - compiled
+        """Order-preserving uint32 keys of ``row[idx]`` (-0.0 counted as +0.0), sorted
+        ascending by a 3-pass LSD radix sort; returns the buffer holding the result and
+        whether a NaN was seen."""
+        m = idx.shape[0]
+        u = row.view(np.uint32)
+        for p in range(3):
+            for d in range(2048):
+                cnt[p, d] = 0
+        nan = False
+        for i in range(m):
+            v = u[idx[i]]
+            if (v & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+                nan = True
+            if v == np.uint32(0x80000000):
+                v = np.uint32(0)
+            if v & np.uint32(0x80000000):
+                v = ~v
+            else:
+                v = v | np.uint32(0x80000000)
+            a[i] = v
+            cnt[0, v & np.uint32(2047)] += 1
+            cnt[1, (v >> np.uint32(11)) & np.uint32(2047)] += 1
+            cnt[2, v >> np.uint32(22)] += 1
+        for p in range(3):
+            tot = 0
+            for d in range(2048):
+                c = cnt[p, d]
+                cnt[p, d] = tot
+                tot += c
+        for i in range(m):
+            d = a[i] & np.uint32(2047)
+            b[cnt[0, d]] = a[i]
+            cnt[0, d] += 1
+        for i in range(m):
+            d = (b[i] >> np.uint32(11)) & np.uint32(2047)
+            a[cnt[1, d]] = b[i]
+            cnt[1, d] += 1
+        for i in range(m):
+            d = a[i] >> np.uint32(22)
+            b[cnt[2, d]] = a[i]
+            cnt[2, d] += 1
+        return b, nan
+
+    @njit(cache=True, parallel=True)
+    def _rank_rows(scores, pos_idx, neg_idx, metric_ap):  # pragma: no cover - compiled
+        n_rows = scores.shape[0]
+        npos = pos_idx.shape[0]
+        nneg = neg_idx.shape[0]
+        out = np.empty(n_rows, np.float64)
+        for r in prange(n_rows):
+            cnt = np.empty((3, 2048), np.int64)
+            ps, nan_p = _sorted_keys(scores[r], pos_idx, np.empty(npos, np.uint32), np.empty(npos, np.uint32), cnt)
+            ns, nan_n = _sorted_keys(scores[r], neg_idx, np.empty(nneg, np.uint32), np.empty(nneg, np.uint32), cnt)
+            if nan_p or nan_n:
+                out[r] = np.nan  # the caller scores NaN rows with its NumPy code
+                continue
+            j = 0  # negatives strictly below the current positive
+            jt = 0  # negatives below or tied
+            if metric_ap:
+                acc = 0.0
+                start = 0  # first positive of the current tie group
+                for i in range(npos):
+                    v = ps[i]
+                    if i == 0 or ps[i - 1] != v:
+                        start = i
+                    while j < nneg and ns[j] < v:
+                        j += 1
+                    tp = npos - start
+                    acc += tp / (tp + (nneg - j))
+                out[r] = acc / npos
+            else:
+                total2 = 0
+                for i in range(npos):
+                    v = ps[i]
+                    while j < nneg and ns[j] < v:
+                        j += 1
+                    if jt < j:
+                        jt = j
+                    while jt < nneg and ns[jt] == v:
+                        jt += 1
+                    total2 += 2 * j + (jt - j)
+                out[r] = total2 / (2.0 * npos * nneg)
+        return out
+
+    @njit(cache=True, inline="always")
+    def _asl_term(s, yi, gamma_pos, gamma_neg, clip, log_eps):  # pragma: no cover - compiled
+        """(loss, d loss / d logit) of one entry, as AsymmetricLoss computes them."""
+        # log sigmoid(s) and log sigmoid(-s), stable
+        if s >= 0:
+            e = math.exp(-s)
+            ls_pos = -math.log1p(e)
+            ls_neg = -s - math.log1p(e)
+            p = 1.0 / (1.0 + e)
+        else:
+            e = math.exp(s)
+            ls_pos = s - math.log1p(e)
+            ls_neg = -math.log1p(e)
+            p = e / (1.0 + e)
+        q = 1.0 - p
+        loss = 0.0
+        grad = 0.0
+        if yi != 0.0:
+            w_pos = 1.0 if gamma_pos == 0.0 else math.exp(gamma_pos * ls_neg)
+            if ls_pos >= log_eps:
+                loss -= yi * w_pos * ls_pos
+                grad -= yi * w_pos * q
+            else:
+                loss -= yi * w_pos * log_eps
+        if yi != 1.0:
+            yn = 1.0 - yi
+            p_m = p
+            if clip > 0.0:
+                p_m = p - clip
+                if p_m < 0.0:
+                    p_m = 0.0
+            if gamma_neg == 0.0:
+                w_neg = 1.0
+            elif p_m > 0.0:
+                w_neg = p_m ** gamma_neg
+            else:
+                w_neg = 0.0
+            if clip > 0.0:
+                t = q + clip
+                if t <= 1.0:
+                    lt = math.log(t)
+                    if lt >= log_eps:
+                        loss -= yn * w_neg * lt
+                        grad += yn * w_neg * q * p / t
+                    else:
+                        loss -= yn * w_neg * log_eps
+                # t > 1: log(min(t, 1)) = 0, no loss and no gradient
+            else:
+                if ls_neg >= log_eps:
+                    loss -= yn * w_neg * ls_neg
+                    grad += yn * w_neg * p
+                else:
+                    loss -= yn * w_neg * log_eps
+        return loss, grad
+
+    @njit(cache=True, parallel=True, fastmath=_FAST)
+    def _asl_grad(x, y, w, b, gamma_pos, gamma_neg, clip, log_eps, n_chunks):  # pragma: no cover - compiled
+        n, z = x.shape
+        part = np.zeros((n_chunks, z + 2), np.float64)
+        step = (n + n_chunks - 1) // n_chunks
+        for c in prange(n_chunks):
+            g = np.zeros(z, np.float32)
+            gb = 0.0
+            loss = 0.0
+            for i in range(c * step, min(n, (c + 1) * step)):
+                s = np.float32(0.0)
+                for j in range(z):
+                    s += x[i, j] * w[j]
+                s += b
+                li, di = _asl_term(np.float64(s), np.float64(y[i]), gamma_pos, gamma_neg, clip, log_eps)
+                loss += li
+                gb += di
+                d = np.float32(di)
+                for j in range(z):
+                    g[j] += d * x[i, j]
+            for j in range(z):
+                part[c, j] = g[j]
+            part[c, z] = gb
+            part[c, z + 1] = loss
+        return part.sum(axis=0)
+
+    @njit(cache=True, parallel=True, fastmath=_FAST)
+    def _asl_grad_shared(x, y, w, b, gamma_pos, gamma_neg, clip, log_eps, n_chunks):  # pragma: no cover
+        n, z = x.shape
+        k = w.shape[0]
+        part = np.zeros((n_chunks, k, z + 2), np.float64)
+        step = (n + n_chunks - 1) // n_chunks
+        for c in prange(n_chunks):
+            g = np.zeros((k, z), np.float32)
+            s = np.empty(k, np.float32)
+            d = np.empty(k, np.float32)
+            gb = np.zeros(k, np.float64)
+            loss = np.zeros(k, np.float64)
+            for i in range(c * step, min(n, (c + 1) * step)):
+                for r in range(k):
+                    acc = np.float32(0.0)
+                    for j in range(z):
+                        acc += x[i, j] * w[r, j]
+                    s[r] = acc + b[r]
+                for r in range(k):
+                    li, di = _asl_term(np.float64(s[r]), np.float64(y[i, r]), gamma_pos, gamma_neg, clip, log_eps)
+                    loss[r] += li
+                    gb[r] += di
+                    d[r] = np.float32(di)
+                for r in range(k):
+                    dr = d[r]
+                    for j in range(z):
+                        g[r, j] += dr * x[i, j]
+            for r in range(k):
+                for j in range(z):
+                    part[c, r, j] = g[r, j]
+                part[c, r, z] = gb[r]
+                part[c, r, z + 1] = loss[r]
+        return part.sum(axis=0)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+_PROCESS_THREADS = [_cores()]
+
+
+def default_threads() -> int:
+    """The threads CFT's fitness and fused passes use when told 0: the process's cores, or
+    what :func:`set_threads` set (CFT's worker processes set 1)."""
+    return int(numba.get_num_threads()) if AVAILABLE else _PROCESS_THREADS[0]
+
+
+def _threads() -> int:
+    return default_threads()
+
+
+def set_threads(n: int) -> None:
+    """Threads the kernels (and the NumPy fall-back) use from now on in this process."""
+    _PROCESS_THREADS[0] = max(1, int(n))
+    if AVAILABLE:
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _rank(scores: np.ndarray, pos_idx: np.ndarray, neg_idx: np.ndarray, ap: bool, threads: int) -> np.ndarray:
+    """float32 rows; a row holding NaN comes back NaN (callers rescore it their way)."""
+    s = np.ascontiguousarray(np.atleast_2d(scores), dtype=np.float32)
+    with _LOCK:
+        old = numba.get_num_threads()
+        if threads > 0:
+            numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS, s.shape[0])))
+        try:
+            return _rank_rows(s, np.ascontiguousarray(pos_idx, dtype=np.int64),
+                              np.ascontiguousarray(neg_idx, dtype=np.int64), ap)
+        finally:
+            numba.set_num_threads(old)
+
+
+def auc_rows(scores: np.ndarray, pos_idx: np.ndarray, neg_idx: np.ndarray, threads: int = 0) -> np.ndarray:
+    """Exact ROC AUC of each float32 row of ``scores`` (P x n) against the labels whose
+    positives are ``pos_idx`` and negatives ``neg_idx``; needs both classes. ``threads``:
+    0 = numba's thread count (all cores unless set lower)."""
+    return _rank(scores, pos_idx, neg_idx, False, threads)
+
+
+def ap_rows(scores: np.ndarray, pos_idx: np.ndarray, neg_idx: np.ndarray, threads: int = 0) -> np.ndarray:
+    """Average precision (scikit-learn's, ties one threshold) of each float32 row; needs a
+    positive."""
+    return _rank(scores, pos_idx, neg_idx, True, threads)
+
+
+def _chunks(n: int) -> int:
+    # a few chunks per thread balance the load; each chunk keeps its own gradient (Z floats)
+    return max(1, min(4 * _threads(), n // 256 or 1))
+
+
+def asl_grad(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, gamma_pos: float, gamma_neg: float,
+             clip: float, eps: float) -> tuple[np.ndarray, float, float]:
+    """Summed ASL over (x, y) of the row (w, b): (gradient w.r.t. w, w.r.t. b, loss); one
+    pass over ``x`` (n x Z float32, C-contiguous)."""
+    with _LOCK:
+        out = _asl_grad(x, np.asarray(y, np.float32), np.asarray(w, np.float32), np.float32(b), float(gamma_pos),
+                        float(gamma_neg), float(clip), math.log(eps), _chunks(x.shape[0]))
+    z = x.shape[1]
+    return out[:z], float(out[z]), float(out[z + 1])
+
+
+def asl_grad_shared(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray, gamma_pos: float,
+                    gamma_neg: float, clip: float, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`asl_grad` for K rows ``w`` (K x Z), ``b`` (K), labels ``y`` (n x K) on one
+    shared ``x``: (K x Z gradients, K bias gradients, K losses); one pass over ``x``."""
+    with _LOCK:
+        out = _asl_grad_shared(x, np.ascontiguousarray(y, np.float32), np.ascontiguousarray(w, np.float32),
+                               np.asarray(b, np.float32), float(gamma_pos), float(gamma_neg), float(clip),
+                               math.log(eps), _chunks(x.shape[0]))
+    z = x.shape[1]
+    return out[:, :z], out[:, z].copy(), out[:, z + 1].copy()

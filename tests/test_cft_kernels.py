@@ -1,0 +1,195 @@
+"""CFT's compiled fast paths against the plain code they replace (issue 13): the same values."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from cxrkit.cft import kernels
+from cxrkit.cft.bp import bp_preset, fit_row_bp, fused_asl_params
+from cxrkit.cft.fitness import BinaryScorer
+from cxrkit.cft.ga import GA_PRESETS, fit_row_ga
+from cxrkit.losses import build_loss
+
+pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba not installed")
+
+
+def _hard_rows(n, seed=0):
+    """Score rows with the cases a sort-based AUC can get wrong: ties across classes, all
+    equal, -0.0 next to +0.0, infinities, huge and tiny magnitudes, negative values."""
+    rng = np.random.default_rng(seed)
+    rows = [rng.standard_normal(n), np.round(rng.standard_normal(n), 1), np.full(n, 0.25),
+            np.round(rng.standard_normal(n) * 3), -np.abs(rng.standard_normal(n)) * 1e-30,
+            rng.standard_normal(n) * 1e30]
+    r = rng.standard_normal(n)
+    r[: n // 4] = 0.0
+    r[n // 4: n // 2] = -0.0
+    r[-3:] = [np.inf, -np.inf, np.inf]
+    rows.append(r)
+    return np.asarray(rows, dtype=np.float32)
+
+
+@pytest.mark.parametrize("metric", ["auc", "ap"])
+@pytest.mark.parametrize("n,p", [(2000, 0.3), (301, 0.05), (40, 0.5), (7, 0.7)])
+def test_compiled_rank_metrics_equal_numpy_and_sklearn(metric, n, p):
+    rng = np.random.default_rng(n)
+    y = (rng.random(n) < p).astype(int)
+    y[0], y[1] = 1, 0
+    s = _hard_rows(n)
+    fast = BinaryScorer(y, metric)(s)
+    plain = BinaryScorer(y, metric, compiled=False)(s)
+    np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-12)
+    ref = roc_auc_score if metric == "auc" else average_precision_score
+    finite = [i for i, r in enumerate(s) if np.isfinite(r).all()]
+    np.testing.assert_allclose(fast[finite], [ref(y, s[i]) for i in finite], atol=1e-12)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(BinaryScorer(y, metric, threads=threads)(s), fast)
+
+
+def test_rows_with_nan_are_scored_as_numpy_scores_them():
+    rng = np.random.default_rng(3)
+    y = (rng.random(500) < 0.4).astype(int)
+    s = rng.standard_normal((3, 500)).astype(np.float32)
+    s[1, ::7] = np.nan
+    for metric in ("auc", "ap"):
+        fast = BinaryScorer(y, metric)(s)
+        np.testing.assert_allclose(fast, BinaryScorer(y, metric, compiled=False)(s), atol=1e-12)
+        assert np.isfinite(fast).all()
+
+
+def test_float64_scores_keep_their_precision():
+    """The kernels are float32; float64 rows (differences below float32's resolution) go to NumPy."""
+    y = np.array([0, 1, 0, 1])
+    s = np.array([1.0, 1.0 + 1e-12, 1.0 + 2e-12, 1.0 + 3e-12])
+    assert BinaryScorer(y, "auc")(s)[0] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("params", [dict(gamma_pos=0.0, gamma_neg=0.0, clip=0.0),
+                                    dict(gamma_pos=0.0, gamma_neg=4.0, clip=0.05),
+                                    dict(gamma_pos=1.0, gamma_neg=2.5, clip=0.1, eps=1e-4)])
+def test_fused_asl_gradient_equals_autograd(params):
+    rng = np.random.default_rng(0)
+    n, z = 1500, 48
+    x = rng.standard_normal((n, z)).astype(np.float32) * 3  # large logits reach the eps / clip clamps
+    y = (rng.random(n) < 0.3).astype(np.float32)
+    y[:10] = 0.25  # soft labels weigh both terms
+    w = (rng.standard_normal(z) * 0.5).astype(np.float32)
+    loss = build_loss("asl", **params)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = torch.tensor(0.3, requires_grad=True)
+    total = loss((torch.from_numpy(x) @ wt + bt)[:, None], torch.from_numpy(y)[:, None])
+    total.backward()
+    g, gb, value = kernels.asl_grad(x, y, w, 0.3, params["gamma_pos"], params["gamma_neg"], params["clip"],
+                                    params.get("eps", 1e-8))
+    np.testing.assert_allclose(g, wt.grad.numpy(), rtol=1e-4, atol=1e-3)
+    assert gb == pytest.approx(float(bt.grad), rel=1e-5, abs=1e-3)
+    assert value == pytest.approx(float(total.detach()), rel=1e-5)
+    # K rows on one shared matrix: the same numbers as one row at a time
+    W = np.stack([w, -0.5 * w, np.zeros(z, np.float32)])
+    B = np.array([0.3, -1.0, 0.0], np.float32)
+    Y = np.stack([y, 1 - y, y], axis=1)
+    G, GB, L = kernels.asl_grad_shared(x, Y, W, B, params["gamma_pos"], params["gamma_neg"], params["clip"],
+                                       params.get("eps", 1e-8))
+    for r in range(3):
+        g1, gb1, l1 = kernels.asl_grad(x, Y[:, r].copy(), W[r], float(B[r]), params["gamma_pos"],
+                                       params["gamma_neg"], params["clip"], params.get("eps", 1e-8))
+        np.testing.assert_allclose(G[r], g1, rtol=1e-6, atol=1e-6)
+        assert GB[r] == pytest.approx(gb1, rel=1e-6, abs=1e-6)
+        assert L[r] == pytest.approx(l1, rel=1e-9)
+
+
+def _problem(n=2500, z=64, seed=1):
+    rng = np.random.default_rng(seed)
+    wt = rng.standard_normal(z).astype(np.float32) * 0.1
+    x = rng.standard_normal((n, z), dtype=np.float32)
+    y = ((x @ wt + rng.standard_normal(n) * 2) > 1).astype(int)
+    xv = rng.standard_normal((500, z), dtype=np.float32)
+    yv = ((xv @ wt + rng.standard_normal(500) * 2) > 1).astype(int)
+    return x, y, xv, yv, wt + rng.standard_normal(z).astype(np.float32) * 0.1
+
+
+@pytest.mark.parametrize("preset,extra", [("chexpert", {}), ("coco", {}),
+                                          ("coco", {"loss_params": {"gamma_neg": 2.0, "clip": 0.05,
+                                                                    "reduction": "mean"}, "weight_decay": 1e-3,
+                                                    "eval_every": 3})])
+def test_fused_bp_equals_autograd_loop(preset, extra):
+    """The issue's bar: the same best epoch and the row within 1e-5 of the autograd loop."""
+    x, y, xv, yv, w0 = _problem()
+    cfg = bp_preset("bp-asl", preset).with_overrides(epochs=150, patience=None, metric="auc", lr=1e-3, **extra)
+    assert fused_asl_params(cfg) is not None
+    plain = fit_row_bp(x, y, xv, yv, w0, 0.05, cfg.with_overrides(fused=False))
+    fast = fit_row_bp(x, y, xv, yv, w0, 0.05, cfg)
+    assert fast.stats.get("fused") and not plain.stats.get("fused")
+    assert plain.improved and fast.best_step == plain.best_step
+    assert fast.val_after == plain.val_after
+    np.testing.assert_allclose(fast.w, plain.w, atol=1e-5, rtol=0)
+    assert fast.b == pytest.approx(plain.b, abs=1e-5)
+    np.testing.assert_allclose(fast.curves["train_loss"], plain.curves["train_loss"], rtol=1e-5)
+
+
+def test_fused_path_only_where_it_applies():
+    assert fused_asl_params(bp_preset("bp-wmw", "chexpert")) is None
+    assert fused_asl_params(bp_preset("bp-aucm", "chexpert")) is None
+    assert fused_asl_params(bp_preset("bp-asl", "coco").with_overrides(batch_size=64)) is None
+    assert fused_asl_params(bp_preset("bp-asl", "coco").with_overrides(fused=False)) is None
+    cfg = bp_preset("bp-asl", "coco").with_overrides(loss_params={"detach_focal_weight": False})
+    assert fused_asl_params(cfg) is None
+
+
+def test_ga_fitness_values_equal_with_and_without_kernels():
+    """For a fixed seed the GA visits the same solutions with the same fitness (1e-6) either way."""
+    x, y, xv, yv, w0 = _problem(n=1200, z=24)
+    code = ("import sys, json, numpy as np; sys.path.insert(0, {root!r});"
+            "from cxrkit.cft.ga import GA_PRESETS, fit_row_ga; from cxrkit.cft import kernels;"
+            "d = np.load({f!r}); cfg = GA_PRESETS['coco'].with_overrides(generations=40, patience=None, metric='ap');"
+            "r = fit_row_ga(d['x'], d['y'], d['xv'], d['yv'], d['w0'], 0.0, cfg);"
+            "print(json.dumps({{'k': kernels.AVAILABLE, 'train': r.curves['train'], 'val': r.curves['val'],"
+            "'w': r.w.tolist()}}))")
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        f = os.path.join(d, "p.npz")
+        np.savez(f, x=x, y=y, xv=xv, yv=yv, w0=w0)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        runs = []
+        for off in ("0", "1"):
+            env = dict(os.environ, CXRKIT_NO_NUMBA=off)
+            out = subprocess.run([sys.executable, "-c", code.format(root=root, f=f)], env=env, capture_output=True,
+                                 text=True, check=True, timeout=300)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    fast, plain = runs
+    assert fast["k"] is True and plain["k"] is False
+    np.testing.assert_allclose(fast["train"], plain["train"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(fast["val"], plain["val"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(fast["w"], plain["w"], atol=1e-6, rtol=0)
+    assert len(fast["train"]) == 40
+
+
+def test_ga_runs_in_forked_workers_after_the_parent_used_the_kernels():
+    """CFT --workers forks after the parent ran a parallel kernel: GNU OpenMP would abort."""
+    code = ("import numpy as np, multiprocessing as mp;"
+            "from cxrkit.cft import kernels;"
+            "rng = np.random.default_rng(0); y = (rng.random(4000) < .3).astype(int);"
+            "s = rng.standard_normal((6, 4000)).astype(np.float32);"
+            "p, n = np.flatnonzero(y), np.flatnonzero(1 - y); ref = kernels.auc_rows(s, p, n);\n"
+            "def f(i):\n    kernels.set_threads(1); return float(kernels.auc_rows(s, p, n)[i])\n"
+            "if __name__ == '__main__':\n"
+            "    with mp.get_context('fork').Pool(2) as pool: got = pool.map(f, range(6))\n"
+            "    assert np.allclose(got, ref, atol=0); print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_ga_preset_uses_the_kernels_by_default():
+    x, y, xv, yv, w0 = _problem(n=600, z=16)
+    cfg = GA_PRESETS["chexpert"].with_overrides(generations=5, patience=None)
+    assert cfg.threads == 0
+    r = fit_row_ga(x, y, xv, yv, w0, 0.0, cfg)
+    assert r.steps == 5 and len(r.curves["train"]) == 5
