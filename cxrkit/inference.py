@@ -25,17 +25,77 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast on CUDA (when supported, else float16); no-op on CPU."""
-    if device.type != "cuda" or not enabled:
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    """Hardware bfloat16 matrix units: AMX-BF16 (Sapphire Rapids on) or AVX-512 BF16."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def cpu_has_int8() -> bool:
+    """Hardware int8 dot products: AMX-INT8, AVX-512 VNNI or AVX-VNNI."""
+    return bool({"amx_int8", "avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
+def resolve_precision(requested: str | bool, device: torch.device) -> tuple[str, str]:
+    """(precision, why) for training / evaluation on ``device``. ``auto``: bf16 autocast on a
+    CPU with bf16 units (else fp32: emulated bf16 is slower than fp32), bf16 on CUDA where
+    supported, else fp16 with a gradient scaler. ``True`` / ``False`` are the old ``amp``
+    switch (auto / fp32)."""
+    if requested is True:
+        requested = "auto"
+    if requested is False or requested == "fp32":
+        return "fp32", "asked for"
+    if requested not in PRECISIONS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)} (got {requested!r})")
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return ("bf16", "CUDA with bf16") if bf16 else ("fp16", "CUDA without bf16: fp16 with loss scaling")
+        return str(requested), "asked for"
+    if device.type != "cpu":
+        return "fp32", f"{device.type}: mixed precision not used"
+    if requested == "fp16":
+        from .errors import ConfigError
+
+        raise ConfigError("precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+    if requested == "bf16":
+        return "bf16", "asked for" + ("" if cpu_has_bf16() else " (this CPU has no bf16 units: emulated, slow)")
+    if cpu_has_bf16():
+        return "bf16", "CPU with AMX / AVX-512 BF16"
+    return "fp32", "this CPU has no AMX / AVX-512 BF16 units, so bf16 would be slower than fp32"
+
+
+def autocast(device: torch.device, precision: str | bool = True) -> contextlib.AbstractContextManager[Any]:
+    """Autocast for a resolved precision (``bf16`` / ``fp16``; ``fp32`` = none). A bool is
+    the old switch: True = bf16 / fp16 on CUDA, nothing on the CPU."""
+    if isinstance(precision, bool):
+        if device.type != "cuda" or not precision:
+            return contextlib.nullcontext()
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision not in ("bf16", "fp16") or device.type not in ("cuda", "cpu"):
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @torch.no_grad()
 def run_batches(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple[torch.Tensor, Any]],
-                device: torch.device, views: Sequence[TTAView] | None = None, amp: bool = True,
+                device: torch.device, views: Sequence[TTAView] | None = None, amp: bool | str = True,
                 description: str = "", total: int | None = None, show_progress: bool = True
                 ) -> tuple[np.ndarray, list[Any]]:
     """Apply ``fn`` (images -> N x K outputs) to every batch, optionally averaging over TTA

@@ -193,3 +193,21 @@ def test_ga_preset_uses_the_kernels_by_default():
     assert cfg.threads == 0
     r = fit_row_ga(x, y, xv, yv, w0, 0.0, cfg)
     assert r.steps == 5 and len(r.curves["train"]) == 5
+
+
+@pytest.mark.parametrize("preset", ["chexpert", "coco"])
+def test_fast_pygad_fitness_lookup_gives_pygads_results(preset, monkeypatch):
+    """The bytes-keyed cal_pop_fitness reuses exactly the fitness PyGAD's own would."""
+    import cxrkit.cft.ga as ga_mod
+
+    x, y, xv, yv, w0 = _problem(n=800, z=20)
+    cfg = GA_PRESETS[preset].with_overrides(generations=30, patience=None)
+    fast = fit_row_ga(x, y, xv, yv, w0, 0.0, cfg)
+    import pygad
+
+    monkeypatch.setattr(ga_mod, "_ga_class", lambda: pygad.GA)
+    plain = fit_row_ga(x, y, xv, yv, w0, 0.0, cfg)
+    assert fast.curves["train"] == plain.curves["train"]
+    assert fast.curves["val"] == plain.curves["val"]
+    np.testing.assert_array_equal(fast.w, plain.w)
+    assert fast.stats == plain.stats  # the same solutions reached the fitness function

@@ -184,3 +184,41 @@ def test_classes_without_validation_labels_do_not_break_training(demo_data, tmp_
     res = fit(cfg, tmp_path / "run", show_progress=False)
     assert res.completed and (tmp_path / "run" / "plots" / "roc.png").is_file()
     assert res.best_metrics["per_class_auc"]["Never Labelled"] is None
+
+
+def test_precision_resolution(monkeypatch):
+    from cxrkit import inference
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    assert inference.resolve_precision("auto", cpu)[0] == "fp32"
+    assert "no AMX" in inference.resolve_precision("auto", cpu)[1]
+    assert inference.resolve_precision(True, cpu)[0] == "fp32"
+    assert inference.resolve_precision("bf16", cpu) == ("bf16", "asked for (this CPU has no bf16 units: emulated, slow)")
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_int8", "amx_tile"})
+    assert inference.resolve_precision("auto", cpu)[0] == "bf16" and inference.cpu_has_int8()
+    assert inference.resolve_precision(False, cpu)[0] == "fp32"
+    with pytest.raises(ConfigError, match="CUDA"):
+        inference.resolve_precision("fp16", cpu)
+    with pytest.raises(ConfigError, match="precision"):
+        inference.resolve_precision("int4", cpu)
+
+
+def test_bf16_channels_last_training_on_cpu(demo_data, tmp_path):
+    """bf16 autocast + channels-last on the CPU trains, saves contiguous weights that load and
+    predict in fp32 (the saved model does not depend on how it was trained)."""
+    from cxrkit.artifact import load_model
+
+    cfg = tiny_config(demo_data, **{"train.precision": "bf16", "train.channels_last": True, "train.epochs": 1})
+    res = fit(cfg, tmp_path / "run", show_progress=False)
+    assert res.completed
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "precision bf16 on cpu" in log and "channels_last=True" in log
+    m = load_model(tmp_path / "run" / "model")
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        p = torch.sigmoid(m.model(x))
+    assert p.dtype == torch.float32 and torch.isfinite(p).all()
+    assert json.loads((tmp_path / "run" / "model" / "model.json").read_text())["train_config"]["train"]["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="train.precision"):
+        tiny_config(demo_data, **{"train.precision": "half"}).validate()

@@ -86,7 +86,10 @@ class RunConfig:
     eval_batch_size: int | None = None
     grad_clip: float | None = None
     ema: float | None = None  # EMA decay of the weights, e.g. 0.9997; None = off
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True  # false = fp32 everywhere (the older switch; precision says more)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16: auto = bf16 on CPUs with AMX / AVX-512 BF16 (else fp32),
+    #                          bf16 on CUDA where supported, else fp16 with loss scaling
+    channels_last: bool | None = None  # channels-last memory format; None = on where bf16 / fp16 is used
     monitor: str = "mAUC"  # validation metric for best-checkpoint selection: mAUC, mAP, loss
     monitor_subset: str | None = None  # e.g. "competition": mean over that subset of classes
     patience: int | None = None  # early stop after this many epochs without improvement
@@ -137,6 +140,10 @@ class TrainConfig:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
         if self.train.threshold_method not in ("f1", "youden"):
             raise ConfigError("train.threshold_method must be 'f1' or 'youden'")
+        from ..inference import PRECISIONS
+
+        if self.train.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)} (got {self.train.precision!r})")
         if self.train.monitor not in ("mAUC", "mAP", "loss"):
             raise ConfigError("train.monitor must be mAUC, mAP or loss")
         if self.optim.name not in ("adam", "adamw", "sgd"):

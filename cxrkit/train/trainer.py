@@ -35,7 +35,7 @@ from ..data.dataset import EpochSampler, ImageDataset, ImageSet, load_images, sa
 from ..data.preprocess import Preprocessing
 from ..data.tables import LabelTable, load_table, resolve_image_paths, summarize as summarize_table
 from ..errors import ConfigError, CxrkitError
-from ..inference import autocast, resolve_device, run_batches
+from ..inference import autocast, resolve_device, resolve_precision, run_batches
 from ..labels import UncertaintyPolicy, apply_uncertainty, subsets_for
 from ..losses import build_loss
 from ..metrics import best_thresholds, summarize as summarize_metrics
@@ -406,8 +406,17 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             net = DDP(model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None)
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp
-                                      and not torch.cuda.is_bf16_supported())
+        precision, why = resolve_precision(cfg.train.precision if cfg.train.amp else "fp32", device)
+        channels_last = cfg.train.channels_last
+        if channels_last is None:
+            channels_last = precision != "fp32"
+        if main:
+            say(f"precision {precision} on {device.type} ({why}){', channels-last' if channels_last else ''}")
+            log.info("precision %s on %s (%s), channels_last=%s", precision, device.type, why, channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "fp16")
         subsets = subsets_for(list(classes), cfg.label_space)
         epochs_this_run = 0
         for epoch in range(int(state["epoch"]), cfg.train.epochs):
@@ -425,9 +434,9 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                 lr = lr_at(step, total_steps, cfg.optim.lr, cfg.schedule, steps_per_epoch)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                x = x.to(device, non_blocking=True)
+                x = x.to(device, non_blocking=True, memory_format=fmt)
                 y = targets[idx].to(device, non_blocking=True)
-                with autocast(device, cfg.train.amp):
+                with autocast(device, precision):
                     logits = net(x)
                 # architectures with several heads (ML-VPT) train each head on the loss (seed 001 eq. 17)
                 heads = getattr(model, "last_logits", None) or (logits,)
@@ -454,7 +463,7 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
             # validation on the EMA weights when EMA is on
             eval_model = ema.module if ema is not None else model
             eval_model.eval()
-            logits_v, keys = run_batches(eval_model, valid_loader, device, amp=cfg.train.amp, show_progress=False)
+            logits_v, keys = run_batches(eval_model, valid_loader, device, amp=precision, show_progress=False)
             idx_v = np.concatenate([np.asarray(k) for k in keys]) if keys else np.zeros(0, dtype=np.int64)
             logits_all = gather_rows(torch.from_numpy(logits_v), dist_info).numpy()
             idx_all = gather_rows(torch.from_numpy(idx_v), dist_info).numpy()
@@ -464,7 +473,7 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
             if strategy is not None and strategy.needs_train_predictions:
                 plain = ImageDataset(train.images, train.rows, pre, None)
                 t_logits, t_keys = run_batches(eval_model, DataLoader(plain, batch_size=eval_bs, num_workers=workers),
-                                               device, amp=cfg.train.amp, show_progress=False)
+                                               device, amp=precision, show_progress=False)
                 partial_info = strategy.update(t_logits, epoch)
                 log.info("epoch %d pseudo-labels: %s", epoch + 1, partial_info)
             stop = False
