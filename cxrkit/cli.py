@@ -304,7 +304,8 @@ def evaluate(
     tta: Annotated[Optional[str], typer.Option("--tta", help="Test-time augmentation: none, flip, seed000, seed000+flip.")] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="Score per study: max, mean or view-weighted.")] = None,
     lateral_weight: Annotated[float, typer.Option("--lateral-weight", help="view-weighted: weight of lateral views.")] = 0.5,
-    engine: Annotated[str, typer.Option("--engine", help="torch or onnx (onnxruntime on the CPU).")] = "torch",
+    engine: Annotated[str, typer.Option("--engine", help="auto (onnx when the model has an up-to-date ONNX export, else torch), torch, or onnx (onnxruntime; exported on first use).")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (int8 / bf16 only on CPUs with VNNI / AMX units), fp32, int8 (onnx, after export --int8) or bf16 (torch).")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass (evaluation: 32, twice predict's 16, since no decoded batch is kept).")] = 32,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
@@ -323,7 +324,7 @@ def evaluate(
     from .utils import write_json
 
     corruptions = [parse_corruption(c, corrupt_seed) for c in corrupt or []]  # checked before any work
-    pred = load_predictor(model, engine=engine, device=_device(device))
+    pred = load_predictor(model, engine=engine, device=_device(device), precision=precision)
     summary = evaluate_table(pred, table, images_root=images_root, format=format, split=split, batch_size=batch_size,
                              workers=workers, tta=tta, uncertain=uncertain, study=study, lateral_weight=lateral_weight,
                              corruptions=corruptions)
@@ -375,7 +376,8 @@ def predict(
     study: Annotated[Optional[str], typer.Option("--study", help="Also write <out>.studies.csv: one row per study, max, mean or view-weighted.")] = None,
     lateral_weight: Annotated[float, typer.Option("--lateral-weight", help="view-weighted: weight of lateral views.")] = 0.5,
     study_key: Annotated[str, typer.Option("--study-key", help="Files without study information (no DICOM StudyInstanceUID, no table study column): auto = each file is its own study; folder = the files of a folder are one study.")] = "auto",
-    engine: Annotated[str, typer.Option("--engine", help="torch, or onnx (onnxruntime; exported on first use).")] = "torch",
+    engine: Annotated[str, typer.Option("--engine", help="auto (onnx when the model has an up-to-date ONNX export, else torch), torch, or onnx (onnxruntime; exported on first use).")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="auto (int8 / bf16 only on CPUs with VNNI / AMX units), fp32, int8 (onnx, after export --int8) or bf16 (torch).")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue: skip inputs already in the output or failures file.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     shard: Annotated[Optional[str], typer.Option("--shard", help="i/n: only the inputs whose key hashes to i (split work across machines; the key is the path relative to the input folder, so mount points may differ).")] = None,
@@ -418,7 +420,7 @@ def predict(
     filt = DicomFilter(modalities=_csv_list(modalities, DicomFilter.modalities),
                        body_parts=_csv_list(body_parts, DicomFilter.body_parts),
                        views=_csv_list(views, DicomFilter.views), require_view=require_view, enabled=not no_filter)
-    pred = load_predictor(model, engine=engine, device=_device(device))
+    pred = load_predictor(model, engine=engine, device=_device(device), precision=precision)
 
     def stopped() -> str:
         n = 0
@@ -487,14 +489,22 @@ def export(
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (model.onnx next to the weights).")] = False,
     deploy: Annotated[Optional[Path], typer.Option("--deploy", help="Also write a lean copy (JSON + ONNX, no PyTorch weights) here, e.g. for a container.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder that another command (or you) wrote.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx: static int8 quantisation calibrated on validation films (fast on CPUs with VNNI / AMX).")] = False,
+    calibration: Annotated[Optional[Path], typer.Option("--calibration", help="--int8: table of calibration films (default: the model's own validation table).")] = None,
+    calibration_split: Annotated[Optional[str], typer.Option("--calibration-split", help="--int8: only this split of the calibration table.")] = None,
+    calibration_images: Annotated[int, typer.Option("--calibration-images", min=1, help="--int8: films used for calibration (a seeded sample).")] = 128,
+    calibration_method: Annotated[str, typer.Option("--calibration-method", help="--int8: percentile (99.999th), minmax or entropy.")] = "percentile",
+    images_root: Annotated[Optional[Path], typer.Option("--images-root", help="--int8: folder the calibration table's paths are relative to.")] = None,
 ) -> None:
     """Export a model or every member of an ensemble to ONNX for onnxruntime on the CPU.
 
     Example: cxrkit export runs/ens --onnx --deploy challenge/build/model"""
-    from .export import deployment_copy, export_model
+    from .export import deployment_copy, export_int8, export_model
 
     if not onnx:
         raise CxrkitError("say which format to export: --onnx")
+    if calibration_method not in ("percentile", "minmax", "entropy"):
+        raise CxrkitError(f"--calibration-method must be percentile, minmax or entropy (got {calibration_method!r})")
     if deploy:  # refuse a bad target before any work
         from .runtime import read_spec
         from .utils import check_output_dir
@@ -504,6 +514,14 @@ def export(
     res = export_model(model)
     for f, d in zip(res["files"], res["max_abs_diff"]):
         console.print(f"wrote {f} (max |onnxruntime - torch| = {d:.2e})" if d is not None else f"wrote {f}")
+    if int8:
+        q = export_int8(model, calibration, calibration_split, images_root, calibration_images, calibration_method)
+        from .export import INT8_TOLERANCE
+
+        for f, d, c in zip(q["files"], q["max_prob_diff"], q["calibration"]):
+            note = "" if d <= INT8_TOLERANCE else f"; above {INT8_TOLERANCE}, so --precision auto keeps fp32"
+            console.print(f"wrote {f} (calibrated on {c['images']} films of {c['table']}; "
+                          f"max |int8 - fp32| probability on them = {d:.4f}{note})")
     if deploy:
         deployment_copy(model, deploy, overwrite=overwrite)
         console.print(f"wrote deployment copy to {deploy}")

@@ -38,10 +38,16 @@ FORMAT = "cxrkit-ensemble"
 class TorchPredictor(Predictor):
     """Members loaded as PyTorch models (CPU or GPU)."""
 
-    def __init__(self, spec: ModelSpec, device: str | torch.device = "cpu") -> None:
+    def __init__(self, spec: ModelSpec, device: str | torch.device = "cpu", precision: str = "auto") -> None:
         super().__init__(spec)
         self.device = torch.device(device)
         self.models: list[LoadedModel] = [load_model(m.path, device=self.device) for m in spec.members]
+        from .inference import resolve_precision
+
+        if precision == "int8":
+            raise CxrkitError("int8 runs on the ONNX engine: --engine onnx (after cxrkit export MODEL --onnx --int8)")
+        # auto: fp16 / bf16 autocast on CUDA as before; bf16 on CPUs with bf16 units, else fp32
+        self.precision = resolve_precision(precision, self.device)[0]
 
     @torch.no_grad()
     def member_probs(self, i: int, x: Any, views: Sequence[TTAView]) -> np.ndarray:
@@ -51,25 +57,51 @@ class TorchPredictor(Predictor):
             x = apply_tta(x, views)
         from .inference import autocast
 
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             p = torch.sigmoid(self.models[i].model(x).float())
         if len(views) > 1:
             p = p.view(len(views), b, -1).mean(0)
         return p.cpu().numpy()
 
 
-def load_predictor(path: str | Path, engine: str = "torch", device: str | torch.device = "cpu",
-                   threads: int | None = None) -> Predictor:
-    """A model or ensemble folder as a predictor: ``engine`` torch or onnx."""
-    spec = read_spec(path)
-    if engine == "torch":
-        return TorchPredictor(spec, device)
-    if engine == "onnx":
-        from .export import ensure_onnx
+ENGINES = ("auto", "torch", "onnx")
 
-        ensure_onnx(spec)
-        return OnnxPredictor(read_spec(path), threads=threads)
-    raise CxrkitError(f"engine must be torch or onnx, got {engine!r}")
+
+def choose_engine(spec: ModelSpec, device: str | torch.device = "cpu") -> str:
+    """``auto``: onnxruntime on the CPU when every member has an up-to-date ONNX export (a
+    deployment folder, or after ``cxrkit export --onnx``) and onnxruntime is installed
+    (1.3x PyTorch eager here, docs/results.md), else PyTorch. Nothing is exported implicitly."""
+    if torch.device(device).type != "cpu":
+        return "torch"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    from .export import is_fresh
+
+    return "onnx" if all(is_fresh(m) for m in spec.members) else "torch"
+
+
+def load_predictor(path: str | Path, engine: str = "torch", device: str | torch.device = "cpu",
+                   threads: int | None = None, precision: str = "auto") -> Predictor:
+    """A model or ensemble folder as a predictor: ``engine`` torch, onnx (exported on first
+    use) or auto (:func:`choose_engine`); ``precision`` auto / fp32 / bf16 (torch) / int8
+    (onnx, after ``export --int8``); auto picks int8 / bf16 only where the CPU has the units."""
+    spec = read_spec(path)
+    if engine not in ENGINES:
+        raise CxrkitError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        engine = choose_engine(spec, device)
+        if engine == "torch" and precision == "int8":
+            raise CxrkitError("int8 needs the ONNX engine: run cxrkit export MODEL --onnx --int8 first")
+    if engine == "torch":
+        return TorchPredictor(spec, device, precision=precision)
+    from .export import ensure_onnx
+
+    if precision == "bf16":
+        raise CxrkitError("bf16 runs on the torch engine (--engine torch); ONNX runs fp32 or int8")
+    ensure_onnx(spec)
+    return OnnxPredictor(read_spec(path), threads=threads, precision=precision)
 
 
 def _slug(name: str) -> str:

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from .errors import ArtifactError, CxrkitError
-from .runtime import MODEL_FILE, ONNX_FILE, MemberSpec, ModelSpec, onnx_location, read_spec
+from .runtime import INT8_FILE, MODEL_FILE, ONNX_FILE, MemberSpec, ModelSpec, onnx_location, read_spec
 from .utils import atomic_write
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
 TOLERANCE = 1e-4
+INT8_TOLERANCE = 0.02  # largest |int8 - fp32| probability on the calibration films for auto to use int8
 
 
 def _sidecar(onnx_file: Path) -> Path:
@@ -119,6 +120,186 @@ def export_model(path: str | Path, force: bool = True) -> dict[str, Any]:
     return {"model": str(spec.path), "files": [str(f) for f in files], "max_abs_diff": diffs}
 
 
+# ---------------------------------------------------------------------------------------
+# int8: static quantisation with onnxruntime, calibrated on the model's own validation films
+# ---------------------------------------------------------------------------------------
+
+
+def int8_location(member: MemberSpec) -> Path:
+    """Where a member's int8 ONNX file is: next to its fp32 ONNX file."""
+    from .runtime import int8_location as loc
+
+    return loc(member)
+
+
+def calibration_files(member: MemberSpec, table: str | Path | None = None, split: str | None = None,
+                      images_root: str | Path | None = None, n: int = 128, seed: int = 0) -> tuple[list[Path], dict]:
+    """Up to ``n`` readable image paths for calibration (a seeded sample, in table order) and
+    a description of where they came from. Default source: the validation table the model
+    was trained with (its ``train_config``), relative paths resolved from the current folder."""
+    from .data.tables import load_table
+    from .predict import table_items
+    from .train.trainer import select_split
+
+    source = "given"
+    if table is None:
+        valid = ((member.meta.get("train_config") or {}).get("data") or {}).get("valid") or {}
+        table, split = valid.get("table"), split or valid.get("split")
+        images_root = images_root or valid.get("images_root")
+        source = "the model's validation table"
+        if not table or not Path(table).is_file():
+            raise CxrkitError(f"{member.path}: its validation table ({table or 'none recorded'}) is not here; "
+                              "give the calibration films with --calibration TABLE")
+    t = load_table(table)
+    if split:
+        t = select_split(t, split)
+    items = table_items(t, images_root, [])
+    if not items:
+        raise CxrkitError(f"{table}: none of its images were found for calibration (use --images-root)")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(items), size=min(n, len(items)), replace=False))
+    files = [Path(items[i].path) for i in pick]
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(str(items[i].id) for i in pick).encode()).hexdigest()
+    return files, {"table": str(table), "split": split, "source": source, "images": len(files),
+                   "ids_sha256": digest, "seed": seed}
+
+
+def _calibration_batches(files: list[Path], member: MemberSpec, batch: int = 16) -> tuple[list[np.ndarray], int]:
+    """Model inputs of the calibration films, prepared exactly as ``predict`` prepares them."""
+    from .runtime import prepare_file
+
+    out, buf, failed = [], [], 0
+    for i, f in enumerate(files):
+        p = prepare_file(i, f, [member.preprocessing])
+        if p.arrays is None:
+            failed += 1
+            continue
+        buf.append(p.arrays[0])
+        if len(buf) == batch:
+            out.append(np.stack(buf).astype(np.float32))
+            buf = []
+    if buf:
+        out.append(np.stack(buf).astype(np.float32))
+    if not out:
+        raise CxrkitError("none of the calibration films could be read")
+    return out, failed
+
+
+def export_member_int8(member: MemberSpec, files: list[Path], source: dict[str, Any],
+                       method: str = "percentile") -> Path:
+    """Statically quantise a member's ONNX model (QDQ, int8 weights per channel, uint8
+    activations) with activation ranges calibrated on ``files``; writes ``model.int8.onnx``
+    and its sidecar (the calibration source, the ranges, and the largest probability
+    difference to fp32 on the calibration films)."""
+    import tempfile
+
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise CxrkitError("int8 export needs onnx and onnxruntime (pip install cxrkit[onnx])") from None
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise CxrkitError(f"calibration method must be one of {', '.join(methods)} (got {method!r})")
+    fp32 = onnx_location(member)
+    # one film per calibration step: onnxruntime's histogram calibrators stack the steps'
+    # tensors and need them all the same shape
+    batches, failed = _calibration_batches(files, member, batch=1)
+    name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            b = next(self.it, None)
+            return None if b is None else {name: b}
+
+    import contextlib
+    import io
+
+    target = int8_location(member)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))  # the quantiser logs a warning per tensor and prints its settings
+    with tempfile.TemporaryDirectory() as td, atomic_write(target) as tmp_path, \
+            contextlib.redirect_stdout(io.StringIO()):
+        pre = Path(td) / "pre.onnx"
+        try:
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        except Exception as e:  # the optimiser cannot handle every graph: quantise the plain one
+            log.info("ONNX pre-processing failed (%s); quantising the exported graph", e)
+            pre = fp32
+        extra = {"CalibPercentile": 99.999} if method == "percentile" else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(str(pre), str(tmp_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method], extra_options=extra)
+        diff = _int8_check(str(tmp_path), str(fp32), [np.concatenate(batches[i:i + 16])
+                                                        for i in range(0, len(batches), 16)], name)
+    root.setLevel(level)
+    accurate = diff <= INT8_TOLERANCE
+    if not accurate:
+        log.warning("%s: int8 probabilities differ from fp32 by up to %.3f on the calibration films (> %.2f): "
+                    "this model does not survive post-training quantisation; --precision auto will not use it",
+                    member.path, diff, INT8_TOLERANCE)
+    _sidecar(target).write_text(json.dumps({"accurate": accurate, "tolerance": INT8_TOLERANCE,
+        "weights_sha256": member.meta.get("weights_sha256"), "fp32_onnx": fp32.name, "format": "QDQ",
+        "weights": "int8 per channel", "activations": "uint8 per tensor", "calibration": dict(
+            source, method=method, unreadable=failed), "max_prob_diff_calibration": diff,
+        "onnxruntime": ort.__version__}, indent=1))
+    return target
+
+
+def _int8_check(int8: str, fp32: str, batches: list[np.ndarray], name: str) -> float:
+    import onnxruntime as ort
+
+    a = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(int8, providers=["CPUExecutionProvider"])
+    diff = 0.0
+    for x in batches:
+        pa = 1 / (1 + np.exp(-a.run(None, {name: x})[0].astype(np.float64)))
+        pb = 1 / (1 + np.exp(-b.run(None, {name: x})[0].astype(np.float64)))
+        diff = max(diff, float(np.abs(pa - pb).max()))
+    return diff
+
+
+def export_int8(path: str | Path, table: str | Path | None = None, split: str | None = None,
+                images_root: str | Path | None = None, n: int = 128, method: str = "percentile") -> dict[str, Any]:
+    """``cxrkit export MODEL --onnx --int8``: fp32 ONNX (when missing) then an int8 copy per member."""
+    spec = read_spec(path)
+    ensure_onnx(spec)
+    spec = read_spec(path)
+    files, diffs, cal = [], [], []
+    for m in spec.members:
+        src, info = calibration_files(m, table, split, images_root, n)
+        f = export_member_int8(m, src, info, method)
+        files.append(str(f))
+        side = json.loads(_sidecar(f).read_text())
+        diffs.append(side["max_prob_diff_calibration"])
+        cal.append(side["calibration"])
+    return {"model": str(spec.path), "files": files, "max_prob_diff": diffs, "calibration": cal}
+
+
+def int8_is_fresh(member: MemberSpec) -> bool:
+    f = int8_location(member)
+    if not f.is_file():
+        return False
+    if not (member.path / "model.safetensors").is_file():
+        return True
+    try:
+        side = json.loads(_sidecar(f).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return side.get("weights_sha256") == member.meta.get("weights_sha256")
+
+
 def deployment_copy(path: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """A lean copy for containers: every ``model.json`` / ``ensemble.json`` and ``model.onnx``
     (no PyTorch weights), exported first when needed. Written in a staging folder and swapped
@@ -139,5 +320,8 @@ def deployment_copy(path: str | Path, out: str | Path, overwrite: bool = False) 
             dst.mkdir(parents=True, exist_ok=True)
             shutil.copy2(m.path / MODEL_FILE, dst / MODEL_FILE)
             shutil.copy2(onnx_location(m), dst / ONNX_FILE)
+            if int8_is_fresh(m):  # the int8 copy too: the container picks it on CPUs with int8 units
+                shutil.copy2(int8_location(m), dst / INT8_FILE)
+                shutil.copy2(_sidecar(int8_location(m)), dst / (INT8_FILE + ".json"))
         mark_output(tmp, "export --deploy")
     return out

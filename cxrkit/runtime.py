@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,12 +304,65 @@ def onnx_location(member: MemberSpec) -> Path:
     return cache_root() / "onnx" / f"{sha[:24]}.onnx"
 
 
-class OnnxPredictor(Predictor):
-    """Members exported to ONNX (``model.onnx`` in each member folder), run with onnxruntime
-    on the CPU. TTA views go through the network in one batch."""
+INT8_FILE = "model.int8.onnx"
 
-    def __init__(self, spec: ModelSpec, threads: int | None = None) -> None:
+
+def int8_location(member: MemberSpec) -> Path:
+    """Where a member's int8 ONNX file is: next to its fp32 ONNX file (``model.int8.onnx``)."""
+    f = onnx_location(member)
+    return f.with_name(INT8_FILE) if f.name == ONNX_FILE else f.with_suffix(".int8.onnx")
+
+
+def cpu_int8_units() -> bool:
+    """AMX-INT8 / AVX-512 VNNI / AVX-VNNI (Linux /proc/cpuinfo flags): int8 models beat fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"amx_int8", "avx512_vnni", "avx_vnni"} & set(flags))
+
+
+def int8_usable(member: MemberSpec) -> bool:
+    """An int8 export is there and passed its accuracy check (sidecar ``accurate``)."""
+    f = int8_location(member)
+    if not f.is_file():
+        return False
+    try:
+        return bool(json.loads(f.with_name(f.name + ".json").read_text()).get("accurate", False))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def choose_onnx_precision(spec: ModelSpec, precision: str = "auto") -> str:
+    """``fp32`` or ``int8`` for an ONNX predictor. ``auto``: int8 where every member has an
+    int8 export and the CPU has int8 units, else fp32 with one log line saying why."""
+    if precision not in ("auto", "fp32", "int8"):
+        raise CxrkitError(f"ONNX precision must be auto, fp32 or int8 (got {precision!r})")
+    if precision != "auto":
+        return precision
+    have = all(int8_usable(m) for m in spec.members)
+    env = os.environ.get("CXRKIT_PRECISION", "").strip().lower()
+    if env in ("fp32", "int8"):
+        return env if env == "fp32" or have else "fp32"
+    if not cpu_int8_units():
+        log.info("this CPU has no VNNI / AMX int8 units: running the fp32 ONNX model%s",
+                 " (an int8 export is there but would not be faster here)" if have else "")
+        return "fp32"
+    if not have:
+        log.info("no accurate int8 export (cxrkit export MODEL --onnx --int8): running the fp32 ONNX model")
+        return "fp32"
+    return "int8"
+
+
+class OnnxPredictor(Predictor):
+    """Members exported to ONNX (``model.onnx`` in each member folder, ``model.int8.onnx``
+    for ``precision="int8"``), run with onnxruntime on the CPU. TTA views go through the
+    network in one batch."""
+
+    def __init__(self, spec: ModelSpec, threads: int | None = None, precision: str = "fp32") -> None:
         super().__init__(spec)
+        self.precision = choose_onnx_precision(spec, precision)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -323,9 +377,10 @@ class OnnxPredictor(Predictor):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = []
         for m in spec.members:
-            f = onnx_location(m)
+            f = onnx_location(m) if self.precision == "fp32" else int8_location(m)
             if not f.is_file():
-                raise ArtifactError(f"{m.path}: no {ONNX_FILE}; run `cxrkit export {spec.path} --onnx` first")
+                flag = "--onnx" if self.precision == "fp32" else "--onnx --int8"
+                raise ArtifactError(f"{m.path}: no {f.name}; run `cxrkit export {spec.path} {flag}` first")
             try:
                 s = ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
             except Exception as e:  # onnxruntime raises its own exception types for corrupt / foreign files

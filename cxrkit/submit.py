@@ -44,7 +44,7 @@ def _predictor(model: str | None, threads: int | None) -> Any:
     from .runtime import OnnxPredictor, read_spec
 
     path = model or os.environ.get("CXRKIT_MODEL") or DEFAULT_MODEL
-    return OnnxPredictor(read_spec(path), threads=threads)
+    return OnnxPredictor(read_spec(path), threads=threads, precision="auto")  # int8 where the CPU has the units
 
 
 def _resolve(p: str, table_dir: Path) -> Path:

@@ -1,0 +1,117 @@
+"""int8 export (static quantisation calibrated on validation films), engine / precision choice."""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from cxrkit import runtime  # noqa: E402
+from cxrkit.ensemble import choose_engine, load_predictor  # noqa: E402
+from cxrkit.errors import CxrkitError  # noqa: E402
+from cxrkit.export import INT8_TOLERANCE, export_int8, export_model  # noqa: E402
+from cxrkit.predict import predict_paths  # noqa: E402
+from cxrkit.runtime import read_spec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def int8_model(trained_model, tmp_path_factory):
+    m = tmp_path_factory.mktemp("int8") / "model"
+    shutil.copytree(trained_model, m)
+    res = export_int8(m, n=32)
+    return m, res
+
+
+def test_int8_export_is_calibrated_on_the_models_validation_table(int8_model, demo_data):
+    m, res = int8_model
+    assert (m / "model.onnx").is_file() and (m / "model.int8.onnx").is_file()
+    side = json.loads((m / "model.int8.onnx.json").read_text())
+    cal = side["calibration"]
+    assert cal["source"] == "the model's validation table" and cal["table"] == str(demo_data / "valid.csv")
+    assert cal["images"] == 32 and cal["unreadable"] == 0 and len(cal["ids_sha256"]) == 64
+    assert side["weights_sha256"] == json.loads((m / "model.json").read_text())["weights_sha256"]
+    assert side["max_prob_diff_calibration"] == res["max_prob_diff"][0]
+    assert side["accurate"] == (res["max_prob_diff"][0] <= INT8_TOLERANCE)
+    assert (m / "model.int8.onnx").stat().st_size < (m / "model.onnx").stat().st_size
+
+
+def test_int8_predictions_follow_fp32(int8_model, demo_data):
+    m, res = int8_model
+    paths = sorted(demo_data.rglob("*.png"))[:24]
+    assert len(paths) == 24
+    fp32, i32, _ = predict_paths(load_predictor(m, engine="onnx", precision="fp32"), paths, show_progress=False)
+    q, iq, _ = predict_paths(load_predictor(m, engine="onnx", precision="int8"), paths, show_progress=False)
+    assert list(i32) == list(iq)
+    diff = float(np.abs(fp32 - q).max())
+    assert 0 < diff < 0.1  # quantised (not the fp32 file), and close to it on the tiny CNN
+    # the ranking per class hardly moves: Spearman-like check on the pooled scores
+    assert np.corrcoef(fp32.ravel(), q.ravel())[0, 1] > 0.99
+
+
+def test_auto_precision_uses_int8_only_with_int8_units_and_an_accurate_export(int8_model, monkeypatch, caplog):
+    m, res = int8_model
+    spec = read_spec(m)
+    monkeypatch.setattr(runtime, "cpu_int8_units", lambda: False)
+    with caplog.at_level(logging.INFO, logger="cxrkit.runtime"):
+        assert runtime.choose_onnx_precision(spec, "auto") == "fp32"
+    assert sum("no VNNI / AMX int8 units" in r.message for r in caplog.records) == 1
+    monkeypatch.setattr(runtime, "cpu_int8_units", lambda: True)
+    expected = "int8" if res["max_prob_diff"][0] <= INT8_TOLERANCE else "fp32"
+    assert runtime.choose_onnx_precision(spec, "auto") == expected
+    side = m / "model.int8.onnx.json"
+    saved = side.read_text()
+    try:
+        side.write_text(json.dumps(dict(json.loads(saved), accurate=False)))
+        assert runtime.choose_onnx_precision(spec, "auto") == "fp32"  # an inaccurate export is never picked
+        assert runtime.choose_onnx_precision(spec, "int8") == "int8"  # unless asked for
+    finally:
+        side.write_text(saved)
+    monkeypatch.setenv("CXRKIT_PRECISION", "fp32")
+    assert runtime.choose_onnx_precision(spec, "auto") == "fp32"
+    with pytest.raises(CxrkitError, match="precision"):
+        runtime.choose_onnx_precision(spec, "int4")
+
+
+def test_auto_engine_is_onnx_only_when_an_export_is_there(trained_model, tmp_path):
+    m = tmp_path / "m"
+    shutil.copytree(trained_model, m)
+    for f in m.glob("model.*onnx*"):
+        f.unlink()
+    assert choose_engine(read_spec(m)) == "torch"
+    assert not (m / "model.onnx").exists()  # auto never exports on its own
+    export_model(m)
+    assert choose_engine(read_spec(m)) == "onnx"
+    assert type(load_predictor(m, engine="auto")).__name__ == "OnnxPredictor"
+    with pytest.raises(CxrkitError, match="int8"):
+        load_predictor(m, engine="torch", precision="int8")
+    with pytest.raises(CxrkitError, match="export"):
+        load_predictor(m, engine="onnx", precision="int8")  # no int8 file yet
+    with pytest.raises(CxrkitError, match="engine"):
+        load_predictor(m, engine="tensorrt")
+
+
+def test_int8_needs_a_calibration_table_it_can_find(trained_model, tmp_path, capsys):
+    from conftest import run_cli_inprocess
+
+    m = tmp_path / "m"
+    shutil.copytree(trained_model, m)
+    meta = json.loads((m / "model.json").read_text())
+    meta["train_config"]["data"]["valid"]["table"] = str(tmp_path / "gone.csv")
+    (m / "model.json").write_text(json.dumps(meta))
+    r = run_cli_inprocess(capsys, "export", str(m), "--onnx", "--int8")
+    assert r.returncode != 0 and "--calibration" in r.stderr and "Traceback" not in r.stderr + r.stdout
+    assert not (m / "model.int8.onnx").exists()
+
+
+def test_deployment_copy_carries_the_int8_export(int8_model, tmp_path):
+    from cxrkit.export import deployment_copy
+
+    m, _ = int8_model
+    out = deployment_copy(m, tmp_path / "deploy")
+    assert (out / "model.int8.onnx").is_file() and (out / "model.int8.onnx.json").is_file()
+    assert not (out / "model.safetensors").exists()
+    p = load_predictor(out, engine="onnx", precision="int8")
+    assert p.precision == "int8"
