@@ -1,9 +1,17 @@
 """Inference throughput: end to end (read + DICOM decode + preprocess + model) against the
-model alone on pre-made tensors, for the PyTorch and the onnxruntime engine, same model and
-batch size, same run.
+model alone on pre-made tensors, for every engine and precision (PyTorch fp32 / bf16,
+onnxruntime fp32 / int8), same model and batch size, same run; then, with --auc-model, the
+mean AUC of a trained model on real films under each precision and the largest
+probability difference to fp32.
 
     python benchmarks/predict_speed.py [--backbone densenet121] [--size 224] [--batch 16]
                                        [--images 64] [--workers 1] [--model MODEL_DIR]
+                                       [--auc-model runs/nih_hires/model]
+
+The int8 model of the speed run is calibrated on the benchmark's own input films (its
+weights are random); the --auc-model one on its own validation table (cxrkit export --int8).
+bf16 / int8 rows are measured even on CPUs without bf16 / int8 units, where ``--precision
+auto`` would not pick them: the table shows why.
 
 Without --model a DenseNet-121 with random weights is saved as a cxrkit model (the speed
 does not depend on the weights). Inputs: the real chest DICOMs of ../shared/data/dicom
@@ -28,7 +36,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--images", type=int, default=64)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", default="0,1,2", help="decoding worker processes to try, comma-separated")
+    ap.add_argument("--auc-model", default=None, help="a trained model: mean AUC per precision on its valid split")
+    ap.add_argument("--auc-table", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+                                               / "nih_hires" / "labels.csv"))
     ap.add_argument("--dicom-dir", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom"))
     args = ap.parse_args()
 
@@ -65,8 +76,16 @@ def main() -> None:
             f = inputs / f"{i:04d}{src[i % len(src)].suffix}"
             shutil.copy(src[i % len(src)], f)
             files.append(f)
+        workers = [int(w) for w in str(args.workers).split(",")]
+        from cxrkit.export import export_member_int8
+        from cxrkit.inference import cpu_has_bf16
+        from cxrkit.runtime import cpu_int8_units
+
+        spec = read_spec(model_dir)
+        export_member_int8(spec.members[0], files[:32], {"table": "benchmark inputs", "images": min(32, len(files))})
         print(f"{args.images} inputs ({', '.join(p.name for p in src)}), model {args.backbone if not args.model else model_dir} "
-              f"at {args.size} px, batch {args.batch}, {args.workers} decoding worker(s), {torch.get_num_threads()} threads")
+              f"at {args.size} px, batch {args.batch}, {torch.get_num_threads()} threads; CPU bf16 units: "
+              f"{cpu_has_bf16()}, int8 units (VNNI / AMX): {cpu_int8_units()}")
         from cxrkit.predict import prepared_batches
 
         t0 = time.perf_counter()
@@ -75,8 +94,8 @@ def main() -> None:
         cores = len(__import__("os").sched_getaffinity(0))
         print(f"read + decode + preprocess alone: {decode_ms:.1f} ms per image on one core")
         rows = []
-        for engine in ("torch", "onnx"):
-            pred = load_predictor(model_dir, engine=engine)
+        for engine, prec in (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8")):
+            pred = load_predictor(model_dir, engine=engine, precision=prec)
             pre = pred.preprocessings[0]
             h, w = pre.hw
             x = np.random.default_rng(0).standard_normal((args.batch, pre.channels, h, w)).astype(np.float32)
@@ -87,22 +106,44 @@ def main() -> None:
                 pred.predict_inputs([x])
             alone = n_batches * args.batch / (time.perf_counter() - t0)
             predict_paths(pred, files[: args.batch], batch_size=args.batch, workers=0, show_progress=False)  # warm
-            t0 = time.perf_counter()
-            probs, idx, failures = predict_paths(pred, files, batch_size=args.batch, workers=args.workers,
-                                                 show_progress=False)
-            e2e = len(idx) / (time.perf_counter() - t0)
-            assert not failures, failures[:1]
-            rows.append((engine, alone, e2e))
-        print(f"\n{'engine':8} {'model alone (img/s)':>20} {'end to end (img/s)':>19} {'end to end / alone':>19} "
-              f"{'CPU ceiling':>12}")
-        for engine, alone, e2e in rows:
+            e2e = {}
+            for wk in workers:
+                t0 = time.perf_counter()
+                probs, idx, failures = predict_paths(pred, files, batch_size=args.batch, workers=wk,
+                                                     show_progress=False)
+                e2e[wk] = len(idx) / (time.perf_counter() - t0)
+                assert not failures, failures[:1]
+            rows.append((f"{engine} {prec}", alone, e2e))
+        head = "".join(f"{f'e2e, {wk} worker(s)':>18}" for wk in workers)
+        print(f"\n{'engine':12} {'model alone':>12}{head} {'best e2e / alone':>17} {'CPU ceiling':>12}   (images/s)")
+        for name, alone, e2e in rows:
             # the model alone keeps all cores busy: decoding cannot hide, it adds its CPU time
             ceiling = (cores / alone) / (cores / alone + decode_ms / 1e3)
-            print(f"{engine:8} {alone:20.1f} {e2e:19.1f} {e2e / alone:18.0%} {ceiling:11.0%}")
+            best = max(e2e.values())
+            print(f"{name:12} {alone:12.1f}" + "".join(f"{e2e[wk]:18.1f}" for wk in workers)
+                  + f" {best / alone:16.0%} {ceiling:11.0%}")
         print(f"(CPU ceiling: end to end / alone if decoding ran perfectly in parallel on {cores} cores that the "
               "model alone already saturates)")
-        t, o = rows
-        print(f"\nonnxruntime vs PyTorch eager: {o[1] / t[1]:.1f}x (model alone), {o[2] / t[2]:.1f}x (end to end)")
+        base = rows[0][1]
+        print("model alone vs PyTorch fp32: " + ", ".join(f"{name} {alone / base:.2f}x" for name, alone, _ in rows))
+        if args.auc_model:
+            from cxrkit.evaluate import evaluate_table
+            from cxrkit.export import export_int8, int8_is_fresh
+
+            aspec = read_spec(args.auc_model)
+            if not all(int8_is_fresh(m) for m in aspec.members):
+                export_int8(args.auc_model)
+            res = {}
+            for engine, prec in (("onnx", "fp32"), ("torch", "bf16"), ("onnx", "int8")):
+                s = evaluate_table(load_predictor(args.auc_model, engine=engine, precision=prec), args.auc_table,
+                                   split="valid", show_progress=False, return_scores=True)
+                res[f"{engine} {prec}"] = s
+            ref = res["onnx fp32"]
+            print(f"\n{args.auc_model} on {args.auc_table} (valid, {len(ref['_scores'])} films)")
+            print(f"{'precision':12} {'mean AUC':>9} {'vs fp32':>8} {'largest |p - p_fp32|':>21}")
+            for name, s in res.items():
+                print(f"{name:12} {s['mAUC']:9.4f} {s['mAUC'] - ref['mAUC']:+8.4f} "
+                      f"{float(np.abs(s['_scores'] - ref['_scores']).max()):21.4f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -88,18 +88,6 @@ def test_fused_asl_gradient_equals_autograd(params):
     np.testing.assert_allclose(g, wt.grad.numpy(), rtol=1e-4, atol=1e-3)
     assert gb == pytest.approx(float(bt.grad), rel=1e-5, abs=1e-3)
     assert value == pytest.approx(float(total.detach()), rel=1e-5)
-    # K rows on one shared matrix: the same numbers as one row at a time
-    W = np.stack([w, -0.5 * w, np.zeros(z, np.float32)])
-    B = np.array([0.3, -1.0, 0.0], np.float32)
-    Y = np.stack([y, 1 - y, y], axis=1)
-    G, GB, L = kernels.asl_grad_shared(x, Y, W, B, params["gamma_pos"], params["gamma_neg"], params["clip"],
-                                       params.get("eps", 1e-8))
-    for r in range(3):
-        g1, gb1, l1 = kernels.asl_grad(x, Y[:, r].copy(), W[r], float(B[r]), params["gamma_pos"],
-                                       params["gamma_neg"], params["clip"], params.get("eps", 1e-8))
-        np.testing.assert_allclose(G[r], g1, rtol=1e-6, atol=1e-6)
-        assert GB[r] == pytest.approx(gb1, rel=1e-6, abs=1e-6)
-        assert L[r] == pytest.approx(l1, rel=1e-9)
 
 
 def _problem(n=2500, z=64, seed=1):
@@ -211,3 +199,38 @@ def test_fast_pygad_fitness_lookup_gives_pygads_results(preset, monkeypatch):
     assert fast.curves["val"] == plain.curves["val"]
     np.testing.assert_array_equal(fast.w, plain.w)
     assert fast.stats == plain.stats  # the same solutions reached the fitness function
+
+
+@pytest.mark.parametrize("metric", ["auc", "ap"])
+def test_torch_rank_metric_equals_the_cpu_scorer(metric):
+    """The batched torch AUC / AP (the GPU fitness) gives the CPU scorer's values."""
+    from cxrkit.cft.fitness import torch_rank_metric
+
+    for n, p in ((3000, 0.2), (61, 0.5)):
+        rng = np.random.default_rng(n)
+        y = (rng.random(n) < p).astype(int)
+        y[:2] = [1, 0]
+        s = _hard_rows(n)[:, :]
+        s = s[[i for i, r in enumerate(s) if np.isfinite(r).all()]]
+        got = torch_rank_metric(torch.from_numpy(s), torch.from_numpy(y), metric).numpy()
+        np.testing.assert_allclose(got, BinaryScorer(y, metric, compiled=False)(s), atol=1e-9, rtol=0)
+
+
+def test_ga_fitness_through_the_torch_backend_matches():
+    """PopulationScorer on a torch device (what ga.device: cuda runs) scores as the CPU one."""
+    from cxrkit.cft.fitness import PopulationScorer
+
+    x, y, *_ = _problem(n=900, z=12)
+    rng = np.random.default_rng(0)
+    sols = rng.standard_normal((9, 13)).astype(np.float32)
+    ref = PopulationScorer(x.T, y, "auc")(sols)
+    dev = PopulationScorer(x.T, y, "auc", torch_device="cpu")  # the torch path, here on the CPU
+    np.testing.assert_allclose(dev(sols), ref, atol=1e-6)
+    assert dev.stats["dense"] == 9
+
+
+def test_bp_autograd_loop_runs_on_a_torch_device_argument():
+    x, y, xv, yv, w0 = _problem(n=600, z=10)
+    cfg = bp_preset("bp-aucm", "chexpert").with_overrides(epochs=20, device="cpu")
+    r = fit_row_bp(x, y, xv, yv, w0, 0.0, cfg)
+    assert r.stats["device"] == "cpu" and r.steps == 20

@@ -46,6 +46,7 @@ class BPConfig:
     patience: int | None = None  # stop after this many epochs without validation gain
     eval_every: int = 1
     fused: bool = True  # full-batch Adam on ASL: the fused one-pass kernel (numba) instead of autograd
+    device: str = "cpu"  # "cuda": the autograd loop on the GPU (validation scored on the CPU)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +101,7 @@ class PESG:
             # LibAUC optimises a and b with the same rule as the model
             self.params = [*params, *(p for n, p in loss.named_parameters() if n in ("a", "b"))]
             gen = torch.Generator().manual_seed(int(seed))
-            self.ref = [torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.01 for p in self.params]
+            self.ref = [(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.01).to(p.device) for p in self.params]
         else:
             self.params = list(params)
             self.ref = [p.detach().clone() for p in self.params]
@@ -169,7 +170,8 @@ def fused_asl_params(cfg: BPConfig) -> dict[str, Any] | None:
     from . import kernels
 
     p = dict(cfg.loss_params)
-    if (not kernels.AVAILABLE or not cfg.fused or cfg.loss != "asl" or cfg.optimizer != "adam" or cfg.batch_size
+    if (not kernels.AVAILABLE or not cfg.fused or cfg.device != "cpu" or cfg.loss != "asl" or cfg.optimizer != "adam"
+            or cfg.batch_size
             or set(p) - _ASL_KEYS or not p.get("detach_focal_weight", True)
             or p.get("reduction", "sum") not in ("sum", "mean")):
         return None
@@ -224,7 +226,7 @@ def _fit_row_fused(x: np.ndarray, y: np.ndarray, xv: np.ndarray, val_scorer: Bin
         opt.step([g * scale, np.array([gb * scale])])
         curves["train_loss"].append(loss * scale)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            v = float(val_scorer(xv @ w + b)[0])
+            v = float(val_scorer(kernels.scores(xv, w, float(b[0])))[0])
             curves["val"].append(v)
             if v > best["val"] + 1e-12:
                 best.update(val=v, w=w.copy(), b=float(b[0]), epoch=epoch, stale=0)
@@ -263,7 +265,12 @@ def fit_row_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     asl = fused_asl_params(cfg)
     if asl is not None:
         return _fit_row_fused(x.numpy(), y.numpy(), xv, val_scorer, w0, b0, val_before, cfg, asl, t0)
-    loss_fn = _loss(cfg)
+    if cfg.device != "cpu":  # e.g. cuda: features, labels and the row live on the GPU
+        dev = torch.device(cfg.device)
+        x, y = x.to(dev), y.to(dev)
+        w = w.detach().to(dev).requires_grad_()
+        b = b.detach().to(dev).requires_grad_()
+    loss_fn = _loss(cfg).to(x.device)
     opt = _optimizer(cfg, [w, b], loss_fn)
     if cfg.optimizer != "pesg" and list(loss_fn.parameters()):
         opt.add_param_group({"params": list(loss_fn.parameters())})
@@ -288,7 +295,7 @@ def fit_row_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
         curves["train_loss"].append(total)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             with torch.no_grad():
-                v = float(val_scorer(xv @ w.detach().numpy() + b.detach().numpy())[0])
+                v = float(val_scorer(xv @ w.detach().cpu().numpy() + b.detach().cpu().numpy())[0])
             curves["val"].append(v)
             if v > best["val"] + 1e-12:
                 best.update(val=v, w=w.detach().clone(), b=b.detach().clone(), epoch=epoch, stale=0)
@@ -297,10 +304,10 @@ def fit_row_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
             if cfg.patience is not None and best["stale"] >= cfg.patience:
                 break
     improved = best["val"] > val_before + 1e-12
-    w_out = best["w"].numpy() if improved else np.asarray(w0, np.float32).copy()
+    w_out = best["w"].cpu().numpy() if improved else np.asarray(w0, np.float32).copy()
     b_out = float(best["b"]) if improved else float(b0)
     return RowFit(w_out.astype(np.float32), b_out, val_before, best["val"] if improved else val_before, improved,
-                  epoch, int(best["epoch"]), time.perf_counter() - t0, curves)
+                  epoch, int(best["epoch"]), time.perf_counter() - t0, curves, stats={"device": str(x.device)})
 
 
 def fit_layer_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,

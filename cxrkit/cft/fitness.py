@@ -127,6 +127,37 @@ class BinaryScorer:
         return float(np.mean(tp / (tp + fp)))
 
 
+def torch_rank_metric(scores: Any, y: Any, metric: str = "auc") -> Any:
+    """Exact ROC AUC (ties 1/2) or average precision of each row of ``scores`` (P x n torch
+    tensor, any device, e.g. CUDA) against 0/1 labels ``y`` (n): one batched sort and two
+    batched ``searchsorted`` calls, no Python loop over rows. float64 results, the same
+    values as :class:`BinaryScorer` (tests/test_cft_kernels.py)."""
+    import torch
+
+    s = scores if scores.ndim == 2 else scores[None]
+    yb = y.to(device=s.device, dtype=torch.bool)
+    n_pos = int(yb.sum())
+    n_neg = int(yb.numel()) - n_pos
+    if n_pos == 0 or (metric == "auc" and n_neg == 0):
+        return torch.full((s.shape[0],), float("nan"), dtype=torch.float64, device=s.device)
+    s = s + 0.0  # -0.0 -> +0.0, as the CPU code counts them equal
+    if metric == "auc":
+        v, _ = torch.sort(s, dim=1)
+        lo = torch.searchsorted(v, s.contiguous(), right=False).to(torch.float64)
+        hi = torch.searchsorted(v, s.contiguous(), right=True).to(torch.float64)
+        mid = (lo + hi + 1) / 2  # 1-based mid-ranks: ties share the mean of their ranks
+        rank_sum = (mid * yb.to(torch.float64)).sum(dim=1)
+        return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    # AP: for each positive, TP(>= s) / (TP(>= s) + FP(>= s))
+    pos = s[:, yb]
+    neg = s[:, ~yb]
+    ps, _ = torch.sort(pos, dim=1)
+    ns, _ = torch.sort(neg, dim=1)
+    tp = (n_pos - torch.searchsorted(ps, ps, right=False)).to(torch.float64)
+    fp = (n_neg - torch.searchsorted(ns.contiguous(), ps, right=False)).to(torch.float64) if n_neg else 0.0
+    return (tp / (tp + fp)).mean(dim=1)
+
+
 class PopulationScorer:
     """Fitness of GA solutions ``[w_1..w_Z, b]`` on fixed features, with incremental updates.
 
@@ -135,7 +166,13 @@ class PopulationScorer:
     lets the cache drop the dead."""
 
     def __init__(self, xt: np.ndarray, y: np.ndarray, metric: str = "auc", refresh: int = 25,
-                 sparse_fraction: float = 0.06, threads: int = 0) -> None:
+                 sparse_fraction: float = 0.06, threads: int = 0, torch_device: str | None = None) -> None:
+        self.torch_device = torch_device
+        if torch_device is not None:  # scores and AUC / AP with torch there (a GPU), every solution exactly
+            import torch
+
+            self._xt_t = torch.as_tensor(np.ascontiguousarray(xt, dtype=np.float32), device=torch_device)
+            self._y_t = torch.as_tensor(np.asarray(y), device=torch_device)
         self.xt = np.ascontiguousarray(xt, dtype=np.float32)
         self.z = self.xt.shape[0]
         self.scorer = BinaryScorer(y, metric, threads=threads)
@@ -212,4 +249,12 @@ class PopulationScorer:
         return out
 
     def __call__(self, sols: np.ndarray, alive: np.ndarray | None = None) -> np.ndarray:
+        if self.torch_device is not None:
+            import torch
+
+            w = torch.as_tensor(np.atleast_2d(np.asarray(sols, dtype=np.float32)), device=self.torch_device)
+            self.calls += 1
+            self.stats["dense"] += int(w.shape[0])
+            scores = w[:, :-1] @ self._xt_t + w[:, -1:]
+            return torch_rank_metric(scores, self._y_t, self.scorer.metric).cpu().numpy()
         return self.scorer(self.scores(sols, alive))

@@ -62,6 +62,7 @@ class GAConfig:
     metric: str = "auc"
     refresh: int = 25  # exact rescoring of the population every this many generations
     threads: int = 0  # threads for the fitness (scores, AUC / AP) of a batch; 0 = the process's cores
+    device: str = "cpu"  # "cuda": the population's scores and AUC / AP on the GPU (torch)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,7 +207,8 @@ def fit_row_ga(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     if not train_scorer.defined or not val_scorer.defined:
         return RowFit(np.asarray(w0, np.float32).copy(), float(b0), val_before, val_before, False, 0, 0,
                       time.perf_counter() - t0, stats={"skipped": "no positives / negatives"})
-    pop_scorer = PopulationScorer(x_train.T, y_train, cfg.metric, refresh=cfg.refresh, threads=cfg.threads)
+    pop_scorer = PopulationScorer(x_train.T, y_train, cfg.metric, refresh=cfg.refresh, threads=cfg.threads,
+                                  torch_device=None if cfg.device == "cpu" else cfg.device)
     rng = np.random.default_rng(cfg.seed)
     best = {"val": val_before, "sol": row0.copy(), "gen": 0, "stale": 0}
     curves: dict[str, list[float]] = {"train": [], "val": []}

@@ -2,16 +2,14 @@
 
 * :func:`auc_rows` / :func:`ap_rows`: exact ROC AUC (ties count 1/2) and scikit-learn's
   average precision of many float32 score rows against one label vector. Each row's
-  positive and negative scores are turned into order-preserving 32-bit keys and radix
-  sorted (three 11-bit passes, one counting pass for all three), then one linear merge
-  counts, per positive, the negatives below and tied. O(n) per row instead of NumPy's
-  O(n log n) comparison sorts; rows run in parallel threads.
+  scores become order-preserving 32-bit keys carrying the label in a 33rd bit, radix sorted
+  (three 11-bit passes, one counting pass for all three), then one scan over groups of
+  equal scores counts, per positive, the negatives below and tied. O(n) per row instead of
+  NumPy's O(n log n) comparison sorts; rows run in parallel threads.
 * :func:`asl_grad`: one fused pass over the feature matrix for CFT-BP: per sample the
   logit ``x_i . w + b``, the ASL derivative (the same clamps, clips and detached focal
   weights as :class:`cxrkit.losses.AsymmetricLoss`) and ``g += d_i x_i`` while ``x_i`` is
   still in L1 cache, so the matrix is read from memory once per epoch instead of twice.
-  :func:`asl_grad_shared` does the same for K rows sharing one matrix (categories whose
-  known samples are the same): one read of the matrix for all K.
 
 numba compiles these on first use (cached on disk when the package folder, or numba's
 user cache, is writable). Without numba (``pip install numba`` is part of cxrkit's
@@ -44,96 +42,98 @@ except ImportError:  # pragma: no cover - exercised with CXRKIT_NO_NUMBA=1
     numba = None
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "auc_rows", "ap_rows", "asl_grad", "asl_grad_shared", "default_threads", "set_threads"]
+__all__ = ["AVAILABLE", "auc_rows", "ap_rows", "asl_grad", "default_threads", "scores", "set_threads"]
 
 _LOCK = threading.Lock()
 _FAST = {"reassoc", "contract"}  # let the dot products vectorise; no finite-math assumptions
 
 if AVAILABLE:
 
-    @njit(cache=True, nogil=True)
-    def _sorted_keys(row, idx, a, b, cnt):  # pragma: no cover - compiled
-        """Order-preserving uint32 keys of ``row[idx]`` (-0.0 counted as +0.0), sorted
-        ascending by a 3-pass LSD radix sort; returns the buffer holding the result and
-        whether a NaN was seen."""
-        m = idx.shape[0]
-        u = row.view(np.uint32)
-        for p in range(3):
-            for d in range(2048):
-                cnt[p, d] = 0
-        nan = False
-        for i in range(m):
-            v = u[idx[i]]
-            if (v & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-                nan = True
-            if v == np.uint32(0x80000000):
-                v = np.uint32(0)
-            if v & np.uint32(0x80000000):
-                v = ~v
-            else:
-                v = v | np.uint32(0x80000000)
-            a[i] = v
-            cnt[0, v & np.uint32(2047)] += 1
-            cnt[1, (v >> np.uint32(11)) & np.uint32(2047)] += 1
-            cnt[2, v >> np.uint32(22)] += 1
-        for p in range(3):
-            tot = 0
-            for d in range(2048):
-                c = cnt[p, d]
-                cnt[p, d] = tot
-                tot += c
-        for i in range(m):
-            d = a[i] & np.uint32(2047)
-            b[cnt[0, d]] = a[i]
-            cnt[0, d] += 1
-        for i in range(m):
-            d = (b[i] >> np.uint32(11)) & np.uint32(2047)
-            a[cnt[1, d]] = b[i]
-            cnt[1, d] += 1
-        for i in range(m):
-            d = a[i] >> np.uint32(22)
-            b[cnt[2, d]] = a[i]
-            cnt[2, d] += 1
-        return b, nan
-
     @njit(cache=True, parallel=True)
-    def _rank_rows(scores, pos_idx, neg_idx, metric_ap):  # pragma: no cover - compiled
-        n_rows = scores.shape[0]
-        npos = pos_idx.shape[0]
-        nneg = neg_idx.shape[0]
+    def _rank_rows(scores, labels, npos, nneg, metric_ap):  # pragma: no cover - compiled
+        """Per row: 64-bit keys (order-preserving uint32 of the score, -0.0 as +0.0) << 1 |
+        label, LSD radix sorted on the 32 key bits (three 11-bit passes, one counting pass),
+        then one scan over groups of equal scores. A row holding NaN gives NaN."""
+        n_rows, n = scores.shape
         out = np.empty(n_rows, np.float64)
         for r in prange(n_rows):
-            cnt = np.empty((3, 2048), np.int64)
-            ps, nan_p = _sorted_keys(scores[r], pos_idx, np.empty(npos, np.uint32), np.empty(npos, np.uint32), cnt)
-            ns, nan_n = _sorted_keys(scores[r], neg_idx, np.empty(nneg, np.uint32), np.empty(nneg, np.uint32), cnt)
-            if nan_p or nan_n:
+            u = scores[r].view(np.uint32)
+            a = np.empty(n, np.uint64)
+            b = np.empty(n, np.uint64)
+            cnt = np.zeros((3, 2048), np.int64)
+            nan = False
+            for i in range(n):
+                v = u[i]
+                if (v & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+                    nan = True
+                if v == np.uint32(0x80000000):
+                    v = np.uint32(0)
+                if v & np.uint32(0x80000000):
+                    v = ~v
+                else:
+                    v = v | np.uint32(0x80000000)
+                a[i] = (np.uint64(v) << np.uint64(1)) | np.uint64(labels[i])
+                cnt[0, v & np.uint32(2047)] += 1
+                cnt[1, (v >> np.uint32(11)) & np.uint32(2047)] += 1
+                cnt[2, v >> np.uint32(22)] += 1
+            if nan:
                 out[r] = np.nan  # the caller scores NaN rows with its NumPy code
                 continue
-            j = 0  # negatives strictly below the current positive
-            jt = 0  # negatives below or tied
+            for p in range(3):
+                tot = 0
+                for d in range(2048):
+                    c = cnt[p, d]
+                    cnt[p, d] = tot
+                    tot += c
+            for i in range(n):
+                d = (a[i] >> np.uint64(1)) & np.uint64(2047)
+                b[cnt[0, d]] = a[i]
+                cnt[0, d] += 1
+            for i in range(n):
+                d = (b[i] >> np.uint64(12)) & np.uint64(2047)
+                a[cnt[1, d]] = b[i]
+                cnt[1, d] += 1
+            for i in range(n):
+                d = (a[i] >> np.uint64(23)) & np.uint64(2047)
+                b[cnt[2, d]] = a[i]
+                cnt[2, d] += 1
+            # b: ascending by score; groups of equal scores
             if metric_ap:
                 acc = 0.0
-                start = 0  # first positive of the current tie group
-                for i in range(npos):
-                    v = ps[i]
-                    if i == 0 or ps[i - 1] != v:
-                        start = i
-                    while j < nneg and ns[j] < v:
-                        j += 1
-                    tp = npos - start
-                    acc += tp / (tp + (nneg - j))
+                tp = 0
+                fp = 0
+                i = n - 1
+                while i >= 0:
+                    key = b[i] >> np.uint64(1)
+                    cp = 0
+                    cn = 0
+                    while i >= 0 and (b[i] >> np.uint64(1)) == key:
+                        if b[i] & np.uint64(1):
+                            cp += 1
+                        else:
+                            cn += 1
+                        i -= 1
+                    tp += cp
+                    fp += cn
+                    if cp:
+                        acc += cp * (tp / (tp + fp))
                 out[r] = acc / npos
             else:
                 total2 = 0
-                for i in range(npos):
-                    v = ps[i]
-                    while j < nneg and ns[j] < v:
-                        j += 1
-                    if jt < j:
-                        jt = j
-                    while jt < nneg and ns[jt] == v:
-                        jt += 1
-                    total2 += 2 * j + (jt - j)
+                below = 0
+                i = 0
+                while i < n:
+                    key = b[i] >> np.uint64(1)
+                    cp = 0
+                    cn = 0
+                    while i < n and (b[i] >> np.uint64(1)) == key:
+                        if b[i] & np.uint64(1):
+                            cp += 1
+                        else:
+                            cn += 1
+                        i += 1
+                    total2 += 2 * cp * below + cp * cn
+                    below += cn
                 out[r] = total2 / (2.0 * npos * nneg)
         return out
 
@@ -218,39 +218,26 @@ if AVAILABLE:
             part[c, z + 1] = loss
         return part.sum(axis=0)
 
+
+if AVAILABLE:
+
     @njit(cache=True, parallel=True, fastmath=_FAST)
-    def _asl_grad_shared(x, y, w, b, gamma_pos, gamma_neg, clip, log_eps, n_chunks):  # pragma: no cover
+    def _matvec(x, w, b):  # pragma: no cover - compiled
         n, z = x.shape
-        k = w.shape[0]
-        part = np.zeros((n_chunks, k, z + 2), np.float64)
-        step = (n + n_chunks - 1) // n_chunks
-        for c in prange(n_chunks):
-            g = np.zeros((k, z), np.float32)
-            s = np.empty(k, np.float32)
-            d = np.empty(k, np.float32)
-            gb = np.zeros(k, np.float64)
-            loss = np.zeros(k, np.float64)
-            for i in range(c * step, min(n, (c + 1) * step)):
-                for r in range(k):
-                    acc = np.float32(0.0)
-                    for j in range(z):
-                        acc += x[i, j] * w[r, j]
-                    s[r] = acc + b[r]
-                for r in range(k):
-                    li, di = _asl_term(np.float64(s[r]), np.float64(y[i, r]), gamma_pos, gamma_neg, clip, log_eps)
-                    loss[r] += li
-                    gb[r] += di
-                    d[r] = np.float32(di)
-                for r in range(k):
-                    dr = d[r]
-                    for j in range(z):
-                        g[r, j] += dr * x[i, j]
-            for r in range(k):
-                for j in range(z):
-                    part[c, r, j] = g[r, j]
-                part[c, r, z] = gb[r]
-                part[c, r, z + 1] = loss[r]
-        return part.sum(axis=0)
+        out = np.empty(n, np.float32)
+        for i in prange(n):
+            s = np.float32(0.0)
+            for j in range(z):
+                s += x[i, j] * w[j]
+            out[i] = s + b
+        return out
+
+
+def scores(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+    """``x @ w + b`` (float32) on numba's threads: inside the fused loop, a BLAS call would
+    wake OpenBLAS's threads, which keep spinning against the kernels' threads afterwards."""
+    with _LOCK:
+        return _matvec(np.ascontiguousarray(x, np.float32), np.asarray(w, np.float32), np.float32(b))
 
 
 def _cores() -> int:
@@ -283,13 +270,14 @@ def set_threads(n: int) -> None:
 def _rank(scores: np.ndarray, pos_idx: np.ndarray, neg_idx: np.ndarray, ap: bool, threads: int) -> np.ndarray:
     """float32 rows; a row holding NaN comes back NaN (callers rescore it their way)."""
     s = np.ascontiguousarray(np.atleast_2d(scores), dtype=np.float32)
+    labels = np.zeros(s.shape[1], np.uint8)
+    labels[np.asarray(pos_idx, dtype=np.int64)] = 1
     with _LOCK:
         old = numba.get_num_threads()
         if threads > 0:
             numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS, s.shape[0])))
         try:
-            return _rank_rows(s, np.ascontiguousarray(pos_idx, dtype=np.int64),
-                              np.ascontiguousarray(neg_idx, dtype=np.int64), ap)
+            return _rank_rows(s, labels, len(pos_idx), len(neg_idx), ap)
         finally:
             numba.set_num_threads(old)
 
@@ -321,15 +309,3 @@ def asl_grad(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, gamma_pos: f
                         float(gamma_neg), float(clip), math.log(eps), _chunks(x.shape[0]))
     z = x.shape[1]
     return out[:z], float(out[z]), float(out[z + 1])
-
-
-def asl_grad_shared(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray, gamma_pos: float,
-                    gamma_neg: float, clip: float, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`asl_grad` for K rows ``w`` (K x Z), ``b`` (K), labels ``y`` (n x K) on one
-    shared ``x``: (K x Z gradients, K bias gradients, K losses); one pass over ``x``."""
-    with _LOCK:
-        out = _asl_grad_shared(x, np.ascontiguousarray(y, np.float32), np.ascontiguousarray(w, np.float32),
-                               np.asarray(b, np.float32), float(gamma_pos), float(gamma_neg), float(clip),
-                               math.log(eps), _chunks(x.shape[0]))
-    z = x.shape[1]
-    return out[:, :z], out[:, z].copy(), out[:, z + 1].copy()
