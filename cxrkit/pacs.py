@@ -1,0 +1,610 @@
+"""cxrkit as a DICOM node: a Storage SCP that predicts each study it receives and sends the
+result back as a DICOM SR (``cxrkit pacs listen``), with its queue in SQLite (``cxrkit pacs
+status``).
+
+* The listener (pynetdicom) accepts CR and DX instances (every transfer syntax pydicom can
+  decode) from the calling AE titles it is told to allow; others are rejected at
+  association. Each instance is written to the spool atomically (temporary file, then
+  rename) and recorded in the state database *before* success is answered, so an instance
+  the sender saw stored is never lost.
+* A study is processed when no instance of it has arrived for ``idle`` seconds: the same
+  rows ``cxrkit predict`` writes (one CSV per study, ``results/``), failures with their
+  reason (a non-chest, colour or corrupt instance gets its row and the rest of the study
+  goes on), and a Comprehensive SR (``sr/``, TID 1500-style content, marked unverified and
+  naming the model and version). Instances that arrive after a study was processed are
+  predicted on their own (rows are keyed by file, ``predict --resume``) and the SR is
+  rewritten: every SOPInstanceUID is predicted once.
+* With ``send_to``, the SR is sent by C-STORE; a failed send is retried with exponential
+  back-off (5 s doubling up to 10 min) and its error and attempts are kept.
+* State (``state.sqlite`` in the spool): instances (received / done), studies (open /
+  processing / done / failed with reason and attempts), sends (pending / sent / failed). A
+  restart after a crash or kill resumes: studies left ``processing`` are processed again,
+  rows already written are not repeated.
+* Privacy: logs name studies by a short hash of their UID, never by patient data; the
+  spool is owner-only (0700 folders, 0600 files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CxrkitError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.sqlite"
+BACKOFF_START_S = 5.0
+BACKOFF_MAX_S = 600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, path TEXT NOT NULL, calling_ae TEXT,
+    received_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'received');
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY, status TEXT NOT NULL, last_instance_at REAL NOT NULL,
+    processed_at REAL, rows INTEGER DEFAULT 0, failed INTEGER DEFAULT 0, sr_path TEXT,
+    reason TEXT, attempts INTEGER DEFAULT 0);
+CREATE TABLE IF NOT EXISTS sends (
+    study_uid TEXT NOT NULL, sr_path TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
+    attempts INTEGER DEFAULT 0, last_error TEXT, next_try_at REAL NOT NULL, sent_at REAL,
+    PRIMARY KEY (study_uid, sr_path, target));
+"""
+
+
+def short(uid: str) -> str:
+    """A study / instance named in logs: 10 hex digits of its UID's SHA-256."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:10]
+
+
+def study_key(uid: str) -> str:
+    """A study's name in the spool (folders, result files): 20 hex digits of its UID's SHA-256."""
+    return hashlib.sha256(uid.encode()).hexdigest()[:20]
+
+
+def _private_dir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    os.chmod(p, 0o700)
+    return p
+
+
+class PacsState:
+    """The spool's SQLite database; safe to use from the SCP's and the worker's threads."""
+
+    def __init__(self, spool: str | Path) -> None:
+        self.spool = _private_dir(Path(spool))
+        self.path = self.spool / STATE_FILE
+        self._lock = threading.RLock()
+        self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+        os.chmod(self.path, 0o600)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def _tx(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self.db.execute(sql, args).fetchall()
+                self.db.execute("COMMIT")
+                return rows
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
+    # instances --------------------------------------------------------------------------
+    def has_instance(self, sop_uid: str) -> bool:
+        return bool(self.query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
+
+    def add_instance(self, sop_uid: str, study_uid: str, path: Path, calling_ae: str) -> None:
+        now = time.time()
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("INSERT OR IGNORE INTO instances (sop_uid, study_uid, path, calling_ae, received_at) "
+                                "VALUES (?, ?, ?, ?, ?)", (sop_uid, study_uid, str(path), calling_ae, now))
+                self.db.execute("INSERT INTO studies (study_uid, status, last_instance_at) VALUES (?, 'open', ?) "
+                                "ON CONFLICT(study_uid) DO UPDATE SET last_instance_at = excluded.last_instance_at, "
+                                "status = 'open'", (study_uid, now))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    # studies ----------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Studies a killed process left ``processing`` are processed again."""
+        rows = self._tx("UPDATE studies SET status = 'open' WHERE status = 'processing' RETURNING study_uid")
+        return len(rows)
+
+    def due_studies(self, idle: float) -> list[str]:
+        cutoff = time.time() - idle
+        return [r[0] for r in self.query("SELECT study_uid FROM studies WHERE status = 'open' AND last_instance_at <= ? "
+                                         "ORDER BY last_instance_at", (cutoff,))]
+
+    def start_study(self, study_uid: str) -> float:
+        """Mark a study processing; returns the arrival time of its newest instance then."""
+        rows = self._tx("UPDATE studies SET status = 'processing', attempts = attempts + 1 WHERE study_uid = ? "
+                        "RETURNING last_instance_at", (study_uid,))
+        return float(rows[0][0]) if rows else 0.0
+
+    def finish_study(self, study_uid: str, started_last: float, ok: bool, rows: int = 0, failed: int = 0,
+                     sr_path: str | None = None, reason: str | None = None) -> None:
+        """Done / failed; an instance that arrived while it was processing reopens it."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                (last,) = self.db.execute("SELECT last_instance_at FROM studies WHERE study_uid = ?",
+                                          (study_uid,)).fetchone()
+                status = "open" if last > started_last else ("done" if ok else "failed")
+                self.db.execute("UPDATE studies SET status = ?, processed_at = ?, rows = ?, failed = ?, sr_path = ?, "
+                                "reason = ? WHERE study_uid = ?",
+                                (status, time.time(), rows, failed, sr_path, reason, study_uid))
+                self.db.execute("UPDATE instances SET status = 'done' WHERE study_uid = ? AND received_at <= ?",
+                                (study_uid, started_last))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    # sends ------------------------------------------------------------------------------
+    def queue_send(self, study_uid: str, sr_path: str, target: str) -> None:
+        self._tx("INSERT INTO sends (study_uid, sr_path, target, status, next_try_at) VALUES (?, ?, ?, 'pending', ?) "
+                 "ON CONFLICT DO UPDATE SET status = 'pending', next_try_at = excluded.next_try_at, attempts = 0",
+                 (study_uid, sr_path, target, time.time()))
+
+    def due_sends(self) -> list[tuple[str, str, str, int]]:
+        return [tuple(r) for r in self.query("SELECT study_uid, sr_path, target, attempts FROM sends WHERE "
+                                             "status = 'pending' AND next_try_at <= ?", (time.time(),))]
+
+    def send_result(self, study_uid: str, sr_path: str, target: str, ok: bool, error: str = "",
+                    max_attempts: int = 20) -> None:
+        if ok:
+            self._tx("UPDATE sends SET status = 'sent', sent_at = ?, attempts = attempts + 1, last_error = NULL "
+                     "WHERE study_uid = ? AND sr_path = ? AND target = ?", (time.time(), study_uid, sr_path, target))
+            return
+        rows = self.query("SELECT attempts FROM sends WHERE study_uid = ? AND sr_path = ? AND target = ?",
+                          (study_uid, sr_path, target))
+        attempts = (rows[0][0] if rows else 0) + 1
+        delay = min(BACKOFF_MAX_S, BACKOFF_START_S * 2 ** (attempts - 1))
+        status = "failed" if attempts >= max_attempts else "pending"
+        self._tx("UPDATE sends SET status = ?, attempts = ?, last_error = ?, next_try_at = ? "
+                 "WHERE study_uid = ? AND sr_path = ? AND target = ?",
+                 (status, attempts, error[:300], time.time() + delay, study_uid, sr_path, target))
+
+    def summary(self) -> dict[str, Any]:
+        def counts(table: str) -> dict[str, int]:
+            return {s: n for s, n in self.query(f"SELECT status, COUNT(*) FROM {table} GROUP BY status")}
+
+        failed = [{"study": short(u), "reason": r, "attempts": a}
+                  for u, r, a in self.query("SELECT study_uid, reason, attempts FROM studies WHERE status = 'failed'")]
+        sends = [{"study": short(u), "target": t, "status": s, "attempts": a, "error": e}
+                 for u, t, s, a, e in self.query("SELECT study_uid, target, status, attempts, last_error FROM sends "
+                                                 "WHERE status != 'sent'")]
+        return {"spool": str(self.spool), "instances": counts("instances"), "studies": counts("studies"),
+                "sends": counts("sends"), "failed_studies": failed, "unsent": sends}
+
+
+def parse_target(spec: str) -> tuple[str, str, int]:
+    """``AE@host:port`` -> (AE title, host, port)."""
+    try:
+        ae, rest = spec.split("@", 1)
+        host, port = rest.rsplit(":", 1)
+        p = int(port)
+    except ValueError:
+        raise CxrkitError(f"--send-to must be AE@host:port (got {spec!r})") from None
+    if not ae or len(ae) > 16 or not host or not 0 < p < 65536:
+        raise CxrkitError(f"--send-to must be AE@host:port with an AE title of 1-16 characters (got {spec!r})")
+    return ae, host, p
+
+
+def _check_ae(title: str, what: str) -> str:
+    t = title.strip()
+    if not t or len(t) > 16 or any(ord(c) < 32 or c == "\\" for c in t):
+        raise CxrkitError(f"{what} must be 1-16 printable characters (got {title!r})")
+    return t
+
+
+@dataclass
+class ListenerConfig:
+    ae_title: str = "CXRKIT"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    allow_ae: tuple[str, ...] = ()
+    send_to: str | None = None
+    idle: float = 10.0
+    poll: float = 0.5
+    batch_size: int = 16
+
+
+def _storage_classes() -> list[Any]:
+    from pynetdicom.sop_class import (
+        ComputedRadiographyImageStorage,
+        DigitalXRayImageStorageForPresentation,
+        DigitalXRayImageStorageForProcessing,
+    )
+
+    return [ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+            DigitalXRayImageStorageForProcessing]
+
+
+class Node:
+    """What the listener and the DICOMweb puller share: the spool, the state, processing a
+    study (rows, failures, SR) and sending its reports."""
+
+    def __init__(self, predictor: Any, spool: str | Path, cfg: ListenerConfig, dicom_filter: Any = None) -> None:
+        self.pred = predictor
+        self.cfg = cfg
+        if cfg.send_to and not cfg.send_to.startswith("stow:"):
+            parse_target(cfg.send_to)
+        self.state = PacsState(spool)
+        self.spool = self.state.spool
+        for sub in ("studies", "results", "sr", "tmp"):
+            _private_dir(self.spool / sub)
+        if dicom_filter is None:  # predict's default: CR / DX chest films, PA / AP / lateral
+            from .runtime import DicomFilter
+
+            dicom_filter = DicomFilter()
+        self.filter = dicom_filter
+        self._stop = threading.Event()  # set by stop(); the listener's worker checks it
+        self._server: Any = None
+        self._worker: threading.Thread | None = None
+        for name in ("pynetdicom", "pydicom"):  # their INFO / DEBUG lines can carry header values
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    def store(self, ds: Any, source: str) -> int:
+        """Write one received dataset to the spool and record it; a DIMSE status code."""
+        from .sr import valid_uid
+
+        try:
+            sop = str(ds.get("SOPInstanceUID", ""))
+            study = str(ds.get("StudyInstanceUID", ""))
+        except Exception:
+            log.warning("an instance could not be parsed; refused")
+            return 0xC000
+        if not valid_uid(sop) or not valid_uid(study):
+            log.warning("an instance without valid SOP / Study Instance UIDs was refused")
+            return 0xA900
+        if self.state.has_instance(sop):
+            log.info("instance %s of study %s received again; it is processed once", short(sop), short(study))
+            return 0x0000
+        folder = _private_dir(self.spool / "studies" / study_key(study))
+        target = folder / f"{hashlib.sha256(sop.encode()).hexdigest()[:32]}.dcm"
+        tmp = self.spool / "tmp" / f"{target.name}.{os.getpid()}.{threading.get_ident()}.part"
+        try:
+            ds.save_as(tmp, enforce_file_format=True)
+            os.chmod(tmp, 0o600)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except Exception as e:
+            log.warning("instance %s could not be written to the spool (%s)", short(sop), type(e).__name__)
+            tmp.unlink(missing_ok=True)
+            return 0xA700  # out of resources
+        self.state.add_instance(sop, study, target, source)
+        log.info("stored instance %s of study %s", short(sop), short(study))
+        return 0x0000
+
+    def process_study(self, study: str) -> None:
+        from .predict import run_predict
+
+        started_last = self.state.start_study(study)
+        key = short(study)
+        folder = self.spool / "studies" / study_key(study)
+        out = self.spool / "results" / f"{study_key(study)}.csv"
+        sr_dir = self.spool / "sr" / study_key(study)
+        if not folder.is_dir():
+            self.state.finish_study(study, started_last, False, reason="no instances in the spool")
+            return
+        try:
+            res = run_predict(self.pred, [folder], out, batch_size=self.cfg.batch_size, show_progress=False,
+                              dicom_filter=self.filter, resume=out.exists(), sr_dir=sr_dir)
+        except CxrkitError as e:
+            self.state.finish_study(study, started_last, False, reason=str(e).splitlines()[0][:300])
+            log.warning("study %s: nothing predicted (%s)", key, str(e).splitlines()[0][:120])
+            return
+        srs = sorted(str(p) for p in sr_dir.glob("*.dcm"))
+        self.state.finish_study(study, started_last, True, rows=res["predicted"] + res["already_done"],
+                                failed=res["failed"], sr_path=srs[0] if srs else None)
+        log.info("study %s: %d row(s), %d failure(s), %d report(s)", key, res["predicted"] + res["already_done"],
+                 res["failed"], len(srs))
+        if self.cfg.send_to:
+            for p in srs:
+                self.state.queue_send(study, p, self.cfg.send_to)
+
+    def process_due(self) -> None:
+        for study in self.state.due_studies(self.cfg.idle):
+            if self._stop.is_set():
+                break
+            self.process_study(study)
+
+    def send_due(self) -> None:
+        for job in self.state.due_sends():
+            self._send(*job)
+
+    def _send(self, study: str, sr_path: str, target: str, attempts: int) -> None:
+        """Send one report: ``stow:URL`` by STOW-RS, ``AE@host:port`` by C-STORE; the
+        outcome (and the back-off after a failure) goes into the state."""
+        err = self._stow(sr_path, target[5:]) if target.startswith("stow:") else self._cstore(sr_path, target)
+        self.state.send_result(study, sr_path, target, ok=not err, error=err)
+        where = "the DICOMweb server" if target.startswith("stow:") else parse_target(target)[0]
+        if err:
+            log.warning("report of study %s not sent to %s (%s); retried with back-off", short(study), where, err)
+        else:
+            log.info("report of study %s sent to %s", short(study), where)
+
+    def _cstore(self, sr_path: str, target: str) -> str:
+        import pydicom
+        from pynetdicom import AE
+        from pynetdicom.sop_class import ComprehensiveSRStorage
+
+        ae_title, host, port = parse_target(target)
+        ae = AE(ae_title=self.cfg.ae_title)
+        ae.add_requested_context(ComprehensiveSRStorage)
+        try:
+            ds = pydicom.dcmread(sr_path)
+            assoc = ae.associate(host, port, ae_title=ae_title)
+            if not assoc.is_established:
+                return "association rejected or no answer"
+            try:
+                status = assoc.send_c_store(ds)
+                code = int(getattr(status, "Status", 0xC000)) if status else 0xC000
+                return "" if code == 0x0000 else f"C-STORE status 0x{code:04X}"
+            finally:
+                assoc.release()
+        except Exception as e:
+            return type(e).__name__
+
+    def _stow(self, sr_path: str, url: str) -> str:
+        try:
+            DicomWeb(url).stow([Path(sr_path).read_bytes()])
+            return ""
+        except CxrkitError as e:
+            return str(e)[:200]
+
+
+class Listener(Node):
+    """``cxrkit pacs listen``: the Storage SCP, the study worker and the C-STORE sender."""
+
+    def __init__(self, predictor: Any, spool: str | Path, cfg: ListenerConfig, dicom_filter: Any = None) -> None:
+        try:
+            import pynetdicom  # noqa: F401
+        except ImportError:
+            raise CxrkitError("the DICOM listener needs pynetdicom (pip install cxrkit[pacs])") from None
+        cfg.ae_title = _check_ae(cfg.ae_title, "--ae-title")
+        cfg.allow_ae = tuple(_check_ae(a, "--allow-ae") for a in cfg.allow_ae)
+        super().__init__(predictor, spool, cfg, dicom_filter)
+
+    def _on_store(self, event: Any) -> int:
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+        except Exception:  # a dataset pydicom cannot parse
+            log.warning("an instance could not be parsed; refused")
+            return 0xC000
+        return self.store(ds, str(getattr(event.assoc.requestor, "ae_title", "")).strip())
+
+    def start(self) -> None:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+        n = self.state.recover()
+        if n:
+            log.info("%d study / studies left processing by an earlier run will be processed again", n)
+        ae = AE(ae_title=self.cfg.ae_title)
+        for sop in _storage_classes():
+            ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
+        if self.cfg.allow_ae:
+            ae.require_calling_aet = list(self.cfg.allow_ae)
+        self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self._worker = threading.Thread(target=self._work, name="cxrkit-pacs-worker", daemon=True)
+        self._worker.start()
+        log.info("listening as %s on %s:%d (spool %s)", self.cfg.ae_title, self.cfg.host, self.cfg.port, self.spool)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+        if self._worker is not None:
+            self._worker.join(timeout=60)
+        self.state.close()
+
+    def serve_forever(self) -> None:
+        import signal
+
+        self.start()
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *a: stop.set())
+        try:
+            while not stop.is_set():
+                stop.wait(0.5)
+        finally:
+            self.stop()
+
+    # the worker ---------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.process_due()
+                if self.cfg.send_to:
+                    self.send_due()
+            except Exception as e:  # keep serving: a broken study must not stop the node
+                log.error("worker error: %s", type(e).__name__)
+            self._stop.wait(self.cfg.poll)
+
+
+# ---------------------------------------------------------------------------------------
+# DICOMweb: QIDO-RS search, WADO-RS retrieve, STOW-RS store
+# ---------------------------------------------------------------------------------------
+
+
+class DicomWeb:
+    """A DICOMweb server (PS3.18). Credentials come from the environment only:
+    ``CXRKIT_DICOMWEB_TOKEN`` (bearer) or ``CXRKIT_DICOMWEB_USER`` +
+    ``CXRKIT_DICOMWEB_PASSWORD`` (basic)."""
+
+    def __init__(self, url: str, timeout: float = 120.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise CxrkitError(f"--dicomweb must be an http(s) URL (got {url[:80]!r})")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        token = os.environ.get("CXRKIT_DICOMWEB_TOKEN")
+        user, pw = os.environ.get("CXRKIT_DICOMWEB_USER"), os.environ.get("CXRKIT_DICOMWEB_PASSWORD")
+        self.auth = None
+        if token:
+            self.auth = f"Bearer {token}"
+        elif user is not None:
+            import base64
+
+            self.auth = "Basic " + base64.b64encode(f"{user}:{pw or ''}".encode()).decode()
+
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[bytes, str]:
+        import urllib.error
+        import urllib.request
+
+        h = dict(headers or {})
+        if self.auth:
+            h["Authorization"] = self.auth
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return r.read(), r.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            if e.code == 204:
+                return b"", ""
+            raise CxrkitError(f"DICOMweb {method} {path.split('?')[0][:60]}: HTTP {e.code}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise CxrkitError(f"DICOMweb server not reachable ({type(e).__name__})") from None
+
+    def studies(self, modalities: tuple[str, ...] = ("CR", "DX"), since: str | None = None) -> list[str]:
+        """StudyInstanceUIDs of the studies holding any of ``modalities`` (QIDO-RS)."""
+        import json
+        import urllib.parse
+
+        out: list[str] = []
+        for m in modalities:
+            q = {"ModalitiesInStudy": m, "includefield": "0020000D"}
+            if since:
+                q["StudyDate"] = f"{since.replace('-', '')}-"
+            raw, _ = self._request("GET", "/studies?" + urllib.parse.urlencode(q),
+                                   headers={"Accept": "application/dicom+json"})
+            for item in json.loads(raw or b"[]"):
+                uid = ((item.get("0020000D") or {}).get("Value") or [""])[0]
+                if uid and uid not in out:
+                    out.append(uid)
+        return out
+
+    def retrieve(self, study_uid: str) -> list[bytes]:
+        """The study's instances as DICOM files (WADO-RS, multipart/related)."""
+        raw, ctype = self._request("GET", f"/studies/{study_uid}",
+                                   headers={"Accept": 'multipart/related; type="application/dicom"'})
+        return _multipart_parts(raw, ctype)
+
+    def stow(self, files: list[bytes]) -> None:
+        """Store DICOM files on the server (STOW-RS)."""
+        import uuid
+
+        boundary = uuid.uuid4().hex
+        body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n"
+                        for f in files) + b"--" + boundary.encode() + b"--\r\n"
+        self._request("POST", "/studies", body, headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json"})
+
+
+def _multipart_parts(raw: bytes, ctype: str) -> list[bytes]:
+    import re
+
+    m = re.search(r'boundary="?([^";]+)"?', ctype or "")
+    if not m:
+        raise CxrkitError("DICOMweb: the server's answer is not multipart/related")
+    sep = b"--" + m.group(1).encode()
+    parts = []
+    for chunk in raw.split(sep)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, body = chunk.partition(b"\r\n\r\n")
+        if body.endswith(b"\r\n"):
+            body = body[:-2]
+        parts.append(body)
+    return parts
+
+
+def pull(predictor: Any, spool: str | Path, url: str, since: str | None = None, studies: list[str] | None = None,
+         stow: bool = False, dicom_filter: Any = None, modalities: tuple[str, ...] = ("CR", "DX")) -> dict[str, Any]:
+    """``cxrkit pacs pull``: find CR / DX studies on a DICOMweb server that this spool has not
+    processed (or the given ones), retrieve, predict, and with ``stow`` store each SR back.
+    Every state change is in the spool's database, so a killed pull resumes where it was."""
+    import io
+
+    import pydicom
+
+    web = DicomWeb(url)
+    cfg = ListenerConfig(idle=0.0, send_to=f"stow:{web.url}" if stow else None)
+    node = Node(predictor, spool, cfg, dicom_filter)
+    node.state.recover()
+    todo = list(studies) if studies else web.studies(modalities, since)
+    done = {u for (u,) in node.state.query("SELECT study_uid FROM studies WHERE status IN ('done', 'failed')")}
+    counts = {"found": len(todo), "skipped": 0, "processed": 0, "failed": 0, "instances": 0}
+    for uid in todo:
+        if uid in done and not studies:
+            counts["skipped"] += 1
+            continue
+        try:
+            files = web.retrieve(uid)
+        except CxrkitError as e:
+            log.warning("study %s not retrieved (%s)", short(uid), e)
+            counts["failed"] += 1
+            continue
+        for raw in files:
+            try:
+                ds = pydicom.dcmread(io.BytesIO(raw))
+            except Exception:
+                log.warning("an instance of study %s could not be parsed", short(uid))
+                continue
+            if str(ds.get("Modality", "")).upper() == "SR" and str(ds.get("Manufacturer", "")) == "cxrkit":
+                continue  # our own report of an earlier pull
+            if node.state.has_instance(str(ds.get("SOPInstanceUID", ""))):
+                continue
+            if node.store(ds, "dicomweb") == 0x0000:
+                counts["instances"] += 1
+        if uid not in {u for (u,) in node.state.query("SELECT study_uid FROM studies")}:
+            counts["failed"] += 1
+            continue
+        node.process_study(uid)
+        (st,) = node.state.query("SELECT status FROM studies WHERE study_uid = ?", (uid,))[0]
+        counts["processed" if st == "done" else "failed"] += 1
+    if stow:
+        node.send_due()
+    summary = node.state.summary()
+    node.state.close()
+    return dict(counts, sends=summary["sends"], unsent=summary["unsent"])
+
+
+def status(spool: str | Path) -> dict[str, Any]:
+    p = Path(spool)
+    if not (p / STATE_FILE).is_file():
+        raise CxrkitError(f"{spool}: no {STATE_FILE}; not a cxrkit pacs spool")
+    st = PacsState(p)
+    try:
+        return st.summary()
+    finally:
+        st.close()

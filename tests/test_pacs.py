@@ -1,0 +1,377 @@
+"""cxrkit as a DICOM node (issue 14), against a real Orthanc started here and against
+pynetdicom as the sending PACS: push -> rows + SR back in the same study, AE allow-list,
+kill and restart with every instance processed once, bad instances get failure rows."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from conftest import shared
+from dicom_helpers import make_dicom
+
+pynetdicom = pytest.importorskip("pynetdicom")
+pytest.importorskip("highdicom")
+
+from cxrkit.ensemble import load_predictor  # noqa: E402
+from cxrkit.pacs import Listener, ListenerConfig, PacsState, status, study_key  # noqa: E402
+from cxrkit.predict import run_predict  # noqa: E402
+
+ORTHANC = shutil.which("Orthanc") or (os.path.exists("/usr/sbin/Orthanc") and "/usr/sbin/Orthanc")
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout=60.0, step=0.2, what="condition"):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory):
+    """Two studies of real films: the shared chest DICOMs (one study each would be one
+    instance), and DICOMs made from nih_hires PNGs, 3 in one study, 2 in another."""
+    out = tmp_path_factory.mktemp("films")
+    pngs = sorted(shared("nih_hires", "images").glob("*.png"))[:5]
+    study_a, study_b = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    files = []
+    for i, p in enumerate(pngs):
+        arr = np.asarray(Image.open(p).convert("L"))
+        files.append(make_dicom(out / f"nih{i}.dcm", arr, modality="DX" if i % 2 else "CR",
+                                StudyInstanceUID=study_a if i < 3 else study_b, PatientName="SECRET^PATIENT"))
+    real = sorted(shared("dicom").glob("*.dcm"))
+    return {"a": files[:3], "b": files[3:], "real": real, "study_a": study_a, "study_b": study_b}
+
+
+def c_store(files, port, calling="TESTPACS", called="CXRKIT"):
+    """Send files as a PACS would; returns the status codes (None = association refused)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                                      SecondaryCaptureImageStorage)
+
+    ae = AE(ae_title=calling)
+    for c in (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, SecondaryCaptureImageStorage):
+        ae.add_requested_context(c, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50"])
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if not assoc.is_established:
+        return None
+    codes = []
+    try:
+        for f in files:
+            st = assoc.send_c_store(pydicom.dcmread(f))
+            codes.append(int(st.Status) if st else None)
+    finally:
+        assoc.release()
+    return codes
+
+
+def _rows(spool, study_uid):
+    p = Path(spool) / "results" / f"{study_key(study_uid)}.csv"
+    if not p.is_file():
+        return []
+    with open(p, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_listener_predicts_each_study_once_and_writes_its_sr(trained_model, films, tmp_path):
+    pred = load_predictor(trained_model, engine="torch")
+    port = free_port()
+    spool = tmp_path / "spool"
+    lst = Listener(pred, spool, ListenerConfig(port=port, host="127.0.0.1", idle=0.5, poll=0.1,
+                                               allow_ae=("TESTPACS",)))
+    lst.start()
+    try:
+        assert c_store(films["a"], port) == [0, 0, 0]
+        assert c_store(films["a"][:1], port) == [0]  # sent twice: accepted, processed once
+        assert c_store(films["a"], port, calling="INTRUDER") is None  # not on the allow-list
+        wait_for(lambda: status(spool)["studies"].get("done") == 1, what="study processed")
+    finally:
+        lst.stop()
+    rows = _rows(spool, films["study_a"])
+    assert len(rows) == 3 and len({r["sop_instance_uid"] for r in rows}) == 3
+    # the same probabilities as cxrkit predict on the same files
+    ref = tmp_path / "ref.csv"
+    run_predict(pred, films["a"], ref, show_progress=False)
+    with open(ref, newline="") as f:
+        want = {r["sop_instance_uid"]: r for r in csv.DictReader(f)}
+    for r in rows:
+        for c in pred.classes:
+            assert float(r[c]) == pytest.approx(float(want[r["sop_instance_uid"]][c]), abs=1e-6)
+    srs = list((spool / "sr" / study_key(films["study_a"])).glob("*.dcm"))
+    assert len(srs) == 1
+    sr = pydicom.dcmread(srs[0])
+    assert sr.StudyInstanceUID == films["study_a"] and sr.Modality == "SR" and sr.VerificationFlag == "UNVERIFIED"
+    text = " ".join(str(i.get("TextValue", "")) for i in sr.ContentSequence)
+    assert "AI model" in text and pred.name in text
+    # the spool is private and the log names no patient
+    assert (spool.stat().st_mode & 0o077) == 0 and (spool / "state.sqlite").stat().st_mode & 0o077 == 0
+    st = status(spool)
+    assert st["instances"] == {"done": 3} and st["studies"] == {"done": 1}
+
+
+def test_bad_instances_get_failure_rows_and_the_study_goes_on(trained_model, films, tmp_path):
+    pred = load_predictor(trained_model, engine="torch")
+    study = films["study_b"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    hand = make_dicom(bad / "hand.dcm", np.random.default_rng(0).integers(0, 4000, (256, 256)), body_part="HAND",
+                      StudyInstanceUID=study)
+    colour = make_dicom(bad / "rgb.dcm", np.zeros((64, 64), np.uint8), StudyInstanceUID=study)
+    ds = pydicom.dcmread(colour)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8).tobytes()
+    ds.save_as(colour, enforce_file_format=True)
+    corrupt = make_dicom(bad / "short.dcm", np.random.default_rng(2).integers(0, 4000, (256, 256)),
+                         StudyInstanceUID=study)
+    ds = pydicom.dcmread(corrupt)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+    ds.save_as(corrupt, enforce_file_format=True)
+    port = free_port()
+    spool = tmp_path / "spool"
+    lst = Listener(pred, spool, ListenerConfig(port=port, host="127.0.0.1", idle=0.5, poll=0.1))
+    lst.start()
+    try:
+        codes = c_store([*films["b"], hand, colour, corrupt], port)
+        wait_for(lambda: status(spool)["studies"].get("done") == 1, what="study processed")
+    finally:
+        lst.stop()
+    assert len(_rows(spool, study)) == 2  # the two good films
+    with open(spool / "results" / f"{study_key(study)}.failures.csv", newline="") as f:
+        reasons = sorted(r["reason"] for r in csv.DictReader(f))
+    assert codes[2:] == [0, 0, 0]  # stored (a PACS must not be told to resend them), then refused by reason
+    assert reasons == ["colour", "not_chest_radiograph", "truncated"]
+
+
+def test_killed_listener_resumes_without_losing_or_repeating(trained_model, films, tmp_path):
+    """SIGKILL mid-study, restart: every instance is predicted exactly once."""
+    port = free_port()
+    spool = tmp_path / "spool"
+    cmd = [sys.executable, "-m", "cxrkit.cli", "pacs", "listen", str(trained_model), "--spool", str(spool),
+           "--port", str(port), "--host", "127.0.0.1", "--idle", "1.5", "--engine", "torch"]
+    env = dict(os.environ, CXRKIT_QUIET="1")
+
+    def start():
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for(lambda: _answers(port), timeout=120, what="listener up")
+        return p
+
+    files = [*films["a"], *films["b"]]
+    p = start()
+    try:
+        assert c_store(files[:2], port) == [0, 0]
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    st = PacsState(spool)
+    assert len(st.query("SELECT sop_uid FROM instances")) == 2  # both acknowledged instances are in the spool
+    st.close()
+    p = start()
+    try:
+        assert c_store(files[1:], port) == [0, 0, 0, 0]  # files[1] again, then the rest
+        wait_for(lambda: status(spool)["studies"].get("done") == 2 and status(spool)["instances"] == {"done": 5},
+                 timeout=120, what="both studies processed")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=60)[0]
+    rows = _rows(spool, films["study_a"]) + _rows(spool, films["study_b"])
+    sops = [r["sop_instance_uid"] for r in rows]
+    assert len(sops) == 5 and len(set(sops)) == 5
+    assert "SECRET" not in out  # nothing patient-identifying in the log
+
+
+def _answers(port) -> bool:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="CXRKIT")
+    ok = assoc.is_established
+    if ok:
+        assoc.release()
+    return ok
+
+
+# ---------------------------------------------------------------------------------------
+# a real Orthanc
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    if not ORTHANC:
+        pytest.skip("Orthanc is not installed (bash scripts/test-deps.sh installs it)")
+    d = tmp_path_factory.mktemp("orthanc")
+    http, dicom, listener = free_port(), free_port(), free_port()
+    cfg = {
+        "Name": "cxrkit-test", "StorageDirectory": str(d / "db"), "IndexDirectory": str(d / "db"),
+        "HttpPort": http, "DicomPort": dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": True, "RegisteredUsers": {"cxrkit": "test-secret"},
+        "DicomModalities": {"cxrkit": ["CXRKIT", "127.0.0.1", listener]},
+        "Plugins": [DICOMWEB_PLUGIN] if os.path.exists(DICOMWEB_PLUGIN) else [],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "StableAge": 1, "HttpTimeout": 30,
+    }
+    (d / "orthanc.json").write_text(json.dumps(cfg))
+    log = open(d / "orthanc.log", "w")
+    proc = subprocess.Popen([ORTHANC, str(d / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    api = Orthanc(f"http://127.0.0.1:{http}", "cxrkit", "test-secret")
+    try:
+        wait_for(lambda: proc.poll() is None and api.alive(), timeout=60, what="Orthanc up")
+        yield {"api": api, "dicom_port": dicom, "listener_port": listener, "dir": d}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+class Orthanc:
+    """Orthanc's REST API, as an administrator's script would use it."""
+
+    def __init__(self, url, user, password):
+        import base64
+
+        self.url = url
+        self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def call(self, method, path, body=None, ctype="application/json"):
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Authorization": self.auth, "Content-Type": ctype})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read()
+        return json.loads(raw) if raw[:1] in (b"{", b"[") else raw
+
+    def alive(self):
+        try:
+            return bool(self.call("GET", "/system"))
+        except OSError:
+            return False
+
+
+def test_orthanc_pushes_a_study_and_gets_the_sr_back(trained_model, films, orthanc, tmp_path):
+    api = orthanc["api"]
+    ids = [api.call("POST", "/instances", Path(f).read_bytes(), "application/dicom")["ParentStudy"]
+           for f in films["a"]]
+    assert len(set(ids)) == 1
+    oid = ids[0]
+    pred = load_predictor(trained_model, engine="torch")
+    spool = tmp_path / "spool"
+    lst = Listener(pred, spool, ListenerConfig(port=orthanc["listener_port"], host="127.0.0.1", idle=1.0, poll=0.2,
+                                               allow_ae=("ORTHANC",),
+                                               send_to=f"ORTHANC@127.0.0.1:{orthanc['dicom_port']}"))
+    lst.start()
+    try:
+        job = api.call("POST", "/modalities/cxrkit/store", {"Resources": [oid], "Synchronous": True})
+        assert job.get("FailedInstancesCount", 0) == 0 if isinstance(job, dict) else True
+        wait_for(lambda: status(spool)["sends"].get("sent") == 1, timeout=90, what="SR sent back")
+    finally:
+        lst.stop()
+    series = api.call("GET", f"/studies/{oid}/series?expand")
+    sr = [s for s in series if s["MainDicomTags"].get("Modality") == "SR"]
+    assert len(sr) == 1, [s["MainDicomTags"].get("Modality") for s in series]
+    inst = sr[0]["Instances"][0]
+    raw = api.call("GET", f"/instances/{inst}/file")
+    ds = pydicom.dcmread(__import__("io").BytesIO(raw))
+    assert ds.StudyInstanceUID == films["study_a"] and ds.VerificationFlag == "UNVERIFIED"
+    # the probabilities in the SR are cxrkit predict's study maximum
+    ref = tmp_path / "ref.csv"
+    run_predict(pred, films["a"], ref, show_progress=False)
+    with open(ref, newline="") as f:
+        rows = list(csv.DictReader(f))
+    want = {c: max(float(r[c]) for r in rows) for c in pred.classes}
+    got = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
+           for i in ds.ContentSequence if i.ValueType == "NUM"}
+    for c in pred.classes:
+        assert got[c] == pytest.approx(want[c], abs=1e-5)
+
+
+def test_unreachable_send_target_is_retried_and_reported(trained_model, films, tmp_path):
+    pred = load_predictor(trained_model, engine="torch")
+    port, dead = free_port(), free_port()
+    spool = tmp_path / "spool"
+    lst = Listener(pred, spool, ListenerConfig(port=port, host="127.0.0.1", idle=0.3, poll=0.1,
+                                               send_to=f"NOBODY@127.0.0.1:{dead}"))
+    lst.start()
+    try:
+        assert c_store(films["b"], port) == [0, 0]
+        wait_for(lambda: status(spool)["unsent"] and status(spool)["unsent"][0]["attempts"] >= 1, timeout=60,
+                 what="a failed send")
+    finally:
+        lst.stop()
+    u = status(spool)["unsent"][0]
+    assert u["status"] == "pending" and u["error"] and u["target"].startswith("NOBODY@")
+    st = PacsState(spool)
+    (next_try,) = st.query("SELECT next_try_at FROM sends")[0]
+    st.close()
+    assert next_try > time.time()  # backed off, not hammering the PACS
+
+
+def test_pull_from_orthanc_dicomweb_and_stow_the_sr_back(trained_model, films, orthanc, tmp_path, capsys):
+    from conftest import run_cli_inprocess
+
+    if not os.path.exists(DICOMWEB_PLUGIN):
+        pytest.skip("Orthanc's DICOMweb plugin is not installed")
+    api = orthanc["api"]
+    oid = [api.call("POST", "/instances", Path(f).read_bytes(), "application/dicom")["ParentStudy"]
+           for f in films["b"]][0]
+    url = api.url + "/dicom-web"
+    spool = tmp_path / "spool"
+    os.environ["CXRKIT_DICOMWEB_USER"], os.environ["CXRKIT_DICOMWEB_PASSWORD"] = "cxrkit", "test-secret"
+    try:
+        r = run_cli_inprocess(capsys, "pacs", "pull", str(trained_model), "--dicomweb", url, "--spool", str(spool),
+                              "--study", films["study_b"], "--stow", "--engine", "torch")
+        assert r.returncode == 0, r.stderr
+        assert "1 processed" in r.stdout and "reports sent: 1" in r.stdout
+        rows = _rows(spool, films["study_b"])
+        assert len(rows) == 2
+        series = api.call("GET", f"/studies/{oid}/series?expand")
+        assert [s["MainDicomTags"].get("Modality") for s in series].count("SR") == 1
+        # a second pull of everything finds the study done and adds no rows, no second report
+        r = run_cli_inprocess(capsys, "pacs", "pull", str(trained_model), "--dicomweb", url, "--spool", str(spool),
+                              "--stow", "--engine", "torch")
+        assert r.returncode == 0, r.stderr
+        assert len(_rows(spool, films["study_b"])) == 2
+        assert [s["MainDicomTags"].get("Modality") for s in api.call("GET", f"/studies/{oid}/series?expand")
+                ].count("SR") == 1
+        # wrong credentials: a one-line error, no traceback
+        os.environ["CXRKIT_DICOMWEB_PASSWORD"] = "wrong"
+        r = run_cli_inprocess(capsys, "pacs", "pull", str(trained_model), "--dicomweb", url, "--spool",
+                              str(tmp_path / "s2"), "--engine", "torch")
+        assert r.returncode != 0 and "HTTP 401" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        os.environ.pop("CXRKIT_DICOMWEB_USER", None)
+        os.environ.pop("CXRKIT_DICOMWEB_PASSWORD", None)
+    # the probabilities are cxrkit predict's
+    pred = load_predictor(trained_model, engine="torch")
+    ref = tmp_path / "ref.csv"
+    run_predict(pred, films["b"], ref, show_progress=False)
+    with open(ref, newline="") as f:
+        want = {r["sop_instance_uid"]: r for r in csv.DictReader(f)}
+    for row in rows:
+        for c in pred.classes:
+            assert float(row[c]) == pytest.approx(float(want[row["sop_instance_uid"]][c]), abs=1e-6)
