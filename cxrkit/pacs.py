@@ -514,8 +514,11 @@ class DicomWeb:
 
     def retrieve(self, study_uid: str) -> list[bytes]:
         """The study's instances as DICOM files (WADO-RS, multipart/related)."""
-        raw, ctype = self._request("GET", f"/studies/{study_uid}",
-                                   headers={"Accept": 'multipart/related; type="application/dicom"'})
+        # transfer-syntax=*: as stored. Without it the server must transcode to Explicit VR
+        # Little Endian, and a JPEG film decoded by the server's codec differs from the one
+        # cxrkit predict decodes (measured on Orthanc: probabilities 1e-4 apart).
+        raw, ctype = self._request("GET", f"/studies/{study_uid}", headers={
+            "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
         return _multipart_parts(raw, ctype)
 
     def stow(self, files: list[bytes]) -> None:

@@ -339,6 +339,9 @@ def test_pull_from_orthanc_dicomweb_and_stow_the_sr_back(trained_model, films, o
     api = orthanc["api"]
     oid = [api.call("POST", "/instances", Path(f).read_bytes(), "application/dicom")["ParentStudy"]
            for f in films["b"]][0]
+    real = {pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID: f for f in films["real"]}
+    real_ids = {u: api.call("POST", "/instances", Path(f).read_bytes(), "application/dicom")["ParentStudy"]
+                for u, f in real.items()}  # the shared real chest DICOMs, a study each
     url = api.url + "/dicom-web"
     spool = tmp_path / "spool"
     os.environ["CXRKIT_DICOMWEB_USER"], os.environ["CXRKIT_DICOMWEB_PASSWORD"] = "cxrkit", "test-secret"
@@ -358,6 +361,17 @@ def test_pull_from_orthanc_dicomweb_and_stow_the_sr_back(trained_model, films, o
         assert len(_rows(spool, films["study_b"])) == 2
         assert [s["MainDicomTags"].get("Modality") for s in api.call("GET", f"/studies/{oid}/series?expand")
                 ].count("SR") == 1
+        # ... and the real films it had not seen, each with its SR back in its own study
+        for u, f in real.items():
+            got = _rows(spool, u)
+            assert len(got) == 1, u
+            pred = load_predictor(trained_model, engine="torch")
+            run_predict(pred, [f], tmp_path / "real.csv", show_progress=False, overwrite=True)
+            with open(tmp_path / "real.csv", newline="") as fh:
+                want = next(csv.DictReader(fh))
+            assert all(float(got[0][c]) == pytest.approx(float(want[c]), abs=1e-6) for c in pred.classes)
+            mods = [s["MainDicomTags"].get("Modality") for s in api.call("GET", f"/studies/{real_ids[u]}/series?expand")]
+            assert mods.count("SR") == 1, mods
         # wrong credentials: a one-line error, no traceback
         os.environ["CXRKIT_DICOMWEB_PASSWORD"] = "wrong"
         r = run_cli_inprocess(capsys, "pacs", "pull", str(trained_model), "--dicomweb", url, "--spool",
