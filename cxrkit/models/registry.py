@@ -16,6 +16,7 @@ a builder returns ``(module, Z)``. Names resolve in this order:
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,3 +207,92 @@ def _tiny_cnn(spec: BackboneSpec) -> tuple[nn.Module, int]:
     if spec.weights is not None:
         net.load_state_dict(_load_state_dict_file(spec.weights))
     return net, net.num_features
+
+
+# ---------------------------------------------------------------------------------------
+# torchxrayvision's chest-X-ray-pretrained networks
+# ---------------------------------------------------------------------------------------
+
+#: torchxrayvision's input convention: one channel, intensities in [-1024, 1024] (cxrkit's
+#: [0, 1] image with mean 0.5, std 1/2048), at the resolution the weights were trained at.
+TXV_PREPROCESSING = {
+    "txv-densenet121": {"size": 224, "channels": 1, "mean": [0.5], "std": [1 / 2048]},
+    "txv-resnet50": {"size": 512, "channels": 1, "mean": [0.5], "std": [1 / 2048]},
+}
+
+
+class TxvFeatures(nn.Module):
+    """torchxrayvision's DenseNet-121 or ResNet-50 (torchvision architectures with a
+    one-channel stem) as a backbone: the pooled features of torchxrayvision's own feature
+    path (DenseNet: ``features`` -> ReLU -> global average pool, Z = 1024; ResNet-50: conv1 ...
+    layer4 -> average pool, Z = 2048). torchxrayvision resizes inputs of another size itself;
+    here cxrkit's preprocessing does (``TXV_PREPROCESSING``)."""
+
+    def __init__(self, arch: str) -> None:
+        super().__init__()
+        import torchvision
+
+        self.arch = arch
+        if arch == "densenet121":
+            net = torchvision.models.densenet121(weights=None)
+            net.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.features = net.features
+            self.num_features = 1024
+        elif arch == "resnet50":
+            net = torchvision.models.resnet50(weights=None)
+            net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            net.fc = nn.Identity()
+            self.model = net
+            self.num_features = 2048
+        else:  # pragma: no cover - only the two names below register it
+            raise ConfigError(f"unknown torchxrayvision architecture {arch!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.arch == "densenet121":
+            f = torch.relu(self.features(x))
+            return torch.nn.functional.adaptive_avg_pool2d(f, (1, 1)).flatten(1)
+        return self.model(x)
+
+    def load_txv_state_dict(self, sd: dict[str, torch.Tensor], source: str) -> None:
+        """torchxrayvision's weights: the state dict of its model object (``features.*`` /
+        ``model.*`` keys) or of the bare torchvision network; classifier / fc and the
+        operating-point buffers are left out."""
+        skip = ("classifier.", "fc.", "model.fc.", "op_threshs")
+        sd = {k: v for k, v in sd.items() if not k.startswith(skip)}
+        if self.arch == "resnet50":
+            sd = {(k if k.startswith("model.") else f"model.{k}"): v for k, v in sd.items()}
+        missing, unexpected = self.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ConfigError(f"{source}: not torchxrayvision {self.arch} weights (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+
+
+def _txv(arch: str) -> Builder:
+    def build(spec: BackboneSpec) -> tuple[nn.Module, int]:
+        if spec.in_chans != 1:
+            raise ConfigError(f"txv-{arch} takes one-channel images: set model.in_chans: 1 and "
+                              f"preprocessing: {TXV_PREPROCESSING['txv-' + arch]}")
+        if spec.pretrained and spec.weights is None:
+            raise ConfigError(f"txv-{arch}: pretrained weights come from a local file (model.weights: PATH), "
+                              "a state dict saved from torchxrayvision's model (see the README)")
+        if spec.kwargs:
+            raise ConfigError(f"txv-{arch} takes no backbone_kwargs (got {sorted(spec.kwargs)})")
+        net = TxvFeatures(arch)
+        if spec.weights is not None:
+            try:
+                sd = _load_state_dict_file(spec.weights)
+            except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as e:
+                import re
+
+                msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e).splitlines()[0] if str(e) else type(e).__name__)
+                raise ConfigError(f"{spec.weights}: not a state dict cxrkit can load safely ({msg[:120]}); "
+                                  "torchxrayvision's downloads of whole pickled models must be converted once "
+                                  "(see the README: torch.save(model.state_dict(), ...))") from None
+            net.load_txv_state_dict(sd, str(spec.weights))
+        return net, net.num_features
+
+    return build
+
+
+register_backbone("txv-densenet121")(_txv("densenet121"))
+register_backbone("txv-resnet50")(_txv("resnet50"))

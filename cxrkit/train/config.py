@@ -7,6 +7,8 @@ every saved model.
 
 from __future__ import annotations
 
+import logging
+
 import copy
 import dataclasses
 from dataclasses import asdict, dataclass, field
@@ -20,6 +22,8 @@ from ..errors import ConfigError
 from ..labels import LabelPolicy
 from ..models.classifier import ModelConfig
 
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class TableRef:
@@ -174,6 +178,18 @@ class TrainConfig:
         if m.in_chans != self.preprocessing_obj.channels:
             raise ConfigError(f"model.in_chans ({m.in_chans}) must equal preprocessing.channels "
                               f"({self.preprocessing_obj.channels})")
+        from ..models.registry import TXV_PREPROCESSING
+
+        conv = TXV_PREPROCESSING.get(m.backbone)
+        if conv is not None:  # torchxrayvision's weights expect their own input convention
+            pre = self.preprocessing_obj
+            if (pre.channels != 1 or [round(v, 6) for v in pre.mean] != [0.5]
+                    or [round(v, 8) for v in pre.std] != [round(1 / 2048, 8)]):
+                raise ConfigError(f"{m.backbone} expects torchxrayvision's input convention (one channel, "
+                                  f"-1024..1024): set preprocessing: {{size: {conv['size']}, channels: 1, "
+                                  "mean: [0.5], std: [0.00048828125]}")
+            if pre.size != conv["size"]:
+                log.warning("%s was trained at %d px; preprocessing.size is %d", m.backbone, conv["size"], pre.size)
         return self
 
 
