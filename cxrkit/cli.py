@@ -392,6 +392,7 @@ def predict(
     require_view: Annotated[bool, typer.Option("--require-view", help="Skip DICOM without a usable ViewPosition.")] = False,
     no_filter: Annotated[bool, typer.Option("--no-filter", help="Predict every readable DICOM, whatever its modality / body part / view.")] = False,
     sr: Annotated[Optional[Path], typer.Option("--sr", help="Also write one DICOM Structured Report per study here (needs highdicom).")] = None,
+    explain_dir: Annotated[Optional[Path], typer.Option("--explain", help="Also write saliency maps here for each positive call (cxrkit explain; single models).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass; rows are flushed to disk after each batch.")] = 16,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding worker processes.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")] = "auto",
@@ -448,6 +449,17 @@ def predict(
     if res.get("sr"):
         msg += f"; structured reports: {res['sr']}"
     console.print(msg)
+    if explain_dir is not None:
+        from .explain import explain as run_explain
+        from .predict import read_rows
+
+        if (Path(model) / "ensemble.json").is_file():
+            raise CxrkitError("--explain needs a single model (explain an ensemble's members one by one)")
+        rows, probs = read_rows(out, pred.classes)
+        calls = {r["path"]: [c for c in pred.classes if r.get(f"call:{c}") == "1"] for r in rows}
+        calls = {p: c for p, c in calls.items() if c}
+        ex = run_explain(model, list(calls), explain_dir, only_positive=calls, device=str(_device(device)))
+        console.print(f"saliency maps: {ex['maps']} for the positive calls of {ex['images']} image(s) -> {explain_dir}")
 
 
 @app.command("ensemble")
@@ -656,6 +668,35 @@ def cft_merge(
     merge_parts(model, parts, valid_table, out, images_root=images_root, valid_split=valid_split,
                 test_table=test_table, test_split=test_split, holdout=holdout, console=console, overwrite=overwrite)
     _print_cft(out)
+
+
+@app.command()
+def explain(
+    model: Annotated[Path, typer.Argument(help="Saved model folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image or DICOM files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays, contact sheets and explain.csv.")],
+    labels: Annotated[Optional[str], typer.Option("--labels", help="Findings to explain, comma-separated (default: all).")] = None,
+    method: Annotated[str, typer.Option("--method", help="gradcam, gradcam++, layercam, eigencam or hirescam.")] = "gradcam",
+    dicom_sc: Annotated[bool, typer.Option("--dicom-sc", help="For DICOM inputs, also a DICOM Secondary Capture of each overlay in the film's study (derived, not for diagnosis).")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")] = "auto",
+) -> None:
+    """Saliency maps: per image and finding, the class activation map over the film as the
+    model saw it (PNG, probability in the title), a contact sheet per image, explain.csv.
+
+    Example: cxrkit explain runs/nih_hires/model film.png --out maps --labels Cardiomegaly,Effusion"""
+    from .explain import METHODS
+    from .explain import explain as run_explain
+
+    if method not in METHODS:
+        raise CxrkitError(f"--method must be one of {', '.join(METHODS)} (got {method!r})")
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise CxrkitError(f"not a file: {missing[0]}")
+    res = run_explain(model, images, out, labels=[x.strip() for x in labels.split(",")] if labels else None,
+                      method=method, dicom_sc=dicom_sc, device=str(_device(device)))
+    console.print(f"wrote {res['maps']} map(s) for {res['images']} image(s) to {out} ({method} on layer {res['layer']})")
+    for path, reason in res["failed"]:
+        console.print(f"not explained: {path} ({reason})")
 
 
 @pacs_app.command("listen")

@@ -78,7 +78,7 @@ def test_ctrl_c_during_train_says_where_it_stopped_and_how_to_resume(demo_data, 
         time.sleep(0.2)
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    _, err = p.communicate(timeout=180)  # generous: a loaded CI machine
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert p.returncode == 130, err
     assert len(lines) == 1 and "complete epoch(s) of 400" in lines[0], err
