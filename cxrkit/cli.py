@@ -313,6 +313,7 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     corrupt: Annotated[Optional[list[str]], typer.Option("--corrupt", help="Also score with this corruption applied to each decoded image (repeatable): blur, salt-pepper, speckle, optionally with parameters, e.g. blur:sigma=0.02.")] = None,
     corrupt_seed: Annotated[int, typer.Option("--corrupt-seed", help="Seed of the corruption noise; the same seed gives the same pixels.")] = 0,
+    tracking: Annotated[Optional[str], typer.Option("--tracking", help="Log the scores: mlflow[:URI] or tensorboard[:DIR] (default: none).")] = None,
 ) -> None:
     """Score a saved model or ensemble on a labelled table: per-class AUC / AP / F1 and their means.
 
@@ -326,6 +327,9 @@ def evaluate(
     from .utils import write_json
 
     corruptions = [parse_corruption(c, corrupt_seed) for c in corrupt or []]  # checked before any work
+    from .tracking import TrackingConfig
+
+    track = TrackingConfig.parse(tracking)
     pred = load_predictor(model, engine=engine, device=_device(device), precision=precision)
     summary = evaluate_table(pred, table, images_root=images_root, format=format, split=split, batch_size=batch_size,
                              workers=workers, tta=tta, uncertain=uncertain, study=study, lateral_weight=lateral_weight,
@@ -353,6 +357,17 @@ def evaluate(
     if json_out:
         write_json(json_out, summary)
         console.print(f"wrote {json_out}")
+    if track.backend != "none":
+        from .tracking import make_tracker
+
+        tr = make_tracker(track, f"evaluate-{Path(model).name}", json_out.parent if json_out else Path.cwd())
+        tr.log_params({"command": "evaluate", "model": str(model), "table": str(table), "split": split, "tta": tta,
+                       "study": study, "uncertain": uncertain})
+        tr.log_metrics({k: v for k, v in summary.items() if k in ("mAUC", "mAP", "mF1", "CF1", "OF1")})
+        tr.log_table("evaluation", {k: v for k, v in summary.items() if not k.startswith("_")})
+        if json_out:
+            tr.log_artifact(json_out)
+        tr.close()
 
 
 def _first_table_image(table: Path, images_root: Path | None, format: str | None) -> Any:
@@ -592,6 +607,7 @@ def cft(
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature cache folder (default ~/.cache/cxrkit/features).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the GA / BP runs and of --holdout; the same seed gives the same rows.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder that another command (or you) wrote.")] = False,
+    tracking: Annotated[Optional[str], typer.Option("--tracking", help="Log the CFT report: mlflow[:URI] or tensorboard[:DIR] (default: none).")] = None,
 ) -> None:
     """Category-wise Fine-Tuning: fine-tune each category's head row on its known labels.
 
@@ -603,6 +619,9 @@ def cft(
     from .cft.runner import CFTConfig
 
     ga, bp = _parse_sets(sets)
+    from .tracking import TrackingConfig
+
+    track = TrackingConfig.parse(tracking)  # checked before any work
     _ON_INTERRUPT.append(lambda: f"interrupted: CFT stopped before writing {out} (nothing there was changed); "
                                  f"the feature cache is kept, so rerunning is quick: {_quote_argv()}")
     pols = [p.strip() for p in policies.split(",")] if policies else (["ignore", "ones", "zeros"] if method == "greedy" else ["ignore"])
@@ -617,6 +636,18 @@ def cft(
     if "part" in res or "rank" in res:
         return
     _print_cft(out)
+    if track.backend != "none":
+        import json as _json
+
+        from .tracking import flatten, make_tracker
+
+        rep = _json.loads((out / "cft" / "report.json").read_text())
+        tr = make_tracker(track, f"cft-{Path(out).name}", Path(out).parent)
+        tr.log_params({"command": "cft", "model": str(model), **cfg.to_dict()})
+        tr.log_metrics(flatten({k: v for k, v in rep.get("metrics", {}).items() if isinstance(v, dict)}))
+        tr.log_table("cft_report", rep)
+        tr.log_artifact(out / "cft")
+        tr.close()
 
 
 def _print_cft(out: Path) -> None:

@@ -23,6 +23,8 @@ from ..labels import LabelPolicy
 from ..models.classifier import ModelConfig
 
 
+from ..tracking import TrackingConfig  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 @dataclass
@@ -117,6 +119,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: RunConfig = field(default_factory=RunConfig)
     partial: dict[str, Any] | None = None  # unknown-label strategy: {strategy: ignore|an|ll-r|selective|cl-score|cl-score+, params: {...}}
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # {backend: none|mlflow|tensorboard, uri, experiment}
 
     # --- derived views -------------------------------------------------------------
     @property
@@ -136,6 +139,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         _ = self.model_config, self.preprocessing_obj, self.label_policy
+        self.tracking.validate()
         if not self.data.train.table:
             raise ConfigError("data.train.table is required")
         if not self.data.valid.table:

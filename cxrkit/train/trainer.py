@@ -277,6 +277,10 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
     main = dist_info.is_main
     show = show_progress and main
     handler = None
+    from ..tracking import Tracker
+
+    tracker: Tracker = Tracker()
+    status = "FAILED"
     try:
         if main:
             out.mkdir(parents=True, exist_ok=True)
@@ -285,6 +289,10 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                                   "choose another --out")
             handler = _setup_file_log(out)
             dump_config(cfg, out / "config.yaml")
+            from ..tracking import make_tracker
+
+            tracker = make_tracker(cfg.tracking, out.name or cfg.name, out)
+            tracker.log_params(cfg.to_dict())
         barrier(dist_info)
         torch.manual_seed(cfg.train.seed)
         if cfg.train.deterministic:
@@ -400,6 +408,7 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
             elif main:
                 say(f"this run already finished ({state['epoch']} epoch(s)); nothing to resume")
             barrier(dist_info)
+            status = "FINISHED"
             return _result(out, state)
         net: nn.Module = model
         if dist_info.enabled:
@@ -506,6 +515,7 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                     f"{valid_loss:.4f}  mAUC {_fmt(rec['mAUC'])}  mAP {_fmt(rec['mAP'])}"
                     + ("  [best]" if state["best_epoch"] == epoch + 1 else ""))
                 log.info("epoch %d: %s", epoch + 1, {k: v for k, v in rec.items() if k != "per_class_auc"})
+                tracker.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch + 1)
                 if cfg.train.patience is not None and state["bad_epochs"] >= cfg.train.patience:
                     say(f"early stop: no improvement of {cfg.train.monitor} for {cfg.train.patience} epochs")
                     stop = True
@@ -523,14 +533,22 @@ def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epoc
                 break
             if stop_after_epochs is not None and epochs_this_run >= stop_after_epochs and epoch + 1 < cfg.train.epochs:
                 say(f"stopping after {epochs_this_run} epoch(s) as asked; continue with --resume")
+                status = "FINISHED"
                 return _result(out, state, completed=False)
         state["completed"] = True
         if main:
             save_checkpoint(out, model, ema, opt, state, strategy)
             _final_report(out, cfg, classes, valid_t, state)
+            for art in ("plots", "label_distribution.png", "summary.json", "metrics.csv", "model"):
+                tracker.log_artifact(out / art)
         barrier(dist_info)
+        status = "FINISHED"
         return _result(out, state)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
+        tracker.close(status)
         if handler is not None:
             logging.getLogger("cxrkit").removeHandler(handler)
             handler.close()
