@@ -71,8 +71,11 @@ def test_ctrl_c_during_train_says_where_it_stopped_and_how_to_resume(demo_data, 
            "preprocessing": {"size": 32, "channels": 1}, "model": {"backbone": "tiny-cnn", "in_chans": 1},
            "train": {"epochs": 400, "batch_size": 32}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    # SIGINT back to its default in the child: a test run started in the background (``cmd &``
+    # in a script) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
     p = subprocess.Popen([sys.executable, "-m", "cxrkit.cli", "-q", "train", str(tmp_path / "c.yaml"), "--out",
-                          str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "run" / "checkpoint" / "state.json").exists():
         time.sleep(0.2)
