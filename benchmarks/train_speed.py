@@ -25,7 +25,8 @@ def main() -> None:
 
     import torch
 
-    from cxrkit.inference import autocast, cpu_flags, cpu_has_bf16, resolve_precision
+    from cxrkit.inference import autocast, cpu_has_bf16, resolve_precision
+    from cxrkit.runtime import cpu_flags
     from cxrkit.losses import build_loss
     from cxrkit.models import ModelConfig, build_model
 

@@ -219,7 +219,7 @@ def explain(model_path: str | Path, images: Sequence[str | Path], out: str | Pat
     used: set[str] = set()
     for path in progress(list(images), "saliency maps", total=len(images), enabled=show_progress):
         p = Path(path)
-        want = (only_positive or {}).get(str(path)) if only_positive is not None else list(labels or ex.classes)
+        want = only_positive.get(str(path)) if only_positive is not None else list(labels or ex.classes)
         if not want:
             continue
         prep = prepare_file(0, p, [ex.pre])

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .errors import ArtifactError, CxrkitError
-from .runtime import INT8_FILE, MODEL_FILE, ONNX_FILE, MemberSpec, ModelSpec, onnx_location, read_spec
+from .runtime import (INT8_FILE, MODEL_FILE, ONNX_FILE, MemberSpec, ModelSpec, int8_location, onnx_location,
+                      read_spec)
 from .utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ def _sidecar(onnx_file: Path) -> Path:
     return onnx_file.with_name(onnx_file.name + ".json")
 
 
-def is_fresh(member: MemberSpec) -> bool:
-    f = onnx_location(member)
+def is_fresh(member: MemberSpec, f: Path | None = None) -> bool:
+    """``f`` (default: the member's fp32 ONNX file) exists and was made from its current
+    weights (the sidecar's checksum)."""
+    f = onnx_location(member) if f is None else f
     if not f.is_file():
         return False
     if not (member.path / "model.safetensors").is_file():
@@ -125,13 +128,6 @@ def export_model(path: str | Path, force: bool = True) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def int8_location(member: MemberSpec) -> Path:
-    """Where a member's int8 ONNX file is: next to its fp32 ONNX file."""
-    from .runtime import int8_location as loc
-
-    return loc(member)
-
-
 def calibration_files(member: MemberSpec, table: str | Path | None = None, split: str | None = None,
                       images_root: str | Path | None = None, n: int = 128, seed: int = 0) -> tuple[list[Path], dict]:
     """Up to ``n`` readable image paths for calibration (a seeded sample, in table order) and
@@ -166,22 +162,18 @@ def calibration_files(member: MemberSpec, table: str | Path | None = None, split
                    "ids_sha256": digest, "seed": seed}
 
 
-def _calibration_batches(files: list[Path], member: MemberSpec, batch: int = 16) -> tuple[list[np.ndarray], int]:
-    """Model inputs of the calibration films, prepared exactly as ``predict`` prepares them."""
-    from .runtime import prepare_file
+def _calibration_inputs(files: list[Path], member: MemberSpec) -> tuple[list[np.ndarray], int]:
+    """One 1 x C x H x W model input per readable calibration film, prepared as ``predict``
+    prepares it (onnxruntime's histogram calibrators stack the steps' tensors and need them
+    all the same shape), and the number of unreadable films."""
+    from .predict import prepared_batches
 
-    out, buf, failed = [], [], 0
-    for i, f in enumerate(files):
-        p = prepare_file(i, f, [member.preprocessing])
+    out, failed = [], 0
+    for (p,) in prepared_batches(files, [member.preprocessing], batch_size=1):
         if p.arrays is None:
             failed += 1
-            continue
-        buf.append(p.arrays[0])
-        if len(buf) == batch:
-            out.append(np.stack(buf).astype(np.float32))
-            buf = []
-    if buf:
-        out.append(np.stack(buf).astype(np.float32))
+        else:
+            out.append(np.asarray(p.arrays[0], np.float32)[None])
     if not out:
         raise CxrkitError("none of the calibration films could be read")
     return out, failed
@@ -207,9 +199,7 @@ def export_member_int8(member: MemberSpec, files: list[Path], source: dict[str, 
     if method not in methods:
         raise CxrkitError(f"calibration method must be one of {', '.join(methods)} (got {method!r})")
     fp32 = onnx_location(member)
-    # one film per calibration step: onnxruntime's histogram calibrators stack the steps'
-    # tensors and need them all the same shape
-    batches, failed = _calibration_batches(files, member, batch=1)
+    batches, failed = _calibration_inputs(files, member)
     name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -288,16 +278,7 @@ def export_int8(path: str | Path, table: str | Path | None = None, split: str | 
 
 
 def int8_is_fresh(member: MemberSpec) -> bool:
-    f = int8_location(member)
-    if not f.is_file():
-        return False
-    if not (member.path / "model.safetensors").is_file():
-        return True
-    try:
-        side = json.loads(_sidecar(f).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return side.get("weights_sha256") == member.meta.get("weights_sha256")
+    return is_fresh(member, int8_location(member))
 
 
 def deployment_copy(path: str | Path, out: str | Path, overwrite: bool = False) -> Path:

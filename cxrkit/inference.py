@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .data.augment import TTAView, apply_tta
+from . import runtime
 from .utils import progress
 
 
@@ -28,26 +29,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def cpu_has_bf16() -> bool:
     """Hardware bfloat16 matrix units: AMX-BF16 (Sapphire Rapids on) or AVX-512 BF16."""
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+    return bool({"amx_bf16", "avx512_bf16"} & runtime.cpu_flags())
 
 
 def cpu_has_int8() -> bool:
-    """Hardware int8 dot products: AMX-INT8, AVX-512 VNNI or AVX-VNNI."""
-    return bool({"amx_int8", "avx512_vnni", "avx_vnni"} & cpu_flags())
+    """Hardware int8 dot products (:func:`cxrkit.runtime.cpu_int8_units`)."""
+    return runtime.cpu_int8_units()
 
 
 def resolve_precision(requested: str | bool, device: torch.device) -> tuple[str, str]:

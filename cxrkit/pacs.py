@@ -589,8 +589,8 @@ def pull(predictor: Any, spool: str | Path, url: str, since: str | None = None, 
                 continue
             if node.store(ds, "dicomweb") == 0x0000:
                 counts["instances"] += 1
-        if uid not in {u for (u,) in node.state.query("SELECT study_uid FROM studies")}:
-            counts["failed"] += 1
+        if not node.state.query("SELECT 1 FROM studies WHERE study_uid = ?", (uid,)):
+            counts["failed"] += 1  # nothing of it could be stored
             continue
         node.process_study(uid)
         (st,) = node.state.query("SELECT status FROM studies WHERE study_uid = ?", (uid,))[0]

@@ -313,14 +313,22 @@ def int8_location(member: MemberSpec) -> Path:
     return f.with_name(INT8_FILE) if f.name == ONNX_FILE else f.with_suffix(".int8.onnx")
 
 
-def cpu_int8_units() -> bool:
-    """AMX-INT8 / AVX-512 VNNI / AVX-VNNI (Linux /proc/cpuinfo flags): int8 models beat fp32."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere). Torch-free, for
+    the container; ``cxrkit.inference`` uses it too."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return bool({"amx_int8", "avx512_vnni", "avx_vnni"} & set(flags))
+        pass
+    return set()
+
+
+def cpu_int8_units() -> bool:
+    """AMX-INT8 / AVX-512 VNNI / AVX-VNNI: int8 models beat fp32 on them."""
+    return bool({"amx_int8", "avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
 def int8_usable(member: MemberSpec) -> bool:

@@ -88,6 +88,17 @@ def c_store(files, port, calling="TESTPACS", called="CXRKIT"):
     return codes
 
 
+def assert_rows_are_predicts(rows, pred, files, ref):
+    """The rows (one per SOP instance) carry cxrkit predict's probabilities on ``files``."""
+    run_predict(pred, files, ref, show_progress=False, overwrite=True)
+    with open(ref, newline="") as f:
+        want = {r["sop_instance_uid"]: r for r in csv.DictReader(f)}
+    assert {r["sop_instance_uid"] for r in rows} == set(want)
+    for r in rows:
+        for c in pred.classes:
+            assert float(r[c]) == pytest.approx(float(want[r["sop_instance_uid"]][c]), abs=1e-6)
+
+
 def _rows(spool, study_uid):
     p = Path(spool) / "results" / f"{study_key(study_uid)}.csv"
     if not p.is_file():
@@ -113,13 +124,7 @@ def test_listener_predicts_each_study_once_and_writes_its_sr(trained_model, film
     rows = _rows(spool, films["study_a"])
     assert len(rows) == 3 and len({r["sop_instance_uid"] for r in rows}) == 3
     # the same probabilities as cxrkit predict on the same files
-    ref = tmp_path / "ref.csv"
-    run_predict(pred, films["a"], ref, show_progress=False)
-    with open(ref, newline="") as f:
-        want = {r["sop_instance_uid"]: r for r in csv.DictReader(f)}
-    for r in rows:
-        for c in pred.classes:
-            assert float(r[c]) == pytest.approx(float(want[r["sop_instance_uid"]][c]), abs=1e-6)
+    assert_rows_are_predicts(rows, pred, films["a"], tmp_path / "ref.csv")
     srs = list((spool / "sr" / study_key(films["study_a"])).glob("*.dcm"))
     assert len(srs) == 1
     sr = pydicom.dcmread(srs[0])
@@ -382,10 +387,4 @@ def test_pull_from_orthanc_dicomweb_and_stow_the_sr_back(trained_model, films, o
         os.environ.pop("CXRKIT_DICOMWEB_PASSWORD", None)
     # the probabilities are cxrkit predict's
     pred = load_predictor(trained_model, engine="torch")
-    ref = tmp_path / "ref.csv"
-    run_predict(pred, films["b"], ref, show_progress=False)
-    with open(ref, newline="") as f:
-        want = {r["sop_instance_uid"]: r for r in csv.DictReader(f)}
-    for row in rows:
-        for c in pred.classes:
-            assert float(row[c]) == pytest.approx(float(want[row["sop_instance_uid"]][c]), abs=1e-6)
+    assert_rows_are_predicts(rows, pred, films["b"], tmp_path / "ref.csv")

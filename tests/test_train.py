@@ -187,15 +187,15 @@ def test_classes_without_validation_labels_do_not_break_training(demo_data, tmp_
 
 
 def test_precision_resolution(monkeypatch):
-    from cxrkit import inference
+    from cxrkit import inference, runtime
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2", "fma"})
     assert inference.resolve_precision("auto", cpu)[0] == "fp32"
     assert "no AMX" in inference.resolve_precision("auto", cpu)[1]
     assert inference.resolve_precision(True, cpu)[0] == "fp32"
     assert inference.resolve_precision("bf16", cpu) == ("bf16", "asked for (this CPU has no bf16 units: emulated, slow)")
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_int8", "amx_tile"})
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_int8", "amx_tile"})
     assert inference.resolve_precision("auto", cpu)[0] == "bf16" and inference.cpu_has_int8()
     assert inference.resolve_precision(False, cpu)[0] == "fp32"
     with pytest.raises(ConfigError, match="CUDA"):

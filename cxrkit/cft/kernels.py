@@ -256,10 +256,6 @@ def default_threads() -> int:
     return int(numba.get_num_threads()) if AVAILABLE else _PROCESS_THREADS[0]
 
 
-def _threads() -> int:
-    return default_threads()
-
-
 def set_threads(n: int) -> None:
     """Threads the kernels (and the NumPy fall-back) use from now on in this process."""
     _PROCESS_THREADS[0] = max(1, int(n))
@@ -297,7 +293,7 @@ def ap_rows(scores: np.ndarray, pos_idx: np.ndarray, neg_idx: np.ndarray, thread
 
 def _chunks(n: int) -> int:
     # a few chunks per thread balance the load; each chunk keeps its own gradient (Z floats)
-    return max(1, min(4 * _threads(), n // 256 or 1))
+    return max(1, min(4 * default_threads(), n // 256 or 1))
 
 
 def asl_grad(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, gamma_pos: float, gamma_neg: float,

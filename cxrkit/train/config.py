@@ -7,10 +7,9 @@ every saved model.
 
 from __future__ import annotations
 
-import logging
-
 import copy
 import dataclasses
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -21,11 +20,10 @@ from ..data.preprocess import Preprocessing
 from ..errors import ConfigError
 from ..labels import LabelPolicy
 from ..models.classifier import ModelConfig
-
-
-from ..tracking import TrackingConfig  # noqa: E402
+from ..tracking import TrackingConfig
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class TableRef:
