@@ -215,6 +215,9 @@ def _fit_row_fused(x: np.ndarray, y: np.ndarray, xv: np.ndarray, val_scorer: Bin
 
     w = np.asarray(w0, np.float32).copy()
     b = np.array([b0], np.float32)
+    # the starting score by the same matrix-vector product as every epoch's, so that rounding
+    # differences between two products never count as a gain
+    val_before = float(val_scorer(kernels.scores(xv, w, float(b[0])))[0])
     opt = _Adam([w, b], cfg.lr, cfg.weight_decay)
     scale = 1.0 / max(len(y), 1) if asl["mean"] else 1.0
     best = {"val": val_before, "w": w.copy(), "b": float(b[0]), "epoch": 0, "stale": 0}
