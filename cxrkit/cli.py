@@ -725,9 +725,11 @@ def explain(
         raise CxrkitError(f"not a file: {missing[0]}")
     res = run_explain(model, images, out, labels=[x.strip() for x in labels.split(",")] if labels else None,
                       method=method, dicom_sc=dicom_sc, device=str(_device(device)))
-    console.print(f"wrote {res['maps']} map(s) for {res['images']} image(s) to {out} ({method} on layer {res['layer']})")
     for path, reason in res["failed"]:
         console.print(f"not explained: {path} ({reason})")
+    if res["maps"] == 0:
+        raise CxrkitError(f"nothing could be explained: {len(res['failed'])} of {len(images)} input(s) unreadable")
+    console.print(f"wrote {res['maps']} map(s) for {res['images']} image(s) to {out} ({method} on layer {res['layer']})")
 
 
 @pacs_app.command("listen")

@@ -91,9 +91,12 @@ def load_predictor(path: str | Path, engine: str = "torch", device: str | torch.
     """A model or ensemble folder as a predictor: ``engine`` torch, onnx (exported on first
     use) or auto (:func:`choose_engine`); ``precision`` auto / fp32 / bf16 (torch) / int8
     (onnx, after ``export --int8``); auto picks int8 / bf16 only where the CPU has the units."""
-    spec = read_spec(path)
     if engine not in ENGINES:
         raise CxrkitError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if precision not in ("auto", "fp32", "int8", "bf16", "fp16"):
+        raise CxrkitError(f"precision must be auto, fp32, int8 (onnx), bf16 (torch) or fp16 (torch on CUDA), "
+                          f"got {precision!r}")
+    spec = read_spec(path)
     if engine == "auto":
         engine = choose_engine(spec, device)
         if engine == "torch" and precision == "int8":

@@ -135,3 +135,13 @@ def test_dicom_secondary_capture_of_an_overlay(spot_model, tmp_path):
     assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"] and "not for diagnosis" in sc.ImageComments
     assert sc.pixel_array.shape[-1] == 3 and sc.Manufacturer == "cxrkit"
     assert json.dumps(str(sc.PatientName)) == json.dumps(str(src.PatientName))  # in the patient's study
+
+
+def test_explain_with_nothing_readable_fails_in_one_line(spot_model, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    r = run_cli_inprocess(capsys, "explain", str(spot_model), str(bad), "--out", str(tmp_path / "m"))
+    assert r.returncode == 2 and "nothing could be explained" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli_inprocess(capsys, "predict", str(spot_model), str(bad), "--out", str(tmp_path / "p.csv"),
+                          "--precision", "int4")
+    assert r.returncode == 2 and "int8" in r.stderr and "Traceback" not in r.stderr
