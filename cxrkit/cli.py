@@ -524,14 +524,31 @@ def export(
     calibration_images: Annotated[int, typer.Option("--calibration-images", min=1, help="--int8: films used for calibration (a seeded sample).")] = 128,
     calibration_method: Annotated[str, typer.Option("--calibration-method", help="--int8: percentile (99.999th), minmax or entropy.")] = "percentile",
     images_root: Annotated[Optional[Path], typer.Option("--images-root", help="--int8: folder the calibration table's paths are relative to.")] = None,
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Write a MONAI Bundle here (configs/metadata.json, configs/inference.json, models/model.pt, docs/, LICENSE).")] = None,
+    dataset_dir: Annotated[Optional[Path], typer.Option("--dataset-dir", help="--bundle: default film folder of inference.json (default: the bundle's data/; override with --dataset_dir at run time).")] = None,
+    license_file: Annotated[Optional[Path], typer.Option("--license", help="--bundle: LICENSE text to ship (default: Apache-2.0 for the code, the training data's terms for the weights).")] = None,
+    no_filter: Annotated[bool, typer.Option("--no-filter", help="--bundle: read every DICOM, whatever its modality / body part / view (default: predict's chest-radiograph filter).")] = False,
 ) -> None:
-    """Export a model or every member of an ensemble to ONNX for onnxruntime on the CPU.
+    """Export a model to ONNX for onnxruntime on the CPU (every member of an ensemble), or to
+    a MONAI Bundle.
 
-    Example: cxrkit export runs/ens --onnx --deploy challenge/build/model"""
+    Examples: cxrkit export runs/ens --onnx --deploy challenge/build/model;
+    cxrkit export runs/demo/model --bundle bundles/demo"""
     from .export import deployment_copy, export_int8, export_model
 
+    if bundle is not None:
+        from .bundle import export_bundle
+
+        res = export_bundle(model, bundle, overwrite=overwrite, dataset_dir=dataset_dir,
+                            dicom_filter=None if no_filter else "default", license_file=license_file)
+        console.print(f"wrote MONAI Bundle {res['bundle']} ({res['classes']} classes; network rebuilt from "
+                      f"inference.json equals the model, max |logit difference| {res['max_abs_logit_diff']:.1e}); "
+                      f"run: cd {res['bundle']} && python -m monai.bundle run --config_file configs/inference.json "
+                      f"--dataset_dir FILMS")
+        if not onnx:
+            return
     if not onnx:
-        raise CxrkitError("say which format to export: --onnx")
+        raise CxrkitError("say which format to export: --onnx or --bundle DIR")
     if calibration_method not in ("percentile", "minmax", "entropy"):
         raise CxrkitError(f"--calibration-method must be percentile, minmax or entropy (got {calibration_method!r})")
     if deploy:  # refuse a bad target before any work

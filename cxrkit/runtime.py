@@ -189,6 +189,25 @@ class Prepared:
     detail: str = ""
 
 
+def read_dicom_film(p: Path, dicom_filter: DicomFilter | None = None, info: dict[str, str] | None = None) -> np.ndarray:
+    """A DICOM file through the header filter and the full pixel pipeline (modality LUT, VOI
+    LUT / window, MONOCHROME1): H x W float32 in [0, 1]. ``info`` (when given) receives the
+    identifiers and view as soon as the header is read, so a failure can still name them."""
+    from .data.images import _dcmread, _decode, apply_dicom_pipeline, check_dicom_image
+
+    info = {} if info is None else info
+    ds = _dcmread(p)
+    dinfo = dicom_info(ds)
+    info.update({"sop_instance_uid": dinfo.sop_instance_uid, "study_instance_uid": dinfo.study_instance_uid,
+                 "series_instance_uid": dinfo.series_instance_uid, "modality": dinfo.modality,
+                 "view": normalise_view(dinfo.view_position) if dinfo.view_position else ""})
+    if dicom_filter is not None:
+        info["view"] = dicom_filter.check(dinfo, p)
+    check_dicom_image(ds, p, dinfo)
+    img, _ = apply_dicom_pipeline(_decode(ds, p, dinfo), ds, p)
+    return img
+
+
 def prepare_file(index: int, path: str | Path, pres: Sequence[Preprocessing],
                  dicom_filter: DicomFilter | None = None, corrupt: Any = None) -> Prepared:
     """Read one file once and make every member's input; never raises for a bad file.
@@ -198,17 +217,7 @@ def prepare_file(index: int, path: str | Path, pres: Sequence[Preprocessing],
     try:
         p = Path(path)
         if is_dicom_file(p) and p.exists():
-            from .data.images import _dcmread, _decode, apply_dicom_pipeline, check_dicom_image
-
-            ds = _dcmread(p)
-            dinfo = dicom_info(ds)
-            info = {"sop_instance_uid": dinfo.sop_instance_uid, "study_instance_uid": dinfo.study_instance_uid,
-                    "series_instance_uid": dinfo.series_instance_uid, "modality": dinfo.modality,
-                    "view": normalise_view(dinfo.view_position) if dinfo.view_position else ""}
-            if dicom_filter is not None:
-                info["view"] = dicom_filter.check(dinfo, p)
-            check_dicom_image(ds, p, dinfo)
-            img, _ = apply_dicom_pipeline(_decode(ds, p, dinfo), ds, p)
+            img = read_dicom_film(p, dicom_filter, info)
             base: dict[tuple[str, str], np.ndarray] = {("auto", "grey"): img}
         else:
             base = {}
