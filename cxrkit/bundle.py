@@ -156,6 +156,25 @@ class ResizeFilmd(MapTransform):  # type: ignore[misc,valid-type]
         return d
 
 
+def bundle_root(default: str = ".") -> str:
+    """The bundle folder when ``python -m monai.bundle run`` was given ``--config_file
+    DIR/configs/inference.json`` from anywhere (MONAI's own convention, ``"bundle_root": "."``,
+    works only from inside the folder); ``default`` otherwise (in-process use, where callers
+    set ``bundle_root`` themselves). ``--bundle_root X`` on the command line still wins."""
+    import sys
+
+    argv = list(sys.argv[1:])
+    for i, a in enumerate(argv):
+        value = a.split("=", 1)[1] if a.startswith("--config_file=") else (
+            argv[i + 1] if a == "--config_file" and i + 1 < len(argv) else None)
+        if value:
+            first = value.strip("[]").split(",")[0].strip().strip("'\"")
+            cfg = Path(first).expanduser().resolve()
+            if cfg.is_file():
+                return str(cfg.parent.parent if cfg.parent.name == "configs" else cfg.parent)
+    return default
+
+
 def film_list(dataset_dir: str | Path, key: str = "image") -> list[dict[str, str]]:
     """The bundle's datalist: every film under ``dataset_dir`` (or the one file), found as
     ``cxrkit predict`` finds them (PNG / JPEG / BMP / TIFF / DICOM by suffix or preamble,
@@ -163,13 +182,17 @@ def film_list(dataset_dir: str | Path, key: str = "image") -> list[dict[str, str
     from .predict import collect_inputs
 
     p = Path(str(dataset_dir))
-    if not p.exists():
-        raise CxrkitError(f"dataset_dir {p}: no such file or folder (run with --dataset_dir FOLDER)")
-    items, failures = collect_inputs([p])
-    for f in failures:
-        log.info("%s: skipped (%s)", f.path, f.reason)
-    if not items:
-        raise CxrkitError(f"dataset_dir {p}: no PNG / JPEG / TIFF / DICOM films in it")
+    problem = "" if p.exists() else f"dataset_dir {p}: no such file or folder (run with --dataset_dir FOLDER)"
+    items = []
+    if not problem:
+        items, failures = collect_inputs([p])
+        for f in failures:
+            log.info("%s: skipped (%s)", f.path, f.reason)
+        if not items:
+            problem = f"dataset_dir {p}: no PNG / JPEG / TIFF / DICOM films in it"
+    if problem:
+        log.error(problem)  # MONAI wraps the exception in its own traceback: say it plainly first
+        raise CxrkitError(problem)
     return [{key: str(it.path)} for it in sorted(items, key=lambda it: str(it.path))]
 
 
@@ -188,7 +211,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"cxrkit": __version__}
-    for name in ("pytorch-ignite", "timm", "pydicom", "opencv-python-headless", "opencv-python", "Pillow"):
+    for name in ("pytorch-ignite", "fire", "timm", "pydicom", "opencv-python-headless", "opencv-python", "Pillow"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -283,8 +306,9 @@ def inference_config(meta: Any, pre: Preprocessing, dicom_filter: Mapping[str, A
     model_cfg = dict(meta.model)
     model_cfg["weights"] = None  # the bundle's weights come from models/model.pt, never from a download
     return {
-        "imports": ["$import torch", "$from cxrkit.bundle import film_list"],
-        "bundle_root": ".",
+        "imports": ["$import torch", "$from cxrkit.bundle import film_list",
+                    "$from cxrkit.bundle import bundle_root as find_bundle_root"],
+        "bundle_root": "$find_bundle_root('.')",
         "model_dir": "$@bundle_root + '/models'",
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": dataset_dir,
@@ -342,7 +366,9 @@ python -m monai.bundle run --config_file configs/inference.json --dataset_dir /p
 order of the table below (MONAI's `ClassificationSaver`; `configs/metadata.json` lists the same order
 in `network_data_format.outputs.pred.channel_def`). A film that cannot be used (unreadable, not a
 chest radiograph by its DICOM header, too small) is logged and gets NaN probabilities; the run goes on.
-Override anything on the command line, e.g. `--output_dir out --dataloader#batch_size 4 --device cpu`.
+Override anything on the command line, e.g. `--output_dir out --dataloader#batch_size 4 --device cpu`;
+from another folder, give `--config_file /path/to/this/folder/configs/inference.json` (the bundle
+root is found from it) or `--bundle_root`.
 
 Checks MONAI provides:
 

@@ -236,3 +236,39 @@ def test_cli_export_bundle(trained_model: Path, trained_model_48: Path, tmp_path
     r = run_cli_inprocess(capsys, "export", str(trained_model), "--bundle", str(tmp_path / "l"), "--license",
                           str(tmp_path / "nope.txt"))
     assert r.returncode == 2 and "--license" in r.stderr and not (tmp_path / "l").exists()
+
+
+def test_bundle_root_from_the_command_line(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--config_file /abs/DIR/configs/inference.json`` from any folder finds DIR; without
+    one, MONAI's "." convention."""
+    from cxrkit.bundle import bundle_root
+
+    cfg = bundle / "configs" / "inference.json"
+    monkeypatch.chdir(tmp_path)
+    for argv in (["run", "--config_file", str(cfg)], ["run", f"--config_file={cfg}"],
+                 ["run", "--config_file", f"['{cfg}']"]):
+        monkeypatch.setattr(sys, "argv", ["monai.bundle", *argv])
+        assert bundle_root() == str(bundle.resolve())
+    monkeypatch.setattr(sys, "argv", ["monai.bundle", "run", "--config_file", "missing/configs/inference.json"])
+    assert bundle_root() == "."
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    assert bundle_root() == "."
+
+
+def test_monais_ckpt_export_makes_an_equal_torchscript(bundle: Path, tmp_path: Path) -> None:
+    """A MONAI user's next step: ``monai.bundle ckpt_export`` (traced) from the bundle's
+    config and checkpoint gives the same logits as the bundle's network."""
+    import torch
+    from monai.bundle import ConfigParser, ckpt_export
+
+    meta, cfg = str(bundle / "configs" / "metadata.json"), str(bundle / "configs" / "inference.json")
+    ts = tmp_path / "model.ts"
+    ckpt_export("network_def", filepath=str(ts), ckpt_file=str(bundle / "models" / "model.pt"), meta_file=meta,
+                config_file=cfg, use_trace=True, input_shape=[1, 1, 32, 32])
+    parser = ConfigParser()
+    parser.read_config(cfg)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(ts))(x), net.eval()(x), atol=1e-6)
