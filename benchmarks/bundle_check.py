@@ -67,7 +67,7 @@ def main() -> None:
 
     m = load_model(args.model)
     pre = m.preprocessing
-    got = read_predictions(work / "bundle" / "eval" / "predictions.csv", len(m.classes))
+    _, got = read_predictions(work / "bundle" / "eval" / "predictions.csv")
     with open(work / "pred.csv") as f:
         rows = {os.path.abspath(row["path"]): np.array([float(row[c]) for c in m.classes]) for row in csv.DictReader(f)}
 

@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from . import __version__
 from .data.preprocess import Preprocessing
@@ -54,9 +56,10 @@ REFERENCES = [
 ]
 
 try:  # the transforms are MONAI transforms when MONAI is there (it is a cxrkit dependency)
+    from monai.data import CSVSaver
     from monai.transforms import MapTransform
 except ImportError:  # pragma: no cover - MONAI is a hard dependency
-    MapTransform = object  # type: ignore[assignment,misc]
+    MapTransform = CSVSaver = object  # type: ignore[assignment,misc]
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,6 +157,65 @@ class ResizeFilmd(MapTransform):  # type: ignore[misc,valid-type]
             meta["spatial_shape"] = np.asarray(out.shape[1:])
             d[key] = MetaTensor(np.ascontiguousarray(out, dtype=np.float32), meta=meta)
         return d
+
+
+class PredictionSaver(CSVSaver):  # type: ignore[misc,valid-type]
+    """MONAI's ``CSVSaver`` for ``ClassificationSaver``, with a header (``image`` and the label
+    names) and real CSV quoting, so that a path holding a comma, a quote or a newline stays
+    one field (MONAI's own saver writes it raw and the row breaks), written to a temporary
+    file and renamed: an interrupted run leaves the previous file whole."""
+
+    def __init__(self, output_dir: str | Path = "./", filename: str = "predictions.csv",
+                 labels: Sequence[str] = (), delimiter: str = ",") -> None:
+        super().__init__(output_dir=output_dir, filename=filename, overwrite=False, flush=False, delimiter=delimiter)
+        self.labels = [str(c) for c in labels]
+
+    def finalize(self) -> None:
+        import csv
+
+        from .utils import atomic_write
+
+        with atomic_write(self._filepath) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f, delimiter=self.delimiter)
+            w.writerow(["image", *self.labels])
+            for key, values in self._cache_dict.items():
+                vals = np.asarray(values, np.float64).ravel()
+                if self.labels and len(vals) != len(self.labels):
+                    raise CxrkitError(f"{key}: {len(vals)} outputs for {len(self.labels)} labels")
+                w.writerow([key, *(repr(float(v)) for v in vals)])
+        self.reset_cache()
+
+
+class EnsembleNet(nn.Module):
+    """A cxrkit ensemble as one network for a bundle: each member's sigmoid, its columns in the
+    ensemble's class order, the weighted mean (float64), returned as a float32 logit, so that
+    the bundle's ``Activationsd(sigmoid=True)`` gives back the weighted mean probability that
+    ``cxrkit predict`` computes. Built from config (``members``: ``{"cfg", "num_classes"}``
+    each); the weights come from the bundle's checkpoint (``members.<i>.*``)."""
+
+    def __init__(self, members: Sequence[Mapping[str, Any]], weights: Sequence[float],
+                 columns: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        from .errors import ConfigError
+        from .models import build_model
+
+        if not members or not len(members) == len(weights) == len(columns):
+            raise ConfigError(f"EnsembleNet: {len(members)} members, {len(weights)} weights, {len(columns)} columns")
+        total = float(sum(weights))
+        if total <= 0 or min(weights) < 0:
+            raise ConfigError("EnsembleNet: weights must be >= 0 and sum to more than 0")
+        self.members = nn.ModuleList(build_model(m["cfg"], int(m["num_classes"]), load_weights=False) for m in members)
+        self.weights = [float(w) / total for w in weights]
+        for i, c in enumerate(columns):
+            self.register_buffer(f"columns_{i}", torch.tensor([int(j) for j in c], dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p: torch.Tensor | None = None
+        for i, (m, w) in enumerate(zip(self.members, self.weights)):
+            q = torch.sigmoid(m(x).double()).index_select(1, getattr(self, f"columns_{i}")) * w
+            p = q if p is None else p + q
+        assert p is not None
+        return torch.logit(p.clamp(1e-12, 1.0 - 1e-12)).float()
 
 
 def bundle_root(default: str = ".") -> str:
@@ -285,8 +347,21 @@ def metadata(meta: Any, pre: Preprocessing, bundle_version: str = "0.1.0") -> di
     }
 
 
+def _model_cfg(model: Mapping[str, Any]) -> dict[str, Any]:
+    cfg = dict(model)
+    cfg["weights"] = None  # the bundle's weights come from models/model.pt, never from a download
+    return cfg
+
+
+def network_def(meta: Any) -> dict[str, Any]:
+    """The ``network_def`` of a single model: cxrkit's builder with the saved model config."""
+    return {"_target_": "cxrkit.models.build_model", "cfg": _model_cfg(meta.model), "num_classes": len(meta.classes),
+            "load_weights": False}
+
+
 def inference_config(meta: Any, pre: Preprocessing, dicom_filter: Mapping[str, Any] | None,
-                     dataset_dir: str = "$@bundle_root + '/data'", batch_size: int = 16) -> dict[str, Any]:
+                     dataset_dir: str = "$@bundle_root + '/data'", batch_size: int = 16,
+                     net_def: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``configs/inference.json``: MONAI's ConfigWorkflow (SupervisedEvaluator, SimpleInferer,
     CheckpointLoader, ClassificationSaver) around cxrkit's network and film reader."""
     pre_d = pre.to_dict()
@@ -303,8 +378,6 @@ def inference_config(meta: Any, pre: Preprocessing, dicom_filter: Mapping[str, A
         {"_target_": "NormalizeIntensityd", "keys": "image", "subtrahend": mean, "divisor": std, "channel_wise": True},
         {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32", "track_meta": True},
     ]
-    model_cfg = dict(meta.model)
-    model_cfg["weights"] = None  # the bundle's weights come from models/model.pt, never from a download
     return {
         "imports": ["$import torch", "$from cxrkit.bundle import film_list",
                     "$from cxrkit.bundle import bundle_root as find_bundle_root"],
@@ -314,8 +387,7 @@ def inference_config(meta: Any, pre: Preprocessing, dicom_filter: Mapping[str, A
         "dataset_dir": dataset_dir,
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "labels": list(meta.classes),
-        "network_def": {"_target_": "cxrkit.models.build_model", "cfg": model_cfg,
-                        "num_classes": len(meta.classes), "load_weights": False},
+        "network_def": dict(net_def) if net_def is not None else network_def(meta),
         "network": "$@network_def.to(@device)",
         "datalist": "$film_list(@dataset_dir)",
         "preprocessing": {"_target_": "Compose", "transforms": transforms},
@@ -329,9 +401,10 @@ def inference_config(meta: Any, pre: Preprocessing, dicom_filter: Mapping[str, A
             {"_target_": "CheckpointLoader", "load_path": "$@model_dir + '/model.pt'",
              "load_dict": {"model": "@network"}, "map_location": "@device", "strict": True},
             {"_target_": "StatsHandler", "iteration_log": False},
-            {"_target_": "ClassificationSaver", "output_dir": "@output_dir", "filename": "predictions.csv",
-             "batch_transform": "$lambda batch: [b['image'].meta for b in batch]",
-             "output_transform": "$monai.handlers.from_engine(['pred'])"},
+            {"_target_": "ClassificationSaver", "batch_transform": "$lambda batch: [b['image'].meta for b in batch]",
+             "output_transform": "$monai.handlers.from_engine(['pred'])",
+             "saver": {"_target_": "cxrkit.bundle.PredictionSaver", "output_dir": "@output_dir",
+                       "filename": "predictions.csv", "labels": "@labels"}},
         ],
         "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
                       "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
@@ -362,9 +435,10 @@ cd THIS_FOLDER
 python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/to/films
 ```
 
-`eval/predictions.csv` gets one row per film: the path, then the probability of each finding in the
-order of the table below (MONAI's `ClassificationSaver`; `configs/metadata.json` lists the same order
-in `network_data_format.outputs.pred.channel_def`). A film that cannot be used (unreadable, not a
+`eval/predictions.csv` gets a header (`image`, then the finding names) and one row per film: the
+path, then the probability of each finding in the order of the table below (MONAI's
+`ClassificationSaver` with `cxrkit.bundle.PredictionSaver`, which quotes paths properly and writes the
+file whole; `configs/metadata.json` lists the same order in `network_data_format.outputs.pred.channel_def`). A film that cannot be used (unreadable, not a
 chest radiograph by its DICOM header, too small) is logged and gets NaN probabilities; the run goes on.
 Override anything on the command line, e.g. `--output_dir out --dataloader#batch_size 4 --device cpu`;
 from another folder, give `--config_file /path/to/this/folder/configs/inference.json` (the bundle
@@ -386,7 +460,7 @@ python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadat
 - Resize: {pre.resize} to {h} x {w} ({pre.interpolation}, OpenCV), {pre.channels} channel(s),
   then `(x - {list(pre.mean)}) / {list(pre.std)}`.
 
-## Output (threshold = the model's {meta.threshold_method} operating point on its validation set)
+## Output (thresholds: {meta.threshold_method}, chosen on the validation set; in metadata.json too)
 
 | channel | finding | threshold |
 |---|---|---|
@@ -406,7 +480,7 @@ and DICOM films). Two preprocessing steps are cxrkit transforms (`cxrkit.bundle.
 
 Channel repeat, normalisation, inference, sigmoid and the CSV are MONAI's (`RepeatChanneld`,
 `NormalizeIntensityd`, `SupervisedEvaluator`, `SimpleInferer`, `Activationsd`, `ClassificationSaver`).
-Not in the bundle: test-time augmentation, study-level aggregation, DICOM SR output, ensembles
+Not in the bundle: test-time augmentation, study-level aggregation, DICOM SR output
 (use `cxrkit predict` for those).
 """
 
@@ -440,14 +514,18 @@ def export_bundle(path: str | Path, out: str | Path, overwrite: bool = False, da
     from .utils import check_output_dir, mark_output, staged_dir
 
     spec = read_spec(path)
-    if spec.kind != "model":
-        raise CxrkitError(f"{spec.path}: a MONAI Bundle holds one network; export a member of the ensemble "
-                          f"(e.g. {spec.members[0].path}) or use cxrkit predict for the ensemble")
-    out = check_output_dir(out, BUNDLE_COMMAND, [spec.path], overwrite)
+    if len(spec.preprocessings) > 1:
+        sizes = ", ".join(f"{p.hw[0]} x {p.hw[1]} {p.resize} {p.channels} ch" for p in spec.preprocessings)
+        raise CxrkitError(f"{spec.path}: its members need different inputs ({sizes}); a MONAI Bundle has one "
+                          "preprocessing chain: export a member, or an ensemble of members with one input")
+    out = check_output_dir(out, BUNDLE_COMMAND, [spec.path, *(m.path for m in spec.members)], overwrite)
     if license_file is not None and not Path(license_file).is_file():
         raise CxrkitError(f"--license {license_file}: no such file")
-    model = load_model(spec.path)
-    meta, pre = model.meta, model.preprocessing
+    if spec.kind == "model":
+        model = load_model(spec.path)
+        meta, pre, net, net_def = model.meta, model.preprocessing, model.model, None
+    else:
+        meta, pre, net, net_def = _ensemble_network(spec)
     if dicom_filter == "default":
         d = dataclasses.asdict(DicomFilter())
         d.pop("enabled")
@@ -455,9 +533,9 @@ def export_bundle(path: str | Path, out: str | Path, overwrite: bool = False, da
     else:
         filt = dict(dicom_filter) if isinstance(dicom_filter, Mapping) else None
     ds_dir = str(Path(dataset_dir).resolve()) if dataset_dir is not None else "$@bundle_root + '/data'"
-    cfg = inference_config(meta, pre, filt, ds_dir)
+    cfg = inference_config(meta, pre, filt, ds_dir, net_def=net_def)
     md = metadata(meta, pre, bundle_version)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     with staged_dir(out) as tmp:
         (tmp / "configs").mkdir()
         (tmp / "models").mkdir()
@@ -469,9 +547,37 @@ def export_bundle(path: str | Path, out: str | Path, overwrite: bool = False, da
         src = md["data_source"]
         (tmp / "LICENSE").write_text(Path(license_file).read_text() if license_file is not None
                                      else LICENSE_TEXT.format(source=src))
-        diff = check_bundle_network(tmp, model.model, pre) if check else None
+        diff = check_bundle_network(tmp, net, pre) if check else None
         mark_output(tmp, BUNDLE_COMMAND)
-    return {"bundle": str(out), "classes": len(meta.classes), "max_abs_logit_diff": diff}
+    return {"bundle": str(out), "classes": len(meta.classes), "members": len(spec.members),
+            "max_abs_logit_diff": diff}
+
+
+def _ensemble_network(spec: Any) -> tuple[Any, Preprocessing, EnsembleNet, dict[str, Any]]:
+    """An ensemble's metadata stand-in, its one preprocessing, the loaded :class:`EnsembleNet`
+    and the ``network_def`` that rebuilds it."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from .artifact import load_model
+
+    loaded = [load_model(m.path) for m in spec.members]
+    members = [{"cfg": _model_cfg(lm.meta.model), "num_classes": len(lm.meta.classes)} for lm in loaded]
+    columns = [[m.classes.index(c) for c in spec.classes] for m in spec.members]
+    weights = [float(m.weight) for m in spec.members]
+    net = EnsembleNet(members, weights, columns)
+    for sub, lm in zip(net.members, loaded):
+        sub.load_state_dict(lm.model.state_dict())
+    net.eval()
+    backbones = ", ".join(str((lm.meta.model or {}).get("backbone")) for lm in loaded)
+    digest = hashlib.sha256("".join(lm.meta.weights_sha256 for lm in loaded).encode()).hexdigest()
+    meta = SimpleNamespace(classes=list(spec.classes), thresholds=list(spec.thresholds), name=spec.name,
+                           model={"backbone": f"ensemble of {len(loaded)} ({backbones})"},
+                           train_config=loaded[0].meta.train_config, metrics=spec.meta.get("metrics") or {},
+                           weights_sha256=digest, label_space=spec.label_space,
+                           threshold_method=str(spec.meta.get("threshold_method") or "f1"))
+    net_def = {"_target_": "cxrkit.bundle.EnsembleNet", "members": members, "weights": weights, "columns": columns}
+    return meta, spec.members[0].preprocessing, net, net_def
 
 
 def check_bundle_network(bundle: Path, net: Any, pre: Preprocessing) -> float:
@@ -498,17 +604,20 @@ def check_bundle_network(bundle: Path, net: Any, pre: Preprocessing) -> float:
     return diff
 
 
-def read_predictions(csv_file: str | Path, n_classes: int) -> dict[str, np.ndarray]:
-    """MONAI ``ClassificationSaver`` rows (path, then one value per class, no header) -> {path: probs}."""
-    out: dict[str, np.ndarray] = {}
-    for line in Path(csv_file).read_text().splitlines():
-        if not line.strip():
-            continue
-        parts = line.rsplit(",", n_classes)
-        if len(parts) != n_classes + 1:
-            raise CxrkitError(f"{csv_file}: a row with {len(parts) - 1} values for {n_classes} classes")
-        out[parts[0]] = np.asarray([float(v) for v in parts[1:]], np.float64)
-    return out
+def read_predictions(csv_file: str | Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """A bundle's ``eval/predictions.csv`` -> (label names, {image path: probabilities})."""
+    import csv
+
+    with open(csv_file, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][:1] != ["image"]:
+        raise CxrkitError(f"{csv_file}: not a bundle's predictions (no 'image' header)")
+    labels, out = rows[0][1:], {}
+    for r in rows[1:]:
+        if len(r) != len(labels) + 1:
+            raise CxrkitError(f"{csv_file}: a row with {len(r) - 1} values for {len(labels)} labels")
+        out[r[0]] = np.asarray([float(v) for v in r[1:]], np.float64)
+    return labels, out
 
 
 __all__: Sequence[str] = ["LoadFilmd", "ResizeFilmd", "film_list", "export_bundle", "metadata", "inference_config",

@@ -34,6 +34,7 @@ def _films(root: Path, demo_data: Path) -> Path:
     pngs = sorted((demo_data / "synthetic-cxr-demo").rglob("*.png"))[:5]
     for i, p in enumerate(pngs):
         shutil.copy(p, d / "png" / f"{i}_{p.name}")
+    shutil.copy(pngs[0], d / "png" / 'odd, "name"\nwith a newline.png')  # one CSV field all the same
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:90, 0:70]
     body = (1500 + 800 * np.sin(yy / 9.0) * np.cos(xx / 13.0) + rng.normal(0, 60, (90, 70))).clip(0, 4095)
@@ -77,10 +78,11 @@ def _predict(model: Path, films: Path, out: Path) -> dict[str, np.ndarray]:
         return {os.path.abspath(r["path"]): np.array([float(r[c]) for c in pred.classes]) for r in csv.DictReader(f)}
 
 
-def _compare(bundle_csv: Path, expected: dict[str, np.ndarray], n: int, films: Path) -> float:
+def _compare(bundle_csv: Path, expected: dict[str, np.ndarray], labels: list[str], films: Path) -> float:
     from cxrkit.bundle import read_predictions
 
-    got = read_predictions(bundle_csv, n)
+    names, got = read_predictions(bundle_csv)
+    assert names == labels
     assert {os.path.abspath(k) for k in got} == set(expected) | {str(films / b) for b in BAD}
     for b in BAD:  # failed films: NaN rows, the run went on
         assert np.isnan(got[str(films / b)]).all()
@@ -134,8 +136,8 @@ def test_monai_bundle_run_equals_cxrkit_predict(bundle: Path, trained_model: Pat
                         "--dataset_dir", str(films)], cwd=bundle, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "broken.png: not used" in r.stderr and "ct.dcm: not used (not_chest_radiograph" in r.stderr
-    n = len(json.loads((trained_model / "model.json").read_text())["classes"])
-    _compare(bundle / "eval" / "predictions.csv", expected, n, films)
+    labels = json.loads((trained_model / "model.json").read_text())["classes"]
+    _compare(bundle / "eval" / "predictions.csv", expected, labels, films)
 
 
 def _model_3ch(tmp: Path, trained_model: Path) -> Path:
@@ -155,9 +157,46 @@ def _model_3ch(tmp: Path, trained_model: Path) -> Path:
     return save_model(tmp / "three", net, meta)
 
 
-def test_three_channel_letterbox_bundle_in_process(trained_model: Path, films: Path, tmp_path: Path) -> None:
+def _run_in_process(b: Path, films: Path) -> None:
     from monai.bundle import ConfigWorkflow
 
+    wf = ConfigWorkflow(config_file=str(b / "configs" / "inference.json"), meta_file=str(b / "configs" / "metadata.json"),
+                        workflow_type="infer", bundle_root=str(b), dataset_dir=str(films))
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+
+
+def test_ensemble_bundle_is_the_weighted_mean(trained_model: Path, films: Path, tmp_path: Path) -> None:
+    """An ensemble of members with one input becomes one EnsembleNet; the bundle's
+    probabilities are predict's weighted mean of the members (weights 1 : 3)."""
+    import torch
+
+    from cxrkit.artifact import ModelMeta, save_model
+    from cxrkit.bundle import export_bundle
+    from cxrkit.ensemble import build_ensemble
+    from cxrkit.models import build_model
+
+    src = json.loads((trained_model / "model.json").read_text())
+    cfg = {"backbone": "tiny-cnn", "in_chans": 1, "backbone_kwargs": {"widths": [4, 8]}}
+    torch.manual_seed(7)
+    classes = list(reversed(src["classes"]))  # another class order: the columns are mapped
+    other = save_model(tmp_path / "other", build_model(cfg, len(classes)),
+                       ModelMeta(classes=classes, preprocessing=src["preprocessing"], model=cfg,
+                                 thresholds=[0.4] * len(classes), name="other"))
+    ens = build_ensemble([trained_model, other], tmp_path / "ens", weights=[1, 3])
+    res = export_bundle(ens, tmp_path / "b")
+    assert res["members"] == 2 and res["max_abs_logit_diff"] <= 1e-5
+    cfg_json = json.loads((tmp_path / "b" / "configs" / "inference.json").read_text())
+    assert cfg_json["network_def"]["_target_"] == "cxrkit.bundle.EnsembleNet"
+    expected = _predict(ens, films, tmp_path / "pred.csv")
+    one = _predict(trained_model, films, tmp_path / "one.csv")
+    assert max(float(np.abs(expected[k] - one[k]).max()) for k in one) > 1e-3  # the second member counts
+    _run_in_process(tmp_path / "b", films)
+    _compare(tmp_path / "b" / "eval" / "predictions.csv", expected, src["classes"], films)
+
+
+def test_three_channel_letterbox_bundle_in_process(trained_model: Path, films: Path, tmp_path: Path) -> None:
     from cxrkit.bundle import export_bundle
 
     model = _model_3ch(tmp_path, trained_model)
@@ -168,12 +207,9 @@ def test_three_channel_letterbox_bundle_in_process(trained_model: Path, films: P
     assert names == ["cxrkit.bundle.LoadFilmd", "cxrkit.bundle.ResizeFilmd", "RepeatChanneld", "NormalizeIntensityd",
                      "EnsureTyped"]
     expected = _predict(model, films, tmp_path / "pred.csv")
-    wf = ConfigWorkflow(config_file=str(b / "configs" / "inference.json"), meta_file=str(b / "configs" / "metadata.json"),
-                        workflow_type="infer", bundle_root=str(b), dataset_dir=str(films))
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    _compare(b / "eval" / "predictions.csv", expected, 14, films)
+    _run_in_process(b, films)
+    _compare(b / "eval" / "predictions.csv", expected, json.loads((model / "model.json").read_text())["classes"],
+             films)
 
 
 def test_what_monais_own_readers_and_resize_do(films: Path, no_image_limits: None) -> None:
@@ -232,7 +268,8 @@ def test_cli_export_bundle(trained_model: Path, trained_model_48: Path, tmp_path
     assert (foreign / "keep.txt").read_text() == "mine"
     ens = build_ensemble([trained_model, trained_model_48], tmp_path / "ens")
     r = run_cli_inprocess(capsys, "export", str(ens), "--bundle", str(tmp_path / "e"))
-    assert r.returncode == 2 and "holds one network" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and "need different inputs (32 x 32" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
     r = run_cli_inprocess(capsys, "export", str(trained_model), "--bundle", str(tmp_path / "l"), "--license",
                           str(tmp_path / "nope.txt"))
     assert r.returncode == 2 and "--license" in r.stderr and not (tmp_path / "l").exists()
