@@ -67,11 +67,16 @@ except ImportError:  # pragma: no cover - MONAI is a hard dependency
 # ---------------------------------------------------------------------------------------
 
 
-def _filter(spec: Mapping[str, Any] | None) -> Any:
+def _filter(spec: Mapping[str, Any] | None | str) -> Any:
+    """``"default"``: predict's chest-radiograph filter; ``None``: off; a dict: DicomFilter fields."""
     from .runtime import DicomFilter
 
     if spec is None:
         return DicomFilter(enabled=False)
+    if spec == "default":
+        return DicomFilter()
+    if not isinstance(spec, Mapping):
+        raise CxrkitError(f"dicom_filter must be 'default', null or a mapping, got {spec!r}")
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(spec).items()}
     return DicomFilter(**kw)
 
@@ -86,8 +91,8 @@ class LoadFilmd(MapTransform):  # type: ignore[misc,valid-type]
     the run: its image is NaN, so its probabilities come out NaN, and the reason is logged
     and kept in the metadata (``cxrkit_failure``)."""
 
-    def __init__(self, keys: Any, preprocessing: Mapping[str, Any], dicom_filter: Mapping[str, Any] | None = None,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: Any, preprocessing: Mapping[str, Any],
+                 dicom_filter: Mapping[str, Any] | None | str = "default", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.pre = Preprocessing.from_dict(preprocessing)
         self.dicom_filter = _filter(dicom_filter)
@@ -117,7 +122,7 @@ class LoadFilmd(MapTransform):  # type: ignore[misc,valid-type]
             except ImageReadError as e:
                 meta["cxrkit_failure"] = f"{e.reason.value}: {e.detail}"
             except Exception as e:  # a decoder crash on one film is that film's failure, not the run's
-                meta["cxrkit_failure"] = f"unreadable: {type(e).__name__}: {e}"
+                meta["cxrkit_failure"] = f"unreadable: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
             if meta["cxrkit_failure"]:
                 log.warning("%s: not used (%s); its probabilities are NaN", path, meta["cxrkit_failure"])
                 h, w = self.pre.hw
@@ -269,11 +274,14 @@ def _value_range(pre: Preprocessing) -> list[float]:
     return [round(lo, 6), round(hi, 6)]
 
 
-def _versions() -> dict[str, str]:
+def _versions(model: Any = None) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"cxrkit": __version__}
-    for name in ("pytorch-ignite", "fire", "timm", "pydicom", "opencv-python-headless", "opencv-python", "Pillow"):
+    names = ["pytorch-ignite", "fire", "timm", "pydicom", "opencv-python-headless", "opencv-python", "Pillow"]
+    if "txv-" in json.dumps(model, default=str):
+        names.append("torchxrayvision")  # its model classes build the txv-* backbones
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -310,7 +318,7 @@ def metadata(meta: Any, pre: Preprocessing, bundle_version: str = "0.1.0") -> di
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
-        "required_packages_version": _versions(),
+        "required_packages_version": _versions(meta.model),
         "name": f"cxrkit {meta.name}",
         "task": f"Multi-label chest radiograph classification ({len(classes)} findings)",
         "description": (f"cxrkit model {meta.name!r} ({(meta.model or {}).get('backbone', 'network')} backbone): one "
