@@ -536,6 +536,8 @@ def export(
     cxrkit export runs/demo/model --bundle bundles/demo"""
     from .export import deployment_copy, export_int8, export_model
 
+    if not onnx and (deploy or int8):
+        raise CxrkitError("--deploy and --int8 need --onnx")
     if bundle is not None:
         from .bundle import export_bundle
 

@@ -270,6 +270,9 @@ def test_cli_export_bundle(trained_model: Path, trained_model_48: Path, tmp_path
     r = run_cli_inprocess(capsys, "export", str(ens), "--bundle", str(tmp_path / "e"))
     assert r.returncode == 2 and "need different inputs (32 x 32" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "e").exists()
+    r = run_cli_inprocess(capsys, "export", str(trained_model), "--bundle", str(tmp_path / "d"), "--deploy",
+                          str(tmp_path / "dep"))
+    assert r.returncode == 2 and "need --onnx" in r.stderr and not (tmp_path / "d").exists()
     r = run_cli_inprocess(capsys, "export", str(trained_model), "--bundle", str(tmp_path / "l"), "--license",
                           str(tmp_path / "nope.txt"))
     assert r.returncode == 2 and "--license" in r.stderr and not (tmp_path / "l").exists()
