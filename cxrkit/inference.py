@@ -34,11 +34,6 @@ def cpu_has_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & runtime.cpu_flags())
 
 
-def cpu_has_int8() -> bool:
-    """Hardware int8 dot products (:func:`cxrkit.runtime.cpu_int8_units`)."""
-    return runtime.cpu_int8_units()
-
-
 def resolve_precision(requested: str | bool, device: torch.device) -> tuple[str, str]:
     """(precision, why) for training / evaluation on ``device``. ``auto``: bf16 autocast on a
     CPU with bf16 units (else fp32: emulated bf16 is slower than fp32), bf16 on CUDA where

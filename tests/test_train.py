@@ -196,7 +196,7 @@ def test_precision_resolution(monkeypatch):
     assert inference.resolve_precision(True, cpu)[0] == "fp32"
     assert inference.resolve_precision("bf16", cpu) == ("bf16", "asked for (this CPU has no bf16 units: emulated, slow)")
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "amx_bf16", "amx_int8", "amx_tile"})
-    assert inference.resolve_precision("auto", cpu)[0] == "bf16" and inference.cpu_has_int8()
+    assert inference.resolve_precision("auto", cpu)[0] == "bf16" and runtime.cpu_int8_units()
     assert inference.resolve_precision(False, cpu)[0] == "fp32"
     with pytest.raises(ConfigError, match="CUDA"):
         inference.resolve_precision("fp16", cpu)
