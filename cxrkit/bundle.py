@@ -98,17 +98,9 @@ class LoadFilmd(MapTransform):  # type: ignore[misc,valid-type]
         self.dicom_filter = _filter(dicom_filter)
 
     def read(self, path: str | Path) -> np.ndarray:
-        from .data.images import is_dicom_file
-        from .runtime import read_dicom_film
+        from .runtime import read_films
 
-        p = Path(path)
-        if is_dicom_file(p) and p.exists():
-            img = read_dicom_film(p, self.dicom_filter)
-            if self.pre.colour == "rgb":
-                img = np.repeat(img[..., None], 3, axis=2)
-        else:
-            img = self.pre.read(p)
-        return img
+        return read_films(path, [self.pre], self.dicom_filter)[0]  # what predict reads for this model
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         from monai.data import MetaTensor

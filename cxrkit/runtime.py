@@ -208,6 +208,27 @@ def read_dicom_film(p: Path, dicom_filter: DicomFilter | None = None, info: dict
     return img
 
 
+def read_films(path: str | Path, pres: Sequence[Preprocessing], dicom_filter: DicomFilter | None = None,
+               info: dict[str, str] | None = None) -> list[np.ndarray]:
+    """The full-size [0, 1] image each preprocessing reads from one file, decoded once: a
+    DICOM goes through the header filter and the pixel pipeline a single time, and each
+    ``(intensity, colour)`` is made once. Raises :class:`ImageReadError` for a bad file;
+    ``info`` receives the DICOM identifiers as soon as the header is read."""
+    p = Path(path)
+    base: dict[tuple[str, str], np.ndarray] = {}
+    if is_dicom_file(p) and p.exists():
+        base[("auto", "grey")] = read_dicom_film(p, dicom_filter, info)
+    out = []
+    for pre in pres:
+        key = (pre.intensity, pre.colour)
+        if key not in base:
+            grey = base.get((pre.intensity, "grey"))
+            base[key] = (np.repeat(grey[..., None], 3, axis=2) if pre.colour == "rgb" and grey is not None
+                         else pre.read(p))
+        out.append(base[key])
+    return out
+
+
 def prepare_file(index: int, path: str | Path, pres: Sequence[Preprocessing],
                  dicom_filter: DicomFilter | None = None, corrupt: Any = None) -> Prepared:
     """Read one file once and make every member's input; never raises for a bad file.
@@ -215,20 +236,9 @@ def prepare_file(index: int, path: str | Path, pres: Sequence[Preprocessing],
     image, before each member's resize and normalisation (robustness evaluation)."""
     info: dict[str, str] = {}
     try:
-        p = Path(path)
-        if is_dicom_file(p) and p.exists():
-            img = read_dicom_film(p, dicom_filter, info)
-            base: dict[tuple[str, str], np.ndarray] = {("auto", "grey"): img}
-        else:
-            base = {}
         arrays = []
-        for pre in pres:
-            key = (pre.intensity, pre.colour)
-            if key not in base:
-                grey = base.get((pre.intensity, "grey"))
-                base[key] = (np.repeat(grey[..., None], 3, axis=2) if pre.colour == "rgb" and grey is not None
-                             else pre.read(p))
-            img = base[key] if corrupt is None else corrupt(base[key], str(path))
+        for pre, img in zip(pres, read_films(path, pres, dicom_filter, info)):
+            img = img if corrupt is None else corrupt(img, str(path))
             arrays.append(pre.normalize(pre.resize_image(img)))
         return Prepared(index, arrays, info)
     except ImageReadError as e:

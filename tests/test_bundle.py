@@ -40,6 +40,8 @@ def _films(root: Path, demo_data: Path) -> Path:
     body = (1500 + 800 * np.sin(yy / 9.0) * np.cos(xx / 13.0) + rng.normal(0, 60, (90, 70))).clip(0, 4095)
     make_dicom(d / "mono1.dcm", body.astype(np.uint16), photometric="MONOCHROME1", bits_stored=12)
     make_dicom(d / "window.dcm", body.astype(np.uint16), bits_stored=12, WindowCenter=1500, WindowWidth=900)
+    # a window wider than the data: "auto" keeps it grey, "minmax" stretches it (the models differ)
+    make_dicom(d / "wide_window.dcm", body.astype(np.uint16), bits_stored=12, WindowCenter=2048, WindowWidth=8000)
     make_dicom(d / "rescale.dcm", (body / 4).astype(np.uint16), modality="DX", RescaleSlope=4, RescaleIntercept=-100)
     make_dicom(d / "ct.dcm", body.astype(np.uint16), modality="CT")  # not a chest radiograph: filtered out
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # truncated
@@ -142,7 +144,8 @@ def test_monai_bundle_run_equals_cxrkit_predict(bundle: Path, trained_model: Pat
 
 def _model_3ch(tmp: Path, trained_model: Path) -> Path:
     """A 3-channel letterbox model at 40 px (the 64 px demo films shrink by 1.6: not a whole
-    factor), ImageNet statistics: exercises RepeatChanneld and the cxrkit resize."""
+    factor), ImageNet statistics, ``intensity: minmax``: exercises RepeatChanneld, the cxrkit
+    resize, and the reader honouring the model's intensity mode on DICOM too."""
     import torch
 
     from cxrkit.artifact import ModelMeta, save_model
@@ -152,7 +155,8 @@ def _model_3ch(tmp: Path, trained_model: Path) -> Path:
     cfg = {"backbone": "tiny-cnn", "in_chans": 3, "backbone_kwargs": {"widths": [8, 16]}}
     torch.manual_seed(3)
     net = build_model(cfg, len(src["classes"]))
-    meta = ModelMeta(classes=src["classes"], preprocessing={"size": [40, 44], "channels": 3, "resize": "letterbox"},
+    meta = ModelMeta(classes=src["classes"], preprocessing={"size": [40, 44], "channels": 3, "resize": "letterbox",
+                                                           "intensity": "minmax"},
                      model=cfg, thresholds=[0.3] * len(src["classes"]), name="three")
     return save_model(tmp / "three", net, meta)
 
