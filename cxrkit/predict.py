@@ -200,24 +200,167 @@ def _prepare_task(arg: tuple[int, str]) -> Prepared:
     return prepare_file(arg[0], arg[1], _PREP["pres"], _PREP["filter"], _PREP.get("corrupt"))
 
 
+def _decode_worker(tasks: list[tuple[int, str]], queue: Any, current: Any, parent: int) -> None:
+    """A decoding process: prepares its share of the tasks in order and puts each result on
+    its own bounded queue (no lock shared with another worker). ``current`` holds the index of
+    the file being prepared (-1 between files), so a crash is pinned on its file. Ctrl-C is
+    the main process's to handle (SIGINT ignored here); the process ends by itself when the
+    main one is gone."""
+    import queue as _queue
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    for t in tasks:
+        current.value = t[0]
+        item = _prepare_task(t)
+        current.value = -1
+        while True:
+            try:
+                queue.put(item, timeout=1.0)
+                break
+            except _queue.Full:
+                if os.getppid() != parent:  # the main process died: nobody will read this
+                    os._exit(0)
+    queue.close()
+    queue.join_thread()
+
+
+class DecodePool:
+    """``n`` forked decoding processes; task ``k`` goes to process ``k % n`` and results come
+    back in task order, each process at most ``ahead`` results ahead of the model.
+
+    Built for interruption: a process shares no lock with another (a process of
+    ``multiprocessing.Pool`` killed while holding its queue's lock left the pool's
+    ``terminate`` waiting forever: Ctrl-C hung ``predict --workers 2``), the processes ignore
+    SIGINT, and :meth:`close` ends them with SIGTERM, then SIGKILL, within seconds. A process
+    that dies (a decoder crash) costs only the file it was on: that file gets a failure row
+    and a new process takes over the rest of its share (results it had not handed over yet
+    are prepared again)."""
+
+    MAX_RESTARTS_OFF_FILE = 3  # deaths between files in a row before the next file is given up
+
+    def __init__(self, tasks: Sequence[tuple[int, str]], n: int, ahead: int = 4) -> None:
+        import multiprocessing as mp
+
+        self._ctx = mp.get_context("fork")
+        self.n = max(1, min(n, len(tasks)))
+        self.ahead = max(1, ahead)
+        self.shares = [list(tasks[w::self.n]) for w in range(self.n)]
+        self.pos = [0] * self.n  # results taken from each share
+        self.crashed: dict[int, str] = {}  # task index -> why its process died on it
+        self.off_file = [0] * self.n
+        self.procs: list[Any] = [None] * self.n
+        self.queues: list[Any] = [None] * self.n
+        self.current: list[Any] = [None] * self.n
+        self._spawn(range(self.n))
+
+    def _spawn(self, which: Any) -> None:
+        import signal
+
+        # no SIGINT between fork and the worker's own handler: Ctrl-C goes to the main process only
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for w in which:
+                todo = [t for t in self.shares[w][self.pos[w]:] if t[0] not in self.crashed]
+                q = self._ctx.Queue(maxsize=self.ahead)
+                cur = self._ctx.Value("q", -1, lock=False)
+                p = self._ctx.Process(target=_decode_worker, args=(todo, q, cur, os.getpid()), daemon=True,
+                                      name=f"cxrkit-decode-{w}")
+                p.start()
+                self.procs[w], self.queues[w], self.current[w] = p, q, cur
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def __iter__(self) -> Iterator[Prepared]:
+        total = sum(len(s) for s in self.shares)
+        for k in range(total):
+            yield self._next(k % self.n)
+
+    def _next(self, w: int) -> Prepared:
+        """The next result of share ``w``; a failure row for a file its process died on."""
+        import queue as _queue
+
+        while True:
+            idx = self.shares[w][self.pos[w]][0]
+            if idx in self.crashed:
+                self.pos[w] += 1
+                return Prepared(idx, None, {}, FailureReason.UNREADABLE.value,
+                                f"the decoding process died on this file ({self.crashed[idx]})")
+            try:
+                item = self.queues[w].get(timeout=0.5)
+            except _queue.Empty:
+                if self.procs[w].is_alive():
+                    continue
+                try:  # it may have handed its result over just before it died
+                    item = self.queues[w].get(timeout=0.2)
+                except _queue.Empty:
+                    self._restart(w)
+                    continue
+            self.pos[w] += 1
+            self.off_file[w] = 0
+            return item
+
+    def _restart(self, w: int) -> None:
+        """Process ``w`` died: pin it on the file it was preparing, start another for the rest."""
+        import signal
+
+        code = self.procs[w].exitcode
+        why = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+        on = int(self.current[w].value)
+        if on < 0:  # between two files: nothing to blame; give up the next file after a few tries
+            self.off_file[w] += 1
+            if self.off_file[w] >= self.MAX_RESTARTS_OFF_FILE:
+                on = self.shares[w][self.pos[w]][0]
+        if on >= 0:
+            self.crashed[on] = why
+            self.off_file[w] = 0
+            log.warning("a decoding process died (%s) on one file; that file gets a failure row and the rest goes on",
+                        why)
+        self.queues[w].cancel_join_thread()
+        self.queues[w].close()
+        self._spawn([w])
+
+    def close(self) -> None:
+        """End every process: SIGTERM, then SIGKILL after 2 s; reaps them (no zombies)."""
+        import time
+
+        for p in self.procs:
+            if p is not None and p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + 2.0
+        for p in self.procs:
+            if p is not None:
+                p.join(max(0.0, deadline - time.monotonic()))
+                if p.is_alive():
+                    p.kill()
+                    p.join(2.0)
+        for q in self.queues:
+            if q is not None:
+                q.cancel_join_thread()
+                q.close()
+
+
 def prepared_batches(paths: Sequence[Path], pres: Sequence[Any], batch_size: int = 16, workers: int = 0,
                      dicom_filter: DicomFilter | None = None, corrupt: Any = None) -> Iterator[list[Prepared]]:
     """Prepared inputs in order, in batches; ``workers`` > 0 decodes in forked processes
-    ahead of the model. ``corrupt``: a corruption applied to each decoded image."""
+    (:class:`DecodePool`) ahead of the model. ``corrupt``: a corruption applied to each
+    decoded image."""
     tasks = [(i, str(p)) for i, p in enumerate(paths)]
     _PREP.update(pres=list(pres), filter=dicom_filter, corrupt=corrupt)
     if workers > 0 and len(tasks) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(workers) as pool:
+        pool = DecodePool(tasks, workers, ahead=max(2, (2 * batch_size) // workers))
+        try:
             batch: list[Prepared] = []
-            for prep in pool.imap(_prepare_task, tasks, chunksize=max(1, min(8, batch_size // workers or 1))):
+            for prep in pool:
                 batch.append(prep)
                 if len(batch) == batch_size:
                     yield batch
                     batch = []
             if batch:
                 yield batch
+        finally:  # also on Ctrl-C, an error, or a consumer that stops early
+            pool.close()
         return
     batch = []
     for t in tasks:
