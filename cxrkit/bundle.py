@@ -430,7 +430,8 @@ exported from a cxrkit model by `cxrkit export MODEL --bundle DIR` (cxrkit {__ve
 ## Run
 
 ```
-pip install "cxrkit[bundle]"     # or, in a cxrkit checkout: pip install -e ".[bundle]"
+# cxrkit {__version__} itself (its transforms read the films) with the bundle extras; from a
+# cxrkit checkout:  pip install -e ".[bundle]"   (once published:  pip install "cxrkit[bundle]")
 cd THIS_FOLDER
 python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/to/films
 ```

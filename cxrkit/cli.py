@@ -23,7 +23,8 @@ app = typer.Typer(
     name="cxrkit",
     help="cxrkit: long-tailed, multi-label chest X-ray classification with uncertain and missing labels.\n\n"
     "Train models, calibrate them category by category (CFT), ensemble them, ship them as a "
-    "leaderboard container and run batch inference on hospital DICOM.",
+    "leaderboard container and run batch inference on hospital DICOM.\n\n"
+    "-v / --verbose and -q / --quiet may come before or after the command (cxrkit predict ... -v).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -208,6 +209,31 @@ def data_partial(
     console.print(f"wrote {out}: {len(t)} images, {kept} of {len(t.classes)} labels known per image (seed {seed})")
 
 
+@data_app.command("nih-subset")
+def data_nih_subset(
+    files: Annotated[Path, typer.Argument(help="The subset's file list (Image Index, split), e.g. configs/nih_hires.files.csv.")],
+    release: Annotated[Path, typer.Argument(help="The unpacked official NIH ChestX-ray14 release (images_*/images/*.png and Data_Entry_2017_v2020.csv).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write labels.csv and images/ into.")],
+    table: Annotated[Optional[Path], typer.Option("--table", help="The official label table, when it is not in RELEASE.")] = None,
+    size: Annotated[int, typer.Option("--size", min=16, max=1024, help="Film size in pixels (nih_hires: 256, nih1000: 64).")] = 256,
+) -> None:
+    """Make a config's NIH film subset from the official ChestX-ray14 release.
+
+    Writes OUT/labels.csv (Image Index, split and the official labels of the listed films) and
+    OUT/images/ (8-bit grey PNG, shrunk with Lanczos); films not in the release are listed in
+    OUT/missing.csv. Rerunning redoes only what changed.
+
+    Example: cxrkit data nih-subset configs/nih_hires.files.csv ~/ChestX-ray14 --out data/nih_hires"""
+    from .data.nih import build_subset
+
+    res = build_subset(files, release, out, table=table, size=size)
+    console.print(f"wrote {res.labels}: {res.written + res.reused} film(s) in {out / 'images'} "
+                  f"({res.written} new, {res.reused} already there)")
+    if res.missing:
+        err_console.print(f"warning: {len(res.missing)} listed film(s) are not in {release}; see {out / 'missing.csv'}",
+                          markup=False, highlight=False)
+
+
 # ---------------------------------------------------------------------------------------
 # train / evaluate / predict
 # ---------------------------------------------------------------------------------------
@@ -237,6 +263,11 @@ def train(
     else:
         cfg = load_config(config, ovs)
     run_dir = out or Path("runs") / cfg.name
+    for which, ref in (("train", cfg.data.train), ("valid", cfg.data.valid)):
+        if not Path(ref.table).exists():
+            raise CxrkitError(f"{ref.table}: file not found (data.{which}.table of {config}); put the data there, "
+                              f"set CXRKIT_DATA to the folder holding it when the config says ${{CXRKIT_DATA...}}, "
+                              f"or give data.{which}.table=PATH")
 
     def stopped() -> str:
         import json as _json
@@ -429,11 +460,7 @@ def predict(
 
     check_predict_options(tta=tta, study=study, shard=_parse_shard(shard), lateral_weight=lateral_weight,
                           batch_size=batch_size, study_key=study_key)  # before the model is loaded or any image read
-    if sr is not None:
-        try:
-            import highdicom  # noqa: F401
-        except ImportError:
-            raise CxrkitError("--sr needs highdicom (pip install cxrkit[sr])") from None
+    _check_predict_outputs(model, out, sr, explain_dir)
     set_limits(max_pixels=max_pixels, min_size=min_size, min_range=min_range)
     filt = DicomFilter(modalities=_csv_list(modalities, DicomFilter.modalities),
                        body_parts=_csv_list(body_parts, DicomFilter.body_parts),
@@ -468,13 +495,32 @@ def predict(
         from .explain import explain as run_explain
         from .predict import read_rows
 
-        if (Path(model) / "ensemble.json").is_file():
-            raise CxrkitError("--explain needs a single model (explain an ensemble's members one by one)")
         rows, probs = read_rows(out, pred.classes)
         calls = {r["path"]: [c for c in pred.classes if r.get(f"call:{c}") == "1"] for r in rows}
         calls = {p: c for p, c in calls.items() if c}
         ex = run_explain(model, list(calls), explain_dir, only_positive=calls, device=str(_device(device)))
         console.print(f"saliency maps: {ex['maps']} for the positive calls of {ex['images']} image(s) -> {explain_dir}")
+
+
+def _check_predict_outputs(model: Path, out: Path, sr: Path | None, explain_dir: Path | None) -> None:
+    """Everything the end of a predict run needs, checked before its first image: the optional
+    packages of --sr / --explain and every output folder (a read-only --sr folder failed only
+    after the whole run had been predicted)."""
+    from .extras import require
+    from .utils import check_writable_dir
+
+    if sr is not None:
+        require("sr", "--sr")
+    if explain_dir is not None:
+        require("explain", "--explain")
+        if (Path(model) / "ensemble.json").is_file():
+            raise CxrkitError("--explain needs a single model (explain an ensemble's members one by one)")
+    if out.exists() and out.is_dir():
+        raise CxrkitError(f"{out}: is a folder; --out is the CSV file to write")
+    check_writable_dir(out.parent, "--out")
+    for folder, what in ((sr, "--sr"), (explain_dir, "--explain")):
+        if folder is not None:
+            check_writable_dir(folder, what)
 
 
 @app.command("ensemble")
@@ -776,11 +822,9 @@ def pacs_listen(
 
     if send_to:
         parse_target(send_to)  # checked before the model is loaded
-    try:
-        import highdicom  # noqa: F401
-        import pynetdicom  # noqa: F401
-    except ImportError:
-        raise CxrkitError("cxrkit pacs needs pynetdicom and highdicom (pip install cxrkit[pacs])") from None
+    from .extras import require
+
+    require("pacs", "cxrkit pacs listen")
     filt = DicomFilter(modalities=_csv_list(modalities, DicomFilter.modalities),
                        body_parts=_csv_list(body_parts, DicomFilter.body_parts))
     pred = load_predictor(model, engine=engine, device=_device(device))
@@ -815,10 +859,9 @@ def pacs_pull(
     DicomWeb(dicomweb)  # the URL is checked before the model is loaded
     if since and not re.fullmatch(r"\d{4}-?\d{2}-?\d{2}", since):
         raise CxrkitError(f"--since must be a date, YYYY-MM-DD (got {since!r})")
-    try:
-        import highdicom  # noqa: F401
-    except ImportError:
-        raise CxrkitError("cxrkit pacs pull needs highdicom (pip install cxrkit[pacs])") from None
+    from .extras import require
+
+    require("pacs", "cxrkit pacs pull", ["highdicom"])
     pred = load_predictor(model, engine=engine, device=_device(device))
     res = pull(pred, spool, dicomweb, since=since, studies=study, stow=stow)
     console.print(f"{res['found']} study / studies found, {res['processed']} processed, {res['skipped']} already "
@@ -894,6 +937,23 @@ def demo(
     console.print(f"[bold]demo finished[/bold]: everything is in {summary['out']}")
 
 
+GLOBAL_FLAGS = ("-v", "--verbose", "-q", "--quiet")
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """``cxrkit predict MODEL DIR -v`` -> ``cxrkit -v predict MODEL DIR``: the global flags are
+    the app's options, which click only takes before the command; users (and the README's
+    "-v shows it") put them after. No command has an option of the same name, and nothing
+    after a ``--`` is touched."""
+    try:
+        end = args.index("--")
+    except ValueError:
+        end = len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    rest = [a for a in args[:end] if a not in GLOBAL_FLAGS]
+    return flags + rest + args[end:]
+
+
 def main() -> None:
     """Console-script entry point: one-line errors, exit code 2 for user mistakes."""
     try:  # typer >= 0.20 carries its own copy of click
@@ -902,7 +962,8 @@ def main() -> None:
         from click import exceptions as cx
 
     try:
-        rv = app(standalone_mode=False)  # cxrkit prints usage errors itself: one line, exit 2
+        rv = app(args=hoist_global_flags(sys.argv[1:]), prog_name="cxrkit",
+                 standalone_mode=False)  # cxrkit prints usage errors itself: one line, exit 2
         if rv == 130 and _ON_INTERRUPT:  # typer turns Ctrl-C inside a command into exit code 130
             _interrupted()
         if isinstance(rv, int) and rv:

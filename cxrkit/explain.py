@@ -42,7 +42,9 @@ def _cam_class(method: str) -> Any:
     try:
         import pytorch_grad_cam as pgc
     except ImportError:
-        raise CxrkitError("saliency maps need the grad-cam package (pip install cxrkit[explain])") from None
+        from .extras import install_hint
+
+        raise CxrkitError(f"saliency maps need the grad-cam package: {install_hint('explain')}") from None
     table = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM,
              "eigencam": pgc.EigenCAM, "hirescam": pgc.HiResCAM}
     if method not in table:
@@ -217,11 +219,13 @@ def explain(model_path: str | Path, images: Sequence[str | Path], out: str | Pat
     failed: list[tuple[str, str]] = []
     thresholds = list(ex.loaded.meta.thresholds or [0.5] * len(ex.classes))
     used: set[str] = set()
-    for path in progress(list(images), "saliency maps", total=len(images), enabled=show_progress):
+    wants = [(path, only_positive.get(str(path)) if only_positive is not None else list(labels or ex.classes))
+             for path in images]
+    wants = [(path, want) for path, want in wants if want]
+    # its own bar, counting maps (one backward pass each: the expensive part), after predict's
+    for path, want in progress(wants, f"saliency maps ({len(wants)} image(s))", total=sum(len(w) for _, w in wants),
+                               enabled=show_progress, count=lambda pw: len(pw[1])):
         p = Path(path)
-        want = only_positive.get(str(path)) if only_positive is not None else list(labels or ex.classes)
-        if not want:
-            continue
         prep = prepare_file(0, p, [ex.pre])
         if prep.arrays is None:
             failed.append((str(p), prep.reason))

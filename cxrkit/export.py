@@ -98,7 +98,9 @@ def ensure_onnx(spec: ModelSpec, force: bool = False) -> list[Path]:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise CxrkitError("ONNX export needs onnx and onnxruntime (pip install cxrkit[onnx])") from None
+        from .extras import install_hint
+
+        raise CxrkitError(f"ONNX export needs onnx, onnxruntime and onnxscript: {install_hint('onnx')}") from None
     out = []
     for m in spec.members:
         if force or not is_fresh(m):
@@ -193,7 +195,9 @@ def export_member_int8(member: MemberSpec, files: list[Path], source: dict[str, 
                                               quantize_static)
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
-        raise CxrkitError("int8 export needs onnx and onnxruntime (pip install cxrkit[onnx])") from None
+        from .extras import install_hint
+
+        raise CxrkitError(f"int8 export needs onnx and onnxruntime: {install_hint('onnx', ['onnx', 'onnxruntime'])}") from None
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:

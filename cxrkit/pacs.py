@@ -385,7 +385,9 @@ class Listener(Node):
         try:
             import pynetdicom  # noqa: F401
         except ImportError:
-            raise CxrkitError("the DICOM listener needs pynetdicom (pip install cxrkit[pacs])") from None
+            from .extras import install_hint
+
+            raise CxrkitError(f"the DICOM listener needs pynetdicom: {install_hint('pacs', ['pynetdicom'])}") from None
         cfg.ae_title = _check_ae(cfg.ae_title, "--ae-title")
         cfg.allow_ae = tuple(_check_ae(a, "--allow-ae") for a in cfg.allow_ae)
         super().__init__(predictor, spool, cfg, dicom_filter)

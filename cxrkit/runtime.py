@@ -393,7 +393,9 @@ class OnnxPredictor(Predictor):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise CxrkitError("the ONNX engine needs onnxruntime (pip install cxrkit[onnx])") from None
+            from .extras import install_hint
+
+            raise CxrkitError(f"the ONNX engine needs onnxruntime: {install_hint('onnx', ['onnxruntime'])}") from None
         if hasattr(ort, "disable_telemetry_events"):
             ort.disable_telemetry_events()  # nothing written under $HOME, nothing sent (leaderboards, hospitals)
         opts = ort.SessionOptions()

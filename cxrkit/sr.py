@@ -1,5 +1,5 @@
 """DICOM Structured Reports of the predictions, one per study (optional: needs highdicom,
-``pip install cxrkit[sr]``), so results can go back to a PACS next to the images.
+``pip install highdicom``, or ``pip install -e ".[sr]"`` in a checkout), so results can go back to a PACS next to the images.
 
 Each report is a Comprehensive SR whose root container ("Imaging report") holds, per
 label, the probability (NUM, unit "{probability}"), the threshold and the call (TEXT
@@ -79,7 +79,9 @@ def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any)
         import pydicom
         from pydicom.uid import generate_uid
     except ImportError:
-        raise CxrkitError("DICOM SR output needs highdicom (pip install cxrkit[sr])") from None
+        from .extras import install_hint
+
+        raise CxrkitError(f"DICOM SR output needs highdicom: {install_hint('sr')}") from None
     from .predict import CSV_ENCODING
     from .utils import atomic_write
 

@@ -109,7 +109,9 @@ class MlflowTracker(Tracker):
         try:
             import mlflow
         except ImportError:
-            raise ConfigError("tracking.backend mlflow needs MLflow (pip install cxrkit[tracking])") from None
+            from .extras import install_hint
+
+            raise ConfigError(f"tracking.backend mlflow needs MLflow: {install_hint('tracking', ['mlflow-skinny'])}") from None
         uri = cfg.uri or (out / "mlruns").resolve().as_uri()
         if uri.startswith("file:") or "://" not in uri:
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -166,7 +168,9 @@ class TensorBoardTracker(Tracker):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError("tracking.backend tensorboard needs TensorBoard (pip install cxrkit[tracking])") from None
+            from .extras import install_hint
+
+            raise ConfigError(f"tracking.backend tensorboard needs TensorBoard: {install_hint('tracking', ['tensorboard'])}") from None
         self.log_dir = Path(cfg.uri) if cfg.uri else out / "tensorboard"
         self.writer = SummaryWriter(log_dir=str(self.log_dir / run_name))
 

@@ -352,3 +352,28 @@ def cache_root() -> Path:
         return Path(env).parent
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "cxrkit"
+
+
+def check_writable_dir(folder: str | Path, what: str) -> Path:
+    """Make ``folder`` (and its parents) and prove a file can be written there, before any
+    work: an output folder that cannot take the results fails the command at once, in one
+    line, not after the whole run. Works for root too (a read-only file system, a path under
+    a file), where permission bits say nothing."""
+    import errno
+
+    from .errors import CxrkitError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cxrkit-write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = e.strerror or str(e)
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):
+            blocker = next((q for q in [folder, *folder.parents] if q.exists() and not q.is_dir()), None)
+            if blocker is not None:
+                why = f"{blocker} is a file, not a folder"
+        raise CxrkitError(f"{what} {folder}: cannot write there ({why})") from None
+    return folder

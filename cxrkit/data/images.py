@@ -229,6 +229,33 @@ def _decode_raster(p: Path) -> np.ndarray:
     return arr
 
 
+#: a 3-channel raster is a colour picture (not a grey film stored as RGB) when more than this
+#: share of its pixels have channels apart by more than COLOUR_SPREAD of the full range
+COLOUR_SPREAD = 0.10
+COLOUR_SHARE = 0.05
+
+
+def colour_share(arr: np.ndarray) -> float:
+    """Share of the pixels of a 3-channel image whose channels differ by more than
+    ``COLOUR_SPREAD`` of the full range (a 4x4 subsample). Grey films saved as RGB or as
+    YCbCr JPEG (chroma noise of a few levels) give ~0; colour photographs 0.2 to 1; a film
+    with a small coloured marker or ruler burned in stays under 0.05."""
+    sub = arr[::4, ::4, :3]
+    full = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else max(float(sub.max()), 1e-6)
+    spread = sub.max(axis=2).astype(np.float32) - sub.min(axis=2).astype(np.float32)
+    return float((spread > COLOUR_SPREAD * full).mean()) if spread.size else 0.0
+
+
+def check_not_colour(arr: np.ndarray, p: Path) -> None:
+    """Refuse a colour picture where a grey film is read (a chest model would otherwise give a
+    photograph confident calls), as a colour DICOM is refused; grey stored as RGB passes."""
+    share = colour_share(arr)
+    if share > COLOUR_SHARE:
+        raise ImageReadError(p, FailureReason.COLOUR,
+                             f"colour image ({100 * share:.0f}% of pixels coloured): this model reads grey films; "
+                             "a colour picture is not a radiograph")
+
+
 def _raster_grey(arr: np.ndarray, p: Path) -> np.ndarray:
     """Grey, grey + alpha, BGR or BGRA pixels -> one grey channel of the same depth."""
     if arr.ndim == 3:
@@ -237,6 +264,7 @@ def _raster_grey(arr: np.ndarray, p: Path) -> np.ndarray:
         if arr.shape[2] == 2:  # grey + alpha
             arr = arr[:, :, 0]
         elif arr.shape[2] == 3:
+            check_not_colour(arr, p)
             if arr.dtype == np.uint16:
                 arr = cv2.cvtColor(arr.astype(np.float32), cv2.COLOR_BGR2GRAY)
                 arr = np.clip(np.rint(arr), 0, 65535).astype(np.uint16)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -309,10 +310,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg.validate()
 
 
+_VAR_RE = __import__("re").compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_vars(value: str) -> str:
+    """``${CXRKIT_DATA:-../shared/data}/nih_hires/labels.csv``: the variable's value when it is
+    set and not empty, else the default after ``:-``; ``${NAME}`` without a default must be set."""
+
+    def sub(m: Any) -> str:
+        v = os.environ.get(m.group(1))
+        if v:
+            return v
+        if m.group(2) is None:
+            raise ConfigError(f"{value}: the environment variable {m.group(1)} is not set")
+        return m.group(2)
+
+    return _VAR_RE.sub(sub, value)
+
+
 def resolve_path(value: str, base: Path | None) -> str:
     if not value:
         return value
-    p = Path(value).expanduser()
+    p = Path(expand_vars(value)).expanduser()
     if p.is_absolute() or p.exists() or base is None:
         return str(p)
     alt = base / p
