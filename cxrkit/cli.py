@@ -866,7 +866,7 @@ def pacs_pull(
     res = pull(pred, spool, dicomweb, since=since, studies=study, stow=stow)
     console.print(f"{res['found']} study / studies found, {res['processed']} processed, {res['skipped']} already "
                   f"done, {res['failed']} failed; {res['instances']} instance(s) retrieved"
-                  + (f"; reports sent: {res['sends'].get('sent', 0)}" if stow else ""))
+                  + (f"; reports sent: {res['sent']}" if stow else ""))
     for u in res["unsent"]:
         console.print(f"report of study {u['study']} not stored yet: {u['error']} (attempt {u['attempts']})")
 
@@ -892,6 +892,13 @@ def pacs_status(
         console.print(f"{k}: " + (", ".join(f"{n} {s}" for s, n in sorted(st[k].items())) or "none"))
     for f in st["failed_studies"]:
         console.print(f"failed study {f['study']}: {f['reason']} (attempts {f['attempts']})")
+    if st["not_used"]:
+        console.print("instances not used (kind: reason x count, newest first):")
+        for e in st["not_used"]:
+            console.print(f"  {e['kind']}: {e['reason']} x {e['count']} (newest {e['newest']})", markup=False)
+    for e in st["recent_not_used"]:
+        console.print(f"  {e['at']} {e['kind']} {e['reason']}: {e['detail']}"
+                      + (f" (study {e['study']})" if e["study"] else ""), markup=False, highlight=False)
     for u in st["unsent"]:
         console.print(f"report of study {u['study']} to {u['target']}: {u['status']} after {u['attempts']} "
                       f"attempt(s){': ' + u['error'] if u['error'] else ''}")

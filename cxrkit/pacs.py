@@ -2,18 +2,23 @@
 result back as a DICOM SR (``cxrkit pacs listen``), with its queue in SQLite (``cxrkit pacs
 status``).
 
-* The listener (pynetdicom) accepts CR and DX instances (every transfer syntax pydicom can
-  decode) from the calling AE titles it is told to allow; others are rejected at
-  association. Each instance is written to the spool atomically (temporary file, then
-  rename) and recorded in the state database *before* success is answered, so an instance
-  the sender saw stored is never lost.
+* The listener (pynetdicom) accepts every storage SOP class in every transfer syntax pydicom
+  can decode, from the calling AE titles it is told to allow (others are rejected at
+  association): what is used is decided by content, as ``cxrkit predict`` decides. cxrkit's
+  own report, objects without pixels (SR, KO, PR, ...) and images that predict's DICOM filter
+  leaves out by their header (modality, body part, view) are answered "stored" and not kept;
+  every such instance is logged and counted with its reason (``pacs status``). The others are
+  written to the spool atomically (temporary file, then rename) and recorded in the state
+  database *before* success is answered, so an instance the sender saw stored is never lost.
 * A study is processed when no instance of it has arrived for ``idle`` seconds: the same
   rows ``cxrkit predict`` writes (one CSV per study, ``results/``), failures with their
-  reason (a non-chest, colour or corrupt instance gets its row and the rest of the study
-  goes on), and a Comprehensive SR (``sr/``, TID 1500-style content, marked unverified and
-  naming the model and version). Instances that arrive after a study was processed are
-  predicted on their own (rows are keyed by file, ``predict --resume``) and the SR is
-  rewritten: every SOPInstanceUID is predicted once.
+  reason (a colour or corrupt instance gets its row, counted per instance, and the rest of
+  the study goes on), and a Comprehensive SR (``sr/``, marked unverified and naming the model
+  and version). Instances that arrive after a study was processed are predicted on their own
+  (rows are keyed by file, ``predict --resume``): one current report per study, so a late
+  instance that changes nothing sends nothing, and a changed result is a new version of the
+  report (same series, next instance number, the earlier one in its Predecessor Documents
+  Sequence). Every SOPInstanceUID is predicted once.
 * With ``send_to``, the SR is sent by C-STORE; a failed send is retried with exponential
   back-off (5 s doubling up to 10 min) and its error and attempts are kept.
 * State (``state.sqlite`` in the spool): instances (received / done), studies (open /
@@ -52,6 +57,10 @@ CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY, status TEXT NOT NULL, last_instance_at REAL NOT NULL,
     processed_at REAL, rows INTEGER DEFAULT 0, failed INTEGER DEFAULT 0, sr_path TEXT,
     reason TEXT, attempts INTEGER DEFAULT 0);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT,
+    study_uid TEXT, sop_uid TEXT);
+CREATE INDEX IF NOT EXISTS events_kind ON events (kind, reason);
 CREATE TABLE IF NOT EXISTS sends (
     study_uid TEXT NOT NULL, sr_path TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
     attempts INTEGER DEFAULT 0, last_error TEXT, next_try_at REAL NOT NULL, sent_at REAL,
@@ -162,6 +171,29 @@ class PacsState:
                 self.db.execute("ROLLBACK")
                 raise
 
+    # events: every instance not used, with its reason ----------------------------------------
+    def add_event(self, kind: str, reason: str, detail: str = "", study_uid: str = "", sop_uid: str = "",
+                  once: bool = False) -> None:
+        """``kind``: ``refused`` (a failure status was answered), ``ignored`` (answered stored,
+        not kept: not a chest film, not an image, cxrkit's own report), ``failed`` (kept, not
+        predicted: colour, corrupt, ...; ``once`` per instance) or ``duplicate``."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                if not (once and self.db.execute("SELECT 1 FROM events WHERE kind = ? AND sop_uid = ?",
+                                                 (kind, sop_uid)).fetchone()):
+                    self.db.execute("INSERT INTO events (at, kind, reason, detail, study_uid, sop_uid) "
+                                    "VALUES (?, ?, ?, ?, ?, ?)", (time.time(), kind, reason, detail[:300], study_uid,
+                                                                  sop_uid))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def sop_of_path(self, path: str) -> tuple[str, str]:
+        rows = self.query("SELECT sop_uid, study_uid FROM instances WHERE path = ?", (path,))
+        return (rows[0][0], rows[0][1]) if rows else ("", "")
+
     # sends ------------------------------------------------------------------------------
     def queue_send(self, study_uid: str, sr_path: str, target: str) -> None:
         self._tx("INSERT INTO sends (study_uid, sr_path, target, status, next_try_at) VALUES (?, ?, ?, 'pending', ?) "
@@ -196,8 +228,19 @@ class PacsState:
         sends = [{"study": short(u), "target": t, "status": s, "attempts": a, "error": e}
                  for u, t, s, a, e in self.query("SELECT study_uid, target, status, attempts, last_error FROM sends "
                                                  "WHERE status != 'sent'")]
+        events = [{"kind": k, "reason": r, "count": n, "newest": _iso(t)}
+                  for k, r, n, t in self.query("SELECT kind, reason, COUNT(*), MAX(at) FROM events "
+                                               "GROUP BY kind, reason ORDER BY MAX(at) DESC")]
+        recent = [{"at": _iso(t), "kind": k, "reason": r, "detail": d, "study": short(u) if u else ""}
+                  for t, k, r, d, u in self.query("SELECT at, kind, reason, detail, study_uid FROM events "
+                                                  "WHERE kind != 'duplicate' ORDER BY id DESC LIMIT 10")]
         return {"spool": str(self.spool), "instances": counts("instances"), "studies": counts("studies"),
-                "sends": counts("sends"), "failed_studies": failed, "unsent": sends}
+                "sends": counts("sends"), "failed_studies": failed, "unsent": sends, "not_used": events,
+                "recent_not_used": recent}
+
+
+def _iso(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
 
 
 def parse_target(spec: str) -> tuple[str, str, int]:
@@ -233,14 +276,13 @@ class ListenerConfig:
 
 
 def _storage_classes() -> list[Any]:
-    from pynetdicom.sop_class import (
-        ComputedRadiographyImageStorage,
-        DigitalXRayImageStorageForPresentation,
-        DigitalXRayImageStorageForProcessing,
-    )
+    """Every storage SOP class: what is used is decided by content (as ``cxrkit predict``
+    decides), not by SOP class. A PACS pushes whole studies: Secondary Capture chest films,
+    cxrkit's own earlier report, presentation states; refusing a class at association made
+    the PACS's whole push fail."""
+    from pynetdicom import AllStoragePresentationContexts
 
-    return [ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
-            DigitalXRayImageStorageForProcessing]
+    return [c.abstract_syntax for c in AllStoragePresentationContexts]
 
 
 class Node:
@@ -279,9 +321,17 @@ class Node:
             return 0xC000
         if not valid_uid(sop) or not valid_uid(study):
             log.warning("an instance without valid SOP / Study Instance UIDs was refused")
+            self.state.add_event("refused", "invalid_uid", "SOP or Study Instance UID is not a valid DICOM UID")
             return 0xA900
         if self.state.has_instance(sop):
             log.info("instance %s of study %s received again; it is processed once", short(sop), short(study))
+            self.state.add_event("duplicate", "received_again", "", study, sop)
+            return 0x0000
+        skip = self._not_a_film(ds)
+        if skip is not None:  # answered stored (the PACS must not resend it), not kept
+            reason, detail = skip
+            log.info("instance %s of study %s ignored: %s (%s)", short(sop), short(study), reason, detail)
+            self.state.add_event("ignored", reason, detail, study, sop)
             return 0x0000
         folder = _private_dir(self.spool / "studies" / study_key(study))
         target = folder / f"{hashlib.sha256(sop.encode()).hexdigest()[:32]}.dcm"
@@ -295,10 +345,33 @@ class Node:
         except Exception as e:
             log.warning("instance %s could not be written to the spool (%s)", short(sop), type(e).__name__)
             tmp.unlink(missing_ok=True)
+            self.state.add_event("refused", "spool_write_failed", type(e).__name__, study, sop)
             return 0xA700  # out of resources
         self.state.add_instance(sop, study, target, source)
         log.info("stored instance %s of study %s", short(sop), short(study))
         return 0x0000
+
+    def _not_a_film(self, ds: Any) -> tuple[str, str] | None:
+        """(reason, detail) for an instance that is not kept, or None: cxrkit's own report,
+        any object without pixels (SR, KO, PR, ...), and images that ``cxrkit predict``'s DICOM
+        filter leaves out (modality, body part, view) by their header. Colour and corrupt
+        films are kept and get their failure row when predicted, as in a folder."""
+        from .data.images import dicom_info
+        from .errors import ImageReadError
+
+        modality = str(ds.get("Modality", "")).upper()
+        if modality == "SR" and str(ds.get("Manufacturer", "")) == "cxrkit":
+            return "own_report", "a report cxrkit wrote"
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            return "non_image", f"no pixel data ({_sop_name(ds)})"
+        if self.filter is not None:
+            try:
+                self.filter.check(dicom_info(ds), "<received>")
+            except ImageReadError as e:
+                return e.reason.value, e.detail
+            except Exception as e:  # a header pydicom cannot read: predict gives it its row
+                log.debug("header not checked (%s)", type(e).__name__)
+        return None
 
     def process_study(self, study: str) -> None:
         from .predict import run_predict
@@ -318,14 +391,31 @@ class Node:
             self.state.finish_study(study, started_last, False, reason=str(e).splitlines()[0][:300])
             log.warning("study %s: nothing predicted (%s)", key, str(e).splitlines()[0][:120])
             return
+        self._record_failures(out)
         srs = sorted(str(p) for p in sr_dir.glob("*.dcm"))
         self.state.finish_study(study, started_last, True, rows=res["predicted"] + res["already_done"],
                                 failed=res["failed"], sr_path=srs[0] if srs else None)
-        log.info("study %s: %d row(s), %d failure(s), %d report(s)", key, res["predicted"] + res["already_done"],
-                 res["failed"], len(srs))
-        if self.cfg.send_to:
+        changed = res.get("sr_changed") or []
+        log.info("study %s: %d row(s), %d failure(s), report %s", key, res["predicted"] + res["already_done"],
+                 res["failed"], "written" if changed else "unchanged" if srs else "none")
+        if self.cfg.send_to and changed:  # one current report: the same result is not sent again
             for p in srs:
                 self.state.queue_send(study, p, self.cfg.send_to)
+
+    def _record_failures(self, out: Path) -> None:
+        """The study's failure rows (colour, corrupt, ...) as per-instance events, once each."""
+        import csv
+
+        from .predict import CSV_ENCODING, failures_path
+
+        fp = failures_path(out)
+        if not fp.is_file():
+            return
+        with open(fp, newline="", **CSV_ENCODING) as f:
+            for row in csv.DictReader(f):
+                sop, study = self.state.sop_of_path(row.get("path", ""))
+                key = sop or hashlib.sha256(row.get("path", "").encode()).hexdigest()[:32]
+                self.state.add_event("failed", row.get("reason", ""), row.get("detail", ""), study, key, once=True)
 
     def process_due(self) -> None:
         for study in self.state.due_studies(self.cfg.idle):
@@ -333,11 +423,11 @@ class Node:
                 break
             self.process_study(study)
 
-    def send_due(self) -> None:
-        for job in self.state.due_sends():
-            self._send(*job)
+    def send_due(self) -> int:
+        """Send the reports that are due; how many went through."""
+        return sum(self._send(*job) for job in self.state.due_sends())
 
-    def _send(self, study: str, sr_path: str, target: str, attempts: int) -> None:
+    def _send(self, study: str, sr_path: str, target: str, attempts: int) -> bool:
         """Send one report: ``stow:URL`` by STOW-RS, ``AE@host:port`` by C-STORE; the
         outcome (and the back-off after a failure) goes into the state."""
         err = self._stow(sr_path, target[5:]) if target.startswith("stow:") else self._cstore(sr_path, target)
@@ -347,17 +437,17 @@ class Node:
             log.warning("report of study %s not sent to %s (%s); retried with back-off", short(study), where, err)
         else:
             log.info("report of study %s sent to %s", short(study), where)
+        return not err
 
     def _cstore(self, sr_path: str, target: str) -> str:
         import pydicom
         from pynetdicom import AE
-        from pynetdicom.sop_class import ComprehensiveSRStorage
 
         ae_title, host, port = parse_target(target)
         ae = AE(ae_title=self.cfg.ae_title)
-        ae.add_requested_context(ComprehensiveSRStorage)
         try:
             ds = pydicom.dcmread(sr_path)
+            ae.add_requested_context(ds.SOPClassUID)
             assoc = ae.associate(host, port, ae_title=ae_title)
             if not assoc.is_established:
                 return "association rejected or no answer"
@@ -585,23 +675,30 @@ def pull(predictor: Any, spool: str | Path, url: str, since: str | None = None, 
             except Exception:
                 log.warning("an instance of study %s could not be parsed", short(uid))
                 continue
-            if str(ds.get("Modality", "")).upper() == "SR" and str(ds.get("Manufacturer", "")) == "cxrkit":
-                continue  # our own report of an earlier pull
-            if node.state.has_instance(str(ds.get("SOPInstanceUID", ""))):
+            sop = str(ds.get("SOPInstanceUID", ""))
+            if node.state.has_instance(sop):
                 continue
-            if node.store(ds, "dicomweb") == 0x0000:
-                counts["instances"] += 1
+            if node.store(ds, "dicomweb") == 0x0000 and node.state.has_instance(sop):
+                counts["instances"] += 1  # kept (our own report and other non-films are not)
         if not node.state.query("SELECT 1 FROM studies WHERE study_uid = ?", (uid,)):
             counts["failed"] += 1  # nothing of it could be stored
             continue
         node.process_study(uid)
         (st,) = node.state.query("SELECT status FROM studies WHERE study_uid = ?", (uid,))[0]
         counts["processed" if st == "done" else "failed"] += 1
-    if stow:
-        node.send_due()
+    sent = node.send_due() if stow else 0
     summary = node.state.summary()
     node.state.close()
-    return dict(counts, sends=summary["sends"], unsent=summary["unsent"])
+    return dict(counts, sent=sent, sends=summary["sends"], unsent=summary["unsent"])
+
+
+def _sop_name(ds: Any) -> str:
+    try:
+        from pydicom.uid import UID
+
+        return UID(str(ds.get("SOPClassUID", ""))).name or "unknown SOP class"
+    except Exception:
+        return "unknown SOP class"
 
 
 def status(spool: str | Path) -> dict[str, Any]:

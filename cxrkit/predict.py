@@ -567,6 +567,7 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
                 fw.close()
         result["sr"] = str(rep)
         result["sr_written"], result["sr_failed"] = rep.written, rep.failed
+        result["sr_changed"] = rep.changed
     if total_rows == 0:
         # a run that predicted nothing leaves no empty CSV behind (the failures file stays when it has rows)
         for p, was in existed.items():

@@ -48,9 +48,51 @@ class ReportResult:
     failed: int = 0
     folder: str = ""
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
+    unchanged: int = 0  # studies whose report already said the same: not written again
+    changed: list[str] = field(default_factory=list)  # StudyInstanceUIDs whose report was (re)written
 
     def __str__(self) -> str:
-        return f"{self.written} report(s) in {self.folder}" + (f", {self.failed} failed" if self.failed else "")
+        return (f"{self.written} report(s) in {self.folder}" + (f", {self.unchanged} unchanged" if self.unchanged else "")
+                + (f", {self.failed} failed" if self.failed else ""))
+
+
+def report_content(ds: Any) -> tuple:
+    """What a report says, for comparing two versions: its source images and every content
+    item's concept, value and unit (UIDs, dates and the free-text comment aside)."""
+
+    def items(seq: Any) -> list[tuple]:
+        out = []
+        for it in seq or []:
+            name = it.ConceptNameCodeSequence[0].CodeValue if "ConceptNameCodeSequence" in it else ""
+            if it.ValueType == "NUM":
+                mv = it.MeasuredValueSequence[0]
+                val: Any = (str(mv.NumericValue), mv.MeasurementUnitsCodeSequence[0].CodeValue)
+            elif it.ValueType == "CODE":
+                val = it.ConceptCodeSequence[0].CodeValue
+            elif it.ValueType == "TEXT":
+                val = "" if name == "121106" else str(it.TextValue)  # the comment names the version
+            else:
+                val = ""
+            out.append((it.ValueType, name, val, tuple(items(it.get("ContentSequence")))))
+        return out
+
+    refs = sorted(str(inst.ReferencedSOPInstanceUID)
+                  for st in ds.get("CurrentRequestedProcedureEvidenceSequence", [])
+                  for se in st.ReferencedSeriesSequence for inst in se.ReferencedSOPSequence)
+    return tuple(refs), tuple(items(ds.get("ContentSequence")))
+
+
+def previous_report(target: Path) -> Any:
+    """The report written earlier at ``target`` (its previous version), or None."""
+    import pydicom
+
+    if not target.is_file():
+        return None
+    try:
+        ds = pydicom.dcmread(target)
+        return ds if ds.get("Modality") == "SR" else None
+    except Exception:
+        return None
 
 
 @contextlib.contextmanager
@@ -127,13 +169,25 @@ def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any)
                     items.append(hd.sr.TextContentItem(name=finding, value=("positive" if p >= t else "negative")
                                                        + f" (threshold {t:.4f})", relationship_type="CONTAINS"))
                 root.ContentSequence = items
+                # one current report per study: a new result is a new version of the same
+                # document (same series, next instance number, the earlier version in its
+                # Predecessor Documents Sequence, as DICOM amends a report); the same result
+                # is not written, or sent, twice
+                prev = previous_report(target)
                 sr = hd.sr.ComprehensiveSR(
-                    evidence=evidence, content=root, series_instance_uid=generate_uid(), series_number=9901,
-                    sop_instance_uid=generate_uid(), instance_number=1, manufacturer="cxrkit",
-                    is_complete=True, is_final=False, is_verified=False)
+                    evidence=evidence, content=root,
+                    series_instance_uid=str(prev.SeriesInstanceUID) if prev is not None else generate_uid(),
+                    series_number=9901, sop_instance_uid=generate_uid(),
+                    instance_number=int(prev.get("InstanceNumber") or 1) + 1 if prev is not None else 1,
+                    manufacturer="cxrkit", is_complete=True, is_final=False, is_verified=False,
+                    previous_versions=[prev] if prev is not None else None)
+                if prev is not None and report_content(prev) == report_content(sr):
+                    res.unchanged += 1
+                    continue
                 with atomic_write(target) as tmp:
                     sr.save_as(tmp, enforce_file_format=True)
             res.written += 1
+            res.changed.append(study_uid)
         except Exception as e:  # one study's report must not stop the others
             res.failed += 1
             detail = f"structured report failed ({type(e).__name__})"

@@ -166,8 +166,12 @@ def test_bad_instances_get_failure_rows_and_the_study_goes_on(trained_model, fil
     assert len(_rows(spool, study)) == 2  # the two good films
     with open(spool / "results" / f"{study_key(study)}.failures.csv", newline="") as f:
         reasons = sorted(r["reason"] for r in csv.DictReader(f))
-    assert codes[2:] == [0, 0, 0]  # stored (a PACS must not be told to resend them), then refused by reason
-    assert reasons == ["colour", "not_chest_radiograph", "truncated"]
+    assert codes[2:] == [0, 0, 0]  # answered stored (a PACS must not be told to resend them)
+    assert reasons == ["colour", "truncated"]  # kept, and given their rows as predict gives them
+    # every instance not used is counted with its reason: the hand by its header, not even kept
+    nu = {(e["kind"], e["reason"]): e["count"] for e in status(spool)["not_used"]}
+    assert nu == {("ignored", "not_chest_radiograph"): 1, ("failed", "colour"): 1, ("failed", "truncated"): 1}
+    assert len(list((spool / "studies" / study_key(study)).glob("*.dcm"))) == 4
 
 
 def test_killed_listener_resumes_without_losing_or_repeating(trained_model, films, tmp_path):
@@ -363,6 +367,16 @@ def test_pull_from_orthanc_dicomweb_and_stow_the_sr_back(trained_model, films, o
         r = run_cli_inprocess(capsys, "pacs", "pull", str(trained_model), "--dicomweb", url, "--spool", str(spool),
                               "--stow", "--engine", "torch")
         assert r.returncode == 0, r.stderr
+        import re
+
+        found, processed = (int(x) for x in re.search(r"(\d+) study / studies found, (\d+) processed",
+                                                       r.stdout).groups())
+        # the new studies' reports (the two real ones at least), not the first one's again
+        assert processed >= 2 and f"reports sent: {processed}" in r.stdout.replace("\n", " ")
+        r = run_cli_inprocess(capsys, "pacs", "pull", str(trained_model), "--dicomweb", url, "--spool", str(spool),
+                              "--stow", "--engine", "torch")
+        out = r.stdout.replace("\n", " ")
+        assert f"{found} already done" in out and "reports sent: 0" in out  # it said "sent: {found}" before
         assert len(_rows(spool, films["study_b"])) == 2
         assert [s["MainDicomTags"].get("Modality") for s in api.call("GET", f"/studies/{oid}/series?expand")
                 ].count("SR") == 1
@@ -388,3 +402,104 @@ def test_pull_from_orthanc_dicomweb_and_stow_the_sr_back(trained_model, films, o
     # the probabilities are cxrkit predict's
     pred = load_predictor(trained_model, engine="torch")
     assert_rows_are_predicts(rows, pred, films["b"], tmp_path / "ref.csv")
+
+
+# ---------------------------------------------------------------------------------------
+# issue 20: what a hospital's Orthanc pushed that the listener refused, or answered twice
+# ---------------------------------------------------------------------------------------
+
+
+def _fresh_uids(src, dst, study=None):
+    """A copy of a real DICOM file as a new study (new UIDs), pixels and transfer syntax kept."""
+    ds = pydicom.dcmread(src)
+    ds.StudyInstanceUID = study or pydicom.uid.generate_uid()
+    ds.PatientID = "CXRKIT-TEST"  # Orthanc keys a study by patient and study UID
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(dst, enforce_file_format=True)
+    return dst
+
+
+def _sr_instances(api, oid):
+    out = []
+    for s in api.call("GET", f"/studies/{oid}/series?expand"):
+        if s["MainDicomTags"].get("Modality") == "SR":
+            for inst in s["Instances"]:
+                out.append(pydicom.dcmread(__import__("io").BytesIO(api.call("GET", f"/instances/{inst}/file"))))
+    return sorted(out, key=lambda d: int(d.InstanceNumber))
+
+
+def _listener_for(orthanc, pred, spool):
+    return Listener(pred, spool, ListenerConfig(port=orthanc["listener_port"], host="127.0.0.1", idle=0.8, poll=0.1,
+                                                allow_ae=("ORTHANC",),
+                                                send_to=f"ORTHANC@127.0.0.1:{orthanc['dicom_port']}"))
+
+
+def test_orthanc_pushes_secondary_capture_films_and_then_the_study_with_our_report(trained_model, films, orthanc,
+                                                                                   tmp_path):
+    """Both real shared DICOMs are Secondary Capture chest films (which predict accepts): the
+    listener refused their SOP class, Orthanc's push failed with HTTP 500 and nothing was
+    logged. A second push of the study, which now holds cxrkit's SR, failed the whole job."""
+    api = orthanc["api"]
+    study = pydicom.uid.generate_uid()
+    copies = [_fresh_uids(f, tmp_path / f"sc{i}.dcm", study) for i, f in enumerate(films["real"])]
+    oid = {api.call("POST", "/instances", Path(f).read_bytes(), "application/dicom")["ParentStudy"] for f in copies}
+    assert len(oid) == 1
+    oid = oid.pop()
+    pred = load_predictor(trained_model, engine="torch")
+    spool = tmp_path / "spool"
+    lst = _listener_for(orthanc, pred, spool)
+    lst.start()
+    try:
+        api.call("POST", "/modalities/cxrkit/store", {"Resources": [oid], "Synchronous": True})  # HTTP 500 before
+        wait_for(lambda: status(spool)["sends"].get("sent") == 1, timeout=90, what="SR sent back")
+        assert len(_rows(spool, study)) == 2
+        assert len(_sr_instances(api, oid)) == 1
+        # the same study again, now with cxrkit's own report in it: accepted, the report ignored
+        api.call("POST", "/modalities/cxrkit/store", {"Resources": [oid], "Synchronous": True})
+        wait_for(lambda: any(e["reason"] == "own_report" for e in status(spool)["not_used"]), what="report ignored")
+        time.sleep(2.0)  # time for a (wrong) second report to be made and sent
+    finally:
+        lst.stop()
+    st = status(spool)
+    nu = {(e["kind"], e["reason"]): e["count"] for e in st["not_used"]}
+    assert nu == {("ignored", "own_report"): 1, ("duplicate", "received_again"): 2}
+    assert st["sends"] == {"sent": 1} and len(_sr_instances(api, oid)) == 1
+    assert_rows_are_predicts(_rows(spool, study), pred, copies, tmp_path / "ref.csv")
+
+
+def test_a_late_instance_sends_a_new_version_only_when_the_result_changes(trained_model, films, orthanc, tmp_path):
+    """One current report per study: a late instance that is not used changes nothing (a second,
+    identical SR was sent before); one that changes the result is a new version of the report
+    (same series, next instance number, the first in its Predecessor Documents Sequence)."""
+    api = orthanc["api"]
+    study = pydicom.uid.generate_uid()
+    first = [_fresh_uids(f, tmp_path / f"a{i}.dcm", study) for i, f in enumerate(films["a"][:2])]
+    late_hand = make_dicom(tmp_path / "hand.dcm", np.random.default_rng(3).integers(0, 4000, (256, 256)),
+                           body_part="HAND", StudyInstanceUID=study)
+    late_film = _fresh_uids(films["a"][2], tmp_path / "late.dcm", study)
+    pred = load_predictor(trained_model, engine="torch")
+    spool = tmp_path / "spool"
+    lst = _listener_for(orthanc, pred, spool)
+    lst.start()
+    try:
+        assert c_store(first, orthanc["listener_port"], calling="ORTHANC") == [0, 0]
+        wait_for(lambda: status(spool)["sends"].get("sent") == 1, timeout=90, what="first report sent")
+        oid = api.call("POST", "/tools/lookup", study.encode(), "text/plain")[0]["ID"]
+        assert len(_sr_instances(api, oid)) == 1
+        assert c_store([late_hand], orthanc["listener_port"], calling="ORTHANC") == [0]
+        time.sleep(2.5)  # idle 0.8 s: a second report would have been made and sent by now
+        assert len(_sr_instances(api, oid)) == 1 and status(spool)["sends"] == {"sent": 1}
+        assert c_store([late_film], orthanc["listener_port"], calling="ORTHANC") == [0]
+        wait_for(lambda: len(_sr_instances(api, oid)) == 2, timeout=90, what="new version in Orthanc")
+    finally:
+        lst.stop()
+    v1, v2 = _sr_instances(api, oid)
+    assert v1.SeriesInstanceUID == v2.SeriesInstanceUID and int(v2.InstanceNumber) == 2
+    pred_refs = [i.ReferencedSOPInstanceUID for st in v2.PredecessorDocumentsSequence
+                 for se in st.ReferencedSeriesSequence for i in se.ReferencedSOPSequence]
+    assert pred_refs == [v1.SOPInstanceUID]
+    assert len(_rows(spool, study)) == 3
+    nu = {(e["kind"], e["reason"]): e["count"] for e in status(spool)["not_used"]}
+    assert nu == {("ignored", "not_chest_radiograph"): 1}
