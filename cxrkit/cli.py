@@ -103,6 +103,26 @@ def data_demo(
     console.print("  " + "\n  ".join(str(p) for p in (d.train_csv, d.valid_csv, d.test_csv) if p))
 
 
+@data_app.command("demo-dicom")
+def data_demo_dicom(
+    data_dir: Annotated[Path, typer.Argument(help="A demo dataset: the folder `cxrkit data demo` wrote, or demo-run/data.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the DICOM files (PATIENT/STUDY/VIEW.dcm).")],
+    split: Annotated[str, typer.Option("--split", help="train, valid or test.")] = "test",
+) -> None:
+    """Write one split of the SYNTHETIC demo films as CR DICOM, one study per demo study.
+
+    A hospital-like DICOM folder for trying predict --sr and pacs listen on a fresh machine
+    (synthetic patients, no real person).
+
+    Example: cxrkit data demo-dicom demo-run/data demo-run/dicom"""
+    from .data.demo import demo_to_dicom
+
+    if split not in ("train", "valid", "test"):
+        raise CxrkitError(f"--split must be train, valid or test (got {split!r})")
+    n, studies = demo_to_dicom(data_dir, out_dir, split)
+    console.print(f"wrote {n} synthetic CR DICOM file(s) in {studies} studies to {out_dir}")
+
+
 @data_app.command("inspect")
 def data_inspect(
     table: Annotated[Path, typer.Argument(help="Label table: CheXpert / NIH / CXR-LT CSV, COCO JSON, Open Images CSV, generic CSV.")],

@@ -512,3 +512,62 @@ def contact_sheet(images: list[np.ndarray], titles: list[str], path: str | Path,
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def demo_to_dicom(data_dir: str | Path, out_dir: str | Path, split: str = "test") -> tuple[int, int]:
+    """The films of one split of the synthetic demo data as CR DICOM files, as a hospital's
+    export would hold them: ``OUT/<patient>/<study>/<view>.dcm``, one StudyInstanceUID per demo
+    study (the same on every run), ViewPosition PA / AP / LL, BodyPartExamined CHEST, a synthetic
+    patient (``DEMO-...``, no real person). For trying ``predict --sr`` and ``pacs listen`` on a
+    fresh machine. Returns (files, studies)."""
+    import cv2
+    import pandas as pd
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from ..errors import CxrkitError
+    from ..utils import atomic_write
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    table = data_dir / f"{split}.csv"
+    if not table.is_file():
+        raise CxrkitError(f"{table}: not found; DATA_DIR is a folder written by `cxrkit data demo` or `cxrkit demo` "
+                          f"(its data/ folder)")
+    t = pd.read_csv(table)
+    studies: set[str] = set()
+    n = 0
+    for _, row in t.iterrows():
+        rel = Path(str(row["Path"]))
+        src = data_dir / rel  # demo tables' paths are relative to their folder
+        img = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise CxrkitError(f"{src}: demo image missing or unreadable")
+        patient, study = rel.parts[-3], rel.parts[-2]
+        key = f"cxrkit-demo/{patient}/{study}"
+        lateral = str(row.get("Frontal/Lateral", "")).lower() == "lateral"
+        view = "LL" if lateral else (str(row.get("AP/PA", "")) or "PA").upper()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[key, rel.name])
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(src), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=[key])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=[key, view])
+        ds.PatientName, ds.PatientID = "Synthetic^Demo", f"DEMO-{patient}"
+        ds.PatientBirthDate = ds.PatientSex = ds.StudyDate = ds.StudyTime = ds.AccessionNumber = ""
+        ds.ReferringPhysicianName = ds.StudyID = ""
+        ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", view
+        ds.SeriesNumber, ds.InstanceNumber = 1, 1
+        ds.ImageComments = "SYNTHETIC image drawn by cxrkit's demo generator: not a patient, not for diagnosis"
+        ds.Rows, ds.Columns = img.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = img.tobytes()
+        dst = out_dir / patient / study / f"{rel.stem}.dcm"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(dst) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
+        studies.add(key)
+        n += 1
+    return n, len(studies)
