@@ -69,7 +69,7 @@ def _main(
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     for h in logging.getLogger().handlers:
         h.setLevel(level)  # the console shows warnings; run folders keep their own INFO logs
-    for noisy in ("pydicom", "PIL", "matplotlib", "timm", "monai"):
+    for noisy in ("pydicom", "PIL", "matplotlib", "timm", "monai", "pylibjpeg", "openjpeg", "libjpeg", "rle"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if quiet:
         os.environ["CXRKIT_QUIET"] = "1"

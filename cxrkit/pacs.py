@@ -458,7 +458,11 @@ class Node:
             finally:
                 assoc.release()
         except Exception as e:
-            return type(e).__name__
+            import socket
+
+            if isinstance(e, socket.gaierror):
+                return f"host {host} not found (name resolution failed)"
+            return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
 
     def _stow(self, sr_path: str, url: str) -> str:
         try:
