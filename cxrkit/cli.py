@@ -535,8 +535,6 @@ def _check_predict_outputs(model: Path, out: Path, sr: Path | None, explain_dir:
         require("explain", "--explain")
         if (Path(model) / "ensemble.json").is_file():
             raise CxrkitError("--explain needs a single model (explain an ensemble's members one by one)")
-    if out.exists() and out.is_dir():
-        raise CxrkitError(f"{out}: is a folder; --out is the CSV file to write")
     check_writable_dir(out.parent, "--out")
     for folder, what in ((sr, "--sr"), (explain_dir, "--explain")):
         if folder is not None:
@@ -1015,7 +1013,9 @@ def main() -> None:
         where = f"{e.filename}: " if e.filename else ""
         msg = e.strerror or str(e)
         if e.errno == errno.ENOTDIR and e.filename:  # an output path under an existing file
-            blocker = next((q for q in Path(str(e.filename)).parents if q.is_file()), None)
+            from .utils import file_in_the_way
+
+            blocker = file_in_the_way(Path(str(e.filename)).parent)
             if blocker is not None:
                 msg = f"cannot be created: {blocker} is a file, not a folder"
         err_console.print(f"error: {where}{msg}", markup=False, highlight=False, soft_wrap=True)

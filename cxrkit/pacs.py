@@ -31,12 +31,14 @@ status``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,16 +103,22 @@ class PacsState:
         with self._lock:
             self.db.close()
 
-    def _tx(self, sql: str, args: tuple = ()) -> list[tuple]:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error), holding
+        the lock the SCP's and the worker's threads share."""
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                rows = self.db.execute(sql, args).fetchall()
+                yield self.db
                 self.db.execute("COMMIT")
-                return rows
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+
+    def _tx(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._transaction() as db:
+            return db.execute(sql, args).fetchall()
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -122,18 +130,12 @@ class PacsState:
 
     def add_instance(self, sop_uid: str, study_uid: str, path: Path, calling_ae: str) -> None:
         now = time.time()
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.execute("INSERT OR IGNORE INTO instances (sop_uid, study_uid, path, calling_ae, received_at) "
-                                "VALUES (?, ?, ?, ?, ?)", (sop_uid, study_uid, str(path), calling_ae, now))
-                self.db.execute("INSERT INTO studies (study_uid, status, last_instance_at) VALUES (?, 'open', ?) "
-                                "ON CONFLICT(study_uid) DO UPDATE SET last_instance_at = excluded.last_instance_at, "
-                                "status = 'open'", (study_uid, now))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO instances (sop_uid, study_uid, path, calling_ae, received_at) "
+                       "VALUES (?, ?, ?, ?, ?)", (sop_uid, study_uid, str(path), calling_ae, now))
+            db.execute("INSERT INTO studies (study_uid, status, last_instance_at) VALUES (?, 'open', ?) "
+                       "ON CONFLICT(study_uid) DO UPDATE SET last_instance_at = excluded.last_instance_at, "
+                       "status = 'open'", (study_uid, now))
 
     # studies ----------------------------------------------------------------------------
     def recover(self) -> int:
@@ -155,21 +157,13 @@ class PacsState:
     def finish_study(self, study_uid: str, started_last: float, ok: bool, rows: int = 0, failed: int = 0,
                      sr_path: str | None = None, reason: str | None = None) -> None:
         """Done / failed; an instance that arrived while it was processing reopens it."""
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                (last,) = self.db.execute("SELECT last_instance_at FROM studies WHERE study_uid = ?",
-                                          (study_uid,)).fetchone()
-                status = "open" if last > started_last else ("done" if ok else "failed")
-                self.db.execute("UPDATE studies SET status = ?, processed_at = ?, rows = ?, failed = ?, sr_path = ?, "
-                                "reason = ? WHERE study_uid = ?",
-                                (status, time.time(), rows, failed, sr_path, reason, study_uid))
-                self.db.execute("UPDATE instances SET status = 'done' WHERE study_uid = ? AND received_at <= ?",
-                                (study_uid, started_last))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            (last,) = db.execute("SELECT last_instance_at FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+            status = "open" if last > started_last else ("done" if ok else "failed")
+            db.execute("UPDATE studies SET status = ?, processed_at = ?, rows = ?, failed = ?, sr_path = ?, "
+                       "reason = ? WHERE study_uid = ?", (status, time.time(), rows, failed, sr_path, reason, study_uid))
+            db.execute("UPDATE instances SET status = 'done' WHERE study_uid = ? AND received_at <= ?",
+                       (study_uid, started_last))
 
     # events: every instance not used, with its reason ----------------------------------------
     def add_event(self, kind: str, reason: str, detail: str = "", study_uid: str = "", sop_uid: str = "",
@@ -177,18 +171,11 @@ class PacsState:
         """``kind``: ``refused`` (a failure status was answered), ``ignored`` (answered stored,
         not kept: not a chest film, not an image, cxrkit's own report), ``failed`` (kept, not
         predicted: colour, corrupt, ...; ``once`` per instance) or ``duplicate``."""
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                if not (once and self.db.execute("SELECT 1 FROM events WHERE kind = ? AND sop_uid = ?",
-                                                 (kind, sop_uid)).fetchone()):
-                    self.db.execute("INSERT INTO events (at, kind, reason, detail, study_uid, sop_uid) "
-                                    "VALUES (?, ?, ?, ?, ?, ?)", (time.time(), kind, reason, detail[:300], study_uid,
-                                                                  sop_uid))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            if not (once and db.execute("SELECT 1 FROM events WHERE kind = ? AND sop_uid = ?",
+                                        (kind, sop_uid)).fetchone()):
+                db.execute("INSERT INTO events (at, kind, reason, detail, study_uid, sop_uid) VALUES (?, ?, ?, ?, ?, ?)",
+                           (time.time(), kind, reason, detail[:300], study_uid, sop_uid))
 
     def sop_of_path(self, path: str) -> tuple[str, str]:
         rows = self.query("SELECT sop_uid, study_uid FROM instances WHERE path = ?", (path,))

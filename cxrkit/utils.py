@@ -371,9 +371,14 @@ def check_writable_dir(folder: str | Path, what: str) -> Path:
         os.unlink(probe)
     except OSError as e:
         why = e.strerror or str(e)
-        if e.errno in (errno.ENOTDIR, errno.EEXIST):
-            blocker = next((q for q in [folder, *folder.parents] if q.exists() and not q.is_dir()), None)
-            if blocker is not None:
-                why = f"{blocker} is a file, not a folder"
+        blocker = file_in_the_way(folder) if e.errno in (errno.ENOTDIR, errno.EEXIST) else None
+        if blocker is not None:
+            why = f"{blocker} is a file, not a folder"
         raise CxrkitError(f"{what} {folder}: cannot write there ({why})") from None
     return folder
+
+
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The file (not folder) at ``path`` or above it that stops ``path`` being a folder."""
+    path = Path(path)
+    return next((q for q in [path, *path.parents] if q.exists() and not q.is_dir()), None)
