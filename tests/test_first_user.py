@@ -181,3 +181,24 @@ def test_a_config_whose_data_is_missing_says_how_to_point_at_it(tmp_path):
     line = r.stderr.strip()
     assert "\n" not in line and "nowhere/nih_hires/labels.csv: file not found" in line and "CXRKIT_DATA" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_demo_dicom_writes_valid_cr_studies_with_stable_uids(demo_data, tmp_path, capsys):
+    import shutil
+
+    import pydicom
+
+    r = run_cli_inprocess(capsys, "data", "demo-dicom", str(demo_data), str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(demo_data / "test.csv", newline="")))
+    files = sorted((tmp_path / "a").rglob("*.dcm"))
+    assert len(files) == len(rows)
+    ds = [pydicom.dcmread(f) for f in files]
+    assert {d.Modality for d in ds} == {"CR"} and all(d.PatientID.startswith("DEMO-") for d in ds)
+    assert len({d.StudyInstanceUID for d in ds}) == len({Path(r["Path"]).parent for r in rows})
+    run_cli_inprocess(capsys, "data", "demo-dicom", str(demo_data), str(tmp_path / "b"))
+    again = {f.relative_to(tmp_path / "b"): pydicom.dcmread(f).SOPInstanceUID for f in (tmp_path / "b").rglob("*.dcm")}
+    assert again == {f.relative_to(tmp_path / "a"): d.SOPInstanceUID for f, d in zip(files, ds)}  # the same every run
+    if shutil.which("dciodvfy"):  # dicom3tools' validator: no errors (warnings about DICOMDIR keys only)
+        out = subprocess.run(["dciodvfy", str(files[0])], capture_output=True, text=True)
+        assert "Error" not in out.stdout + out.stderr, out.stdout + out.stderr

@@ -558,6 +558,8 @@ def demo_to_dicom(data_dir: str | Path, out_dir: str | Path, split: str = "test"
         ds.PatientBirthDate = ds.PatientSex = ds.StudyDate = ds.StudyTime = ds.AccessionNumber = ""
         ds.ReferringPhysicianName = ds.StudyID = ""
         ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", view
+        ds.Manufacturer = "cxrkit synthetic demo"
+        ds.PatientOrientation = ""  # type 2C, unknown for a drawn film
         ds.SeriesNumber, ds.InstanceNumber = 1, 1
         ds.ImageComments = "SYNTHETIC image drawn by cxrkit's demo generator: not a patient, not for diagnosis"
         ds.Rows, ds.Columns = img.shape
