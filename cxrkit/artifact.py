@@ -31,7 +31,7 @@ from .errors import ArtifactError
 from .utils import recover_dir, sha256_file, staged_dir, to_jsonable
 
 FORMAT = "cxrkit-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a model with calibration (older cxrkit would ignore it)
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 ENSEMBLE_FILE = "ensemble.json"
@@ -51,6 +51,8 @@ class ModelMeta:
     train_config: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     cft: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # cxrkit.calibration.fit_calibration's output
+    operating_point: dict[str, Any] | None = None  # cxrkit.calibration.operating_points' output
     extra: dict[str, Any] = field(default_factory=dict)
     cxrkit_version: str = __version__
     created: str = ""
@@ -74,6 +76,13 @@ class ModelMeta:
         meta = cls(**{k: v for k, v in d.items() if k in known})
         if len(meta.thresholds) != len(meta.classes):
             raise ArtifactError(f"{source}: {len(meta.thresholds)} thresholds for {len(meta.classes)} classes")
+        if meta.calibration:
+            from .calibration import check_calibration
+
+            try:
+                check_calibration(meta.calibration, meta.classes, source)
+            except Exception as e:
+                raise ArtifactError(str(e)) from None
         return meta
 
 
@@ -91,6 +100,7 @@ def write_model_files(folder: str | Path, model: nn.Module, meta: ModelMeta) -> 
     meta.weights_sha256 = sha256_file(folder / WEIGHTS_FILE)
     meta.created = meta.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     meta.cxrkit_version = __version__
+    meta.format_version = 2 if meta.calibration else 1  # readable by older cxrkit when nothing new is in it
     (folder / META_FILE).write_text(json.dumps(to_jsonable(meta.to_dict()), indent=2) + "\n")
 
 
@@ -167,7 +177,13 @@ class LoadedModel:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(self.logits(x)).cpu().numpy()
+        """Probabilities, through the model's calibration when it has one."""
+        p = torch.sigmoid(self.logits(x)).cpu().numpy()
+        if self.meta.calibration:
+            from .calibration import apply_calibration
+
+            p = apply_calibration(p, self.meta.calibration).astype(np.float32)
+        return p
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -191,7 +191,8 @@ class EnsembleNet(nn.Module):
     each); the weights come from the bundle's checkpoint (``members.<i>.*``)."""
 
     def __init__(self, members: Sequence[Mapping[str, Any]], weights: Sequence[float],
-                 columns: Sequence[Sequence[int]]) -> None:
+                 columns: Sequence[Sequence[int]], calibrations: Sequence[Mapping[str, Any] | None] | None = None,
+                 calibration: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         from .errors import ConfigError
         from .models import build_model
@@ -205,13 +206,20 @@ class EnsembleNet(nn.Module):
         self.weights = [float(w) / total for w in weights]
         for i, c in enumerate(columns):
             self.register_buffer(f"columns_{i}", torch.tensor([int(j) for j in c], dtype=torch.long), persistent=False)
+        # each member's calibration before the average, the ensemble's after it (as predict)
+        self.calibrations = [dict(c) if c else None for c in (calibrations or [None] * len(members))]
+        self.calibration = dict(calibration) if calibration else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .calibration import apply_calibration_torch
+
         p: torch.Tensor | None = None
         for i, (m, w) in enumerate(zip(self.members, self.weights)):
-            q = torch.sigmoid(m(x).double()).index_select(1, getattr(self, f"columns_{i}")) * w
+            q = apply_calibration_torch(torch.sigmoid(m(x).double()), self.calibrations[i])
+            q = q.index_select(1, getattr(self, f"columns_{i}")) * w
             p = q if p is None else p + q
         assert p is not None
+        p = apply_calibration_torch(p, self.calibration)
         return torch.logit(p.clamp(1e-12, 1.0 - 1e-12)).float()
 
 
@@ -522,7 +530,7 @@ def export_bundle(path: str | Path, out: str | Path, overwrite: bool = False, da
     out = check_output_dir(out, BUNDLE_COMMAND, [spec.path, *(m.path for m in spec.members)], overwrite)
     if license_file is not None and not Path(license_file).is_file():
         raise CxrkitError(f"--license {license_file}: no such file")
-    if spec.kind == "model":
+    if spec.kind == "model" and not spec.meta.get("calibration"):
         model = load_model(spec.path)
         meta, pre, net, net_def = model.meta, model.preprocessing, model.model, None
     else:
@@ -566,18 +574,22 @@ def _ensemble_network(spec: Any) -> tuple[Any, Preprocessing, EnsembleNet, dict[
     members = [{"cfg": _model_cfg(lm.meta.model), "num_classes": len(lm.meta.classes)} for lm in loaded]
     columns = [[m.classes.index(c) for c in spec.classes] for m in spec.members]
     weights = [float(m.weight) for m in spec.members]
-    net = EnsembleNet(members, weights, columns)
+    cals = [m.meta.get("calibration") for m in spec.members]
+    ens_cal = spec.meta.get("calibration") if spec.kind == "ensemble" else None
+    net = EnsembleNet(members, weights, columns, cals, ens_cal)
     for sub, lm in zip(net.members, loaded):
         sub.load_state_dict(lm.model.state_dict())
     net.eval()
     backbones = ", ".join(str((lm.meta.model or {}).get("backbone")) for lm in loaded)
     digest = hashlib.sha256("".join(lm.meta.weights_sha256 for lm in loaded).encode()).hexdigest()
     meta = SimpleNamespace(classes=list(spec.classes), thresholds=list(spec.thresholds), name=spec.name,
-                           model={"backbone": f"ensemble of {len(loaded)} ({backbones})"},
+                           model={"backbone": f"ensemble of {len(loaded)} ({backbones})" if spec.kind == "ensemble"
+                                  else f"{backbones}, calibrated ({spec.meta['calibration']['method']})"},
                            train_config=loaded[0].meta.train_config, metrics=spec.meta.get("metrics") or {},
                            weights_sha256=digest, label_space=spec.label_space,
                            threshold_method=str(spec.meta.get("threshold_method") or "f1"))
-    net_def = {"_target_": "cxrkit.bundle.EnsembleNet", "members": members, "weights": weights, "columns": columns}
+    net_def = {"_target_": "cxrkit.bundle.EnsembleNet", "members": members, "weights": weights, "columns": columns,
+               "calibrations": cals, "calibration": ens_cal}
     return meta, spec.members[0].preprocessing, net, net_def
 
 

@@ -310,16 +310,21 @@ def train(
 
 def _print_eval(summary: dict) -> None:
     tab = Table(title=f"{summary.get('table')} ({summary['n_samples']} images)")
-    for col in ("class", "AUC", "AP", "F1", "threshold", "pos", "neg"):
+    for col in ("class", "AUC", "AP", "F1", "threshold", "ECE", "Brier", "pos", "neg"):
         tab.add_column(col, justify="left" if col == "class" else "right")
 
     def f(v: object) -> str:
         return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
     for c in summary["classes"]:
-        tab.add_row(c["name"], f(c["auc"]), f(c["ap"]), f(c["f1"]), f(c["threshold"]), str(c["n_pos"]), str(c["n_neg"]))
+        tab.add_row(c["name"], f(c["auc"]), f(c["ap"]), f(c["f1"]), f(c["threshold"]), f(c.get("ece")), f(c.get("brier")),
+                    str(c["n_pos"]), str(c["n_neg"]))
     console.print(tab)
     console.print(f"mAUC {f(summary['mAUC'])}   mAP {f(summary['mAP'])}   mF1 {f(summary['mF1'])}")
+    cal = summary.get("calibration") or {}
+    if cal:
+        console.print("   ".join(f"mean {k.upper()} {f(cal.get('mean_' + k))}" for k in ("ece", "ace", "mce", "brier"))
+                      + f"   ({summary.get('calibrated') or 'uncalibrated'} probabilities)")
     console.print("   ".join(f"{k} {f(summary.get(k))}" for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")))
     for name, sub in (summary.get("subsets") or {}).items():
         console.print(f"{name}: mAUC {f(sub.get('mAUC'))}  mAP {f(sub.get('mAP'))}")
@@ -384,7 +389,8 @@ def evaluate(
     pred = load_predictor(model, engine=engine, device=_device(device), precision=precision)
     summary = evaluate_table(pred, table, images_root=images_root, format=format, split=split, batch_size=batch_size,
                              workers=workers, tta=tta, uncertain=uncertain, study=study, lateral_weight=lateral_weight,
-                             corruptions=corruptions)
+                             corruptions=corruptions, return_scores=True)
+    summary["_reliability"] = (summary.pop("_targets"), summary.pop("_scores"))
     _print_eval(summary)
     if summary.get("corruptions"):
         tab = Table(title="robustness: clean vs corrupted (same images)")
@@ -405,9 +411,17 @@ def evaluate(
             plot_corruptions(pred.preprocessings[0].read(first), corruptions, sheet, key=str(first),
                              title=f"{first.name}: what --corrupt did")
             console.print(f"wrote {sheet}")
+    reliability = summary.pop("_reliability")
     if json_out:
         write_json(json_out, summary)
         console.print(f"wrote {json_out}")
+        if reliability is not None:
+            from .calibration import plot_reliability
+
+            png = json_out.with_name(json_out.stem + ".reliability.png")
+            t, p = reliability
+            plot_reliability(t, {"model": p}, png, title=f"Reliability: {Path(model).name} on {Path(table).name}")
+            console.print(f"wrote {png}")
     if track.backend != "none":
         from .tracking import make_tracker
 
@@ -419,6 +433,65 @@ def evaluate(
         if json_out:
             tr.log_artifact(json_out)
         tr.close()
+
+
+@app.command("calibrate")
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="Saved model or ensemble folder.")],
+    table: Annotated[Path, typer.Argument(help="Labelled table to fit on (validation films, never the test set).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the calibrated model (a copy; the input stays as it is).")],
+    method: Annotated[str, typer.Option("--method", help="temperature, platt, isotonic, or none (only --operating-point; none also removes a calibration).")] = "temperature",
+    operating_point: Annotated[Optional[str], typer.Option("--operating-point", help="Per class threshold by target: sensitivity=0.90, specificity=0.95, f1 or youden (default: the thresholds keep their calls).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Only rows of this split of the table (e.g. valid).")] = None,
+    holdout: Annotated[float, typer.Option("--holdout", help="Share of the table's images kept out of the fit, to measure before / after on (0: measure on the fitted images).")] = 0.3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the holdout draw.")] = 0,
+    images_root: Annotated[Optional[Path], typer.Option("--images-root", help="Folder the table's image paths are relative to.")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help="Table format (default: detect).")] = None,
+    uncertain: Annotated[str, typer.Option("--uncertain", help="Uncertain (-1) labels in the fit: ignore, ones or zeros.")] = "ignore",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it is not an earlier calibrate output.")] = False,
+) -> None:
+    """Calibrate a model's probabilities per class and choose its operating points.
+
+    Fits on the table's known labels (less --holdout of its images), prints ECE / ACE / MCE /
+    Brier / mAUC before and after on the held-out images, and writes a copy of the model
+    carrying the calibration, the thresholds and (with --operating-point) the sensitivity and
+    specificity reached with 95 % intervals. predict, evaluate, ensemble, export, the MONAI
+    bundle, the container and the PACS node all apply it.
+
+    Example: cxrkit calibrate runs/nih_hires/model ../shared/data/nih_hires/labels.csv --split valid --method platt --operating-point sensitivity=0.90 --out runs/nih_hires/model-cal"""
+    from .calibration import run_calibrate
+
+    r = run_calibrate(model, table, out, method=method, operating_point=operating_point, split=split,
+                      images_root=images_root, format=format, holdout=holdout, seed=seed, uncertain=uncertain,
+                      batch_size=batch_size, workers=workers, overwrite=overwrite)
+    tab = Table(title=f"{'held-out' if r['check_is_holdout'] else 'fitted (in-sample)'} images: "
+                      f"{r['images_check']} (fitted on {r['images_fit']})")
+    for col in ("", "mean ECE", "mean ACE", "mean MCE", "mean Brier", "mAUC"):
+        tab.add_column(col, justify="right")
+
+    def f(v: object) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    for k in ("before", "after"):
+        b = r[k]
+        tab.add_row(k, f(b["mean_ece"]), f(b["mean_ace"]), f(b["mean_mce"]), f(b["mean_brier"]), f(b["mAUC"]))
+    console.print(tab)
+    chk = r.get("operating_point_check")
+    if chk:
+        t2 = Table(title=f"operating point {r['operating_point']} on the held-out images")
+        for col in ("class", "threshold", "sensitivity (95% CI)", "specificity (95% CI)", "pos", "neg"):
+            t2.add_column(col, justify="left" if col == "class" else "right")
+
+        def ci(v: object, lo_hi: list) -> str:
+            return "-" if v is None else f"{v:.3f} ({lo_hi[0]:.3f}-{lo_hi[1]:.3f})"
+
+        for c, v in chk.items():
+            t2.add_row(c, f"{v['threshold']:.4f}", ci(v["sensitivity"], v["sensitivity_ci95"]),
+                       ci(v["specificity"], v["specificity_ci95"]), str(v["n_positive"]), str(v["n_negative"]))
+        console.print(t2)
+    console.print(f"wrote {r['out']} (report and reliability diagram in {Path(r['out']) / 'calibration'})")
 
 
 def _first_table_image(table: Path, images_root: Path | None, format: str | None) -> Any:
@@ -457,7 +530,9 @@ def predict(
     views: Annotated[Optional[str], typer.Option("--views", help="Views accepted when known (default PA,AP,LATERAL,LL,RL; empty = any).")] = None,
     require_view: Annotated[bool, typer.Option("--require-view", help="Skip DICOM without a usable ViewPosition.")] = False,
     no_filter: Annotated[bool, typer.Option("--no-filter", help="Predict every readable DICOM, whatever its modality / body part / view.")] = False,
-    sr: Annotated[Optional[Path], typer.Option("--sr", help="Also write one DICOM Structured Report per study here (needs highdicom).")] = None,
+    sr: Annotated[Optional[Path], typer.Option("--sr", help="Also write one DICOM Structured Report (TID 1500, SNOMED CT coded) per study here (needs highdicom).")] = None,
+    fhir: Annotated[Optional[Path], typer.Option("--fhir", help="Also write one FHIR R4 Bundle (DiagnosticReport + Observations + Device) per study here (needs fhir.resources).")] = None,
+    codes: Annotated[Optional[Path], typer.Option("--codes", help="CSV of your labels' codes (label,scheme,code,meaning[,site_scheme,site_code,site_meaning]) for --sr / --fhir; wins over the shipped table.")] = None,
     explain_dir: Annotated[Optional[Path], typer.Option("--explain", help="Also write saliency maps here for each positive call (cxrkit explain; single models).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass; rows are flushed to disk after each batch.")] = 16,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Decoding worker processes.")] = 0,
@@ -470,7 +545,7 @@ def predict(
     reason. Rows are flushed as they come: an interrupted run continues with --resume.
     Exits non-zero only if nothing could be predicted.
 
-    Example: cxrkit predict runs/nih_hires/model /mnt/pacs-export --out preds.csv --study max --sr sr/"""
+    Example: cxrkit predict runs/nih_hires/model /mnt/pacs-export --out preds.csv --study max --sr sr/ --fhir fhir/"""
     from .data.images import set_limits
     from .ensemble import load_predictor
     from .predict import run_predict
@@ -480,7 +555,7 @@ def predict(
 
     check_predict_options(tta=tta, study=study, shard=_parse_shard(shard), lateral_weight=lateral_weight,
                           batch_size=batch_size, study_key=study_key)  # before the model is loaded or any image read
-    _check_predict_outputs(model, out, sr, explain_dir)
+    _check_predict_outputs(model, out, sr, explain_dir, fhir, codes)
     set_limits(max_pixels=max_pixels, min_size=min_size, min_range=min_range)
     filt = DicomFilter(modalities=_csv_list(modalities, DicomFilter.modalities),
                        body_parts=_csv_list(body_parts, DicomFilter.body_parts),
@@ -500,7 +575,7 @@ def predict(
     _ON_INTERRUPT.append(stopped)
     res = run_predict(pred, inputs, out, batch_size=batch_size, workers=workers, tta=tta, images_root=images_root,
                       dicom_filter=filt, resume=resume, overwrite=overwrite, shard=_parse_shard(shard), study=study,
-                      lateral_weight=lateral_weight, sr_dir=sr, study_key=study_key)
+                      lateral_weight=lateral_weight, sr_dir=sr, study_key=study_key, fhir_dir=fhir, codes_file=codes)
     msg = f"predicted {res['predicted']} image(s) -> {res['out']}"
     if res["already_done"]:
         msg += f" ({res['already_done']} already there)"
@@ -510,6 +585,8 @@ def predict(
         msg += f"; per study: {res['studies']}"
     if res.get("sr"):
         msg += f"; structured reports: {res['sr']}"
+    if res.get("fhir"):
+        msg += f"; FHIR: {res['fhir']}"
     console.print(msg)
     if explain_dir is not None:
         from .explain import explain as run_explain
@@ -522,7 +599,8 @@ def predict(
         console.print(f"saliency maps: {ex['maps']} for the positive calls of {ex['images']} image(s) -> {explain_dir}")
 
 
-def _check_predict_outputs(model: Path, out: Path, sr: Path | None, explain_dir: Path | None) -> None:
+def _check_predict_outputs(model: Path, out: Path, sr: Path | None, explain_dir: Path | None,
+                           fhir: Path | None = None, codes: Path | None = None) -> None:
     """Everything the end of a predict run needs, checked before its first image: the optional
     packages of --sr / --explain and every output folder (a read-only --sr folder failed only
     after the whole run had been predicted)."""
@@ -531,14 +609,31 @@ def _check_predict_outputs(model: Path, out: Path, sr: Path | None, explain_dir:
 
     if sr is not None:
         require("sr", "--sr")
+    if fhir is not None:
+        require("fhir", "--fhir")
+    if codes is not None:
+        from .codes import check_code_file
+
+        check_code_file(codes)
     if explain_dir is not None:
         require("explain", "--explain")
         if (Path(model) / "ensemble.json").is_file():
             raise CxrkitError("--explain needs a single model (explain an ensemble's members one by one)")
     check_writable_dir(out.parent, "--out")
-    for folder, what in ((sr, "--sr"), (explain_dir, "--explain")):
+    for folder, what in ((sr, "--sr"), (explain_dir, "--explain"), (fhir, "--fhir")):
         if folder is not None:
             check_writable_dir(folder, what)
+
+
+def _check_node_outputs(fhir: bool, codes: Path | None) -> None:
+    from .extras import require
+
+    if fhir:
+        require("fhir", "--fhir")
+    if codes is not None:
+        from .codes import check_code_file
+
+        check_code_file(codes)
 
 
 @app.command("ensemble")
@@ -829,6 +924,8 @@ def pacs_listen(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")] = "auto",
     modalities: Annotated[Optional[str], typer.Option("--modalities", help="DICOM modalities to predict (default CR,DX).")] = None,
     body_parts: Annotated[Optional[str], typer.Option("--body-parts", help="BodyPartExamined values accepted when present (default CHEST,THORAX,...).")] = None,
+    fhir: Annotated[bool, typer.Option("--fhir", help="Also write a FHIR R4 Bundle per study into <spool>/fhir/ (needs fhir.resources).")] = False,
+    codes: Annotated[Optional[Path], typer.Option("--codes", help="CSV of your labels' codes for the SR and FHIR (see predict --codes).")] = None,
 ) -> None:
     """Receive CR / DX studies over DICOM (a Storage SCP), predict each study once it is
     complete, write the rows and a DICOM SR per study, and optionally send the SR back.
@@ -843,11 +940,13 @@ def pacs_listen(
     from .extras import require
 
     require("pacs", "cxrkit pacs listen")
+    _check_node_outputs(fhir, codes)
     filt = DicomFilter(modalities=_csv_list(modalities, DicomFilter.modalities),
                        body_parts=_csv_list(body_parts, DicomFilter.body_parts))
     pred = load_predictor(model, engine=engine, device=_device(device))
     cfg = ListenerConfig(ae_title=ae_title, host=host, port=port,
-                         allow_ae=tuple(a for a in (allow_ae or "").split(",") if a.strip()), send_to=send_to, idle=idle)
+                         allow_ae=tuple(a for a in (allow_ae or "").split(",") if a.strip()), send_to=send_to, idle=idle,
+                         fhir=fhir, codes_file=str(codes) if codes else None)
     lst = Listener(pred, spool, cfg, dicom_filter=filt)
     console.print(f"cxrkit pacs listen: {cfg.ae_title} on {host}:{port}, spool {spool}; Ctrl-C / SIGTERM stops")
     lst.serve_forever()
@@ -863,6 +962,8 @@ def pacs_pull(
     stow: Annotated[bool, typer.Option("--stow", help="Store each study's SR back on the server (STOW-RS).")] = False,
     engine: Annotated[str, typer.Option("--engine", help="auto, torch or onnx.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")] = "auto",
+    fhir: Annotated[bool, typer.Option("--fhir", help="Also write a FHIR R4 Bundle per study into <spool>/fhir/ (needs fhir.resources).")] = False,
+    codes: Annotated[Optional[Path], typer.Option("--codes", help="CSV of your labels' codes for the SR and FHIR (see predict --codes).")] = None,
 ) -> None:
     """Find CR / DX studies on a DICOMweb server not yet processed in this spool, retrieve
     them, predict, and optionally store the SR back. Credentials from the environment only:
@@ -880,8 +981,10 @@ def pacs_pull(
     from .extras import require
 
     require("pacs", "cxrkit pacs pull", ["highdicom"])
+    _check_node_outputs(fhir, codes)
     pred = load_predictor(model, engine=engine, device=_device(device))
-    res = pull(pred, spool, dicomweb, since=since, studies=study, stow=stow)
+    res = pull(pred, spool, dicomweb, since=since, studies=study, stow=stow, fhir=fhir,
+               codes_file=str(codes) if codes else None)
     console.print(f"{res['found']} study / studies found, {res['processed']} processed, {res['skipped']} already "
                   f"done, {res['failed']} failed; {res['instances']} instance(s) retrieved"
                   + (f"; reports sent: {res['sent']}" if stow else ""))

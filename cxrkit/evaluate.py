@@ -83,6 +83,13 @@ def evaluate_table(model: Any, table_path: str | Path, images_root: str | Path |
         summary = summarize(targets, scores, present, thresholds=thresholds,
                             subsets=subsets_for(present, getattr(getattr(model, "spec", None), "label_space", None)))
     summary["warnings"] = sorted({str(w.message) for w in caught})
+    from .calibration import calibration_summary
+
+    cal = calibration_summary(targets, scores, present)  # MONAI's ECE / ACE / MCE binning, and Brier
+    summary["calibration"] = {k: v for k, v in cal.items() if k != "classes"}
+    for c in summary["classes"]:
+        c.update(cal["classes"].get(c["name"]) or {})
+    summary["calibrated"] = getattr(model, "calibration_method", None)
     if corrupted:
         summary["corruptions"] = _corrupted_scores(corrupted, summary, targets, rows, table, present, cols_model,
                                                    thresholds, study, lateral_weight, scores_clean=scores)

@@ -133,8 +133,7 @@ class Explainer:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         x = x.to(self.loaded.device)
-        with torch.no_grad():
-            probs = torch.sigmoid(self.net(x).float())[0].cpu().numpy()
+        probs = self.loaded.predict(x)[0]  # calibrated as predict's, when the model is
         cam = self._get_cam(x)
         out = []
         for c in class_idx:
@@ -175,14 +174,14 @@ def _save_png(img: np.ndarray, title: str, path: Path) -> None:
 
 def _dicom_sc(src: Path, rgb: np.ndarray, path: Path, finding: str, prob: float, model: str) -> None:
     import highdicom as hd
-    import pydicom
     from pydicom.uid import generate_uid
 
+    from .dicom_out import clean_reference, read_source
     from .sr import quiet_dicom_libraries
     from .utils import atomic_write
 
     with quiet_dicom_libraries():
-        ref = pydicom.dcmread(src, stop_before_pixels=True)
+        ref = clean_reference(read_source(src))  # valid values only, however the film was written
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=ref, pixel_array=np.ascontiguousarray(rgb), photometric_interpretation="RGB",
             bits_allocated=8, coordinate_system="PATIENT",
@@ -195,6 +194,11 @@ def _dicom_sc(src: Path, rgb: np.ndarray, path: Path, finding: str, prob: float,
         sc.ImageComments = (f"Saliency map ({finding}, p = {prob:.3f}) of an AI model ({model}); "
                             "derived image, not for diagnosis")[:10240]
         sc.DerivationDescription = f"class activation map of cxrkit model {model}"[:1024]
+        if "SpecificCharacterSet" in ref:
+            sc.SpecificCharacterSet = ref.SpecificCharacterSet
+        # the body part, so that a reader (and dciodvfy) knows no Laterality is needed: a chest
+        # is not a paired structure; a film that does not say is a chest film for this model
+        sc.BodyPartExamined = str(ref.get("BodyPartExamined") or "CHEST")
         with atomic_write(path) as tmp:
             sc.save_as(tmp, enforce_file_format=True)
 

@@ -20,6 +20,7 @@ EXTRAS: dict[str, list[tuple[str, str]]] = {
     "explain": [("pytorch_grad_cam", "grad-cam")],
     "tracking": [("mlflow", "mlflow-skinny"), ("tensorboard", "tensorboard")],
     "bundle": [("ignite", "pytorch-ignite"), ("fire", "fire"), ("jsonschema", "jsonschema")],
+    "fhir": [("fhir.resources", "fhir.resources")],
 }
 
 

@@ -260,6 +260,8 @@ class ListenerConfig:
     idle: float = 10.0
     poll: float = 0.5
     batch_size: int = 16
+    fhir: bool = False  # also a FHIR Bundle per study in <spool>/fhir/
+    codes_file: str | None = None  # the user's label codes for the SR and FHIR
 
 
 def _storage_classes() -> list[Any]:
@@ -373,7 +375,9 @@ class Node:
             return
         try:
             res = run_predict(self.pred, [folder], out, batch_size=self.cfg.batch_size, show_progress=False,
-                              dicom_filter=self.filter, resume=out.exists(), sr_dir=sr_dir)
+                              dicom_filter=self.filter, resume=out.exists(), sr_dir=sr_dir,
+                              fhir_dir=self.spool / "fhir" / study_key(study) if self.cfg.fhir else None,
+                              codes_file=self.cfg.codes_file)
         except CxrkitError as e:
             self.state.finish_study(study, started_last, False, reason=str(e).splitlines()[0][:300])
             log.warning("study %s: nothing predicted (%s)", key, str(e).splitlines()[0][:120])
@@ -635,7 +639,8 @@ def _multipart_parts(raw: bytes, ctype: str) -> list[bytes]:
 
 
 def pull(predictor: Any, spool: str | Path, url: str, since: str | None = None, studies: list[str] | None = None,
-         stow: bool = False, dicom_filter: Any = None, modalities: tuple[str, ...] = ("CR", "DX")) -> dict[str, Any]:
+         stow: bool = False, dicom_filter: Any = None, modalities: tuple[str, ...] = ("CR", "DX"),
+         fhir: bool = False, codes_file: str | None = None) -> dict[str, Any]:
     """``cxrkit pacs pull``: find CR / DX studies on a DICOMweb server that this spool has not
     processed (or the given ones), retrieve, predict, and with ``stow`` store each SR back.
     Every state change is in the spool's database, so a killed pull resumes where it was."""
@@ -644,7 +649,7 @@ def pull(predictor: Any, spool: str | Path, url: str, since: str | None = None, 
     import pydicom
 
     web = DicomWeb(url)
-    cfg = ListenerConfig(idle=0.0, send_to=f"stow:{web.url}" if stow else None)
+    cfg = ListenerConfig(idle=0.0, send_to=f"stow:{web.url}" if stow else None, fhir=fhir, codes_file=codes_file)
     node = Node(predictor, spool, cfg, dicom_filter)
     node.state.recover()
     todo = list(studies) if studies else web.studies(modalities, since)

@@ -491,8 +491,8 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
                 workers: int = 0, tta: str | bool | None = None, images_root: str | Path | None = None,
                 show_progress: bool = True, dicom_filter: DicomFilter | None = None, resume: bool = False,
                 overwrite: bool = False, shard: tuple[int, int] = (0, 1), study: str | None = None,
-                lateral_weight: float = 0.5, sr_dir: str | Path | None = None, study_key: str = "auto"
-                ) -> dict[str, Any]:
+                lateral_weight: float = 0.5, sr_dir: str | Path | None = None, study_key: str = "auto",
+                fhir_dir: str | Path | None = None, codes_file: str | Path | None = None) -> dict[str, Any]:
     """``cxrkit predict``: collect inputs, predict, stream rows to ``out`` and reasons to
     ``<out>.failures.csv``; with ``study``, also ``<out>.studies.csv``."""
     from .utils import progress
@@ -558,16 +558,18 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
     if sr_dir is not None:
         from .sr import write_study_reports
 
-        rep = write_study_reports(out, sr_dir, predictor)
-        if rep.failures:
-            fw = RowWriter(fpath, ["path", "reason", "detail"], resume=True)
-            try:
-                fw.write([list(f) for f in rep.failures])
-            finally:
-                fw.close()
+        rep = write_study_reports(out, sr_dir, predictor, codes_file)
+        _add_failures(fpath, rep.failures)
         result["sr"] = str(rep)
         result["sr_written"], result["sr_failed"] = rep.written, rep.failed
         result["sr_changed"] = rep.changed
+    if fhir_dir is not None:
+        from .fhir import write_study_fhir
+
+        frep = write_study_fhir(out, fhir_dir, predictor, codes_file)
+        _add_failures(fpath, frep.failures)
+        result["fhir"] = str(frep)
+        result["fhir_written"], result["fhir_failed"] = frep.written, frep.failed
     if total_rows == 0:
         # a run that predicted nothing leaves no empty CSV behind (the failures file stays when it has rows)
         for p, was in existed.items():
@@ -577,6 +579,15 @@ def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | P
             raise CxrkitError(f"nothing to predict: {', '.join(str(i) for i in inputs)[:200]} hold(s) no image files")
         raise CxrkitError(f"nothing could be predicted ({result['failed']} input(s) not used; see {fpath})")
     return result
+
+
+def _add_failures(fpath: Path, failures: list[tuple[str, str, str]]) -> None:
+    if failures:
+        fw = RowWriter(fpath, ["path", "reason", "detail"], resume=True)
+        try:
+            fw.write([list(f) for f in failures])
+        finally:
+            fw.close()
 
 
 def check_predict_options(tta: str | bool | None = None, study: str | None = None, shard: tuple[int, int] = (0, 1),

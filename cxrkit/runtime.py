@@ -273,6 +273,33 @@ class Predictor:
         if total <= 0:
             raise ArtifactError("ensemble weights must sum to a positive number")
         self._w = [m.weight / total for m in spec.members]
+        # calibration: each member's own (model.json) before the average, the ensemble's
+        # (ensemble.json, fitted on the average by `cxrkit calibrate ENSEMBLE`) after it
+        from .calibration import check_calibration
+
+        self._cal = [m.meta.get("calibration") for m in spec.members]
+        for m, cal in zip(spec.members, self._cal):
+            if cal:
+                check_calibration(cal, m.classes, str(m.path / MODEL_FILE))
+        self._ens_cal = spec.meta.get("calibration") if spec.kind == "ensemble" else None
+        if self._ens_cal:
+            check_calibration(self._ens_cal, spec.classes, str(spec.path / ENSEMBLE_FILE))
+
+    def drop_own_calibration(self) -> None:
+        """Predict without the calibration ``cxrkit calibrate`` would refit: a model's own, or
+        an ensemble's whole-ensemble one (its members' stay)."""
+        if self.spec.kind == "ensemble":
+            self._ens_cal = None
+        else:
+            self._cal = [None] * len(self._cal)
+
+    @property
+    def calibration_method(self) -> str | None:
+        """How the probabilities are calibrated (None: raw sigmoid outputs)."""
+        parts = sorted({c["method"] for c in self._cal if c})
+        if self._ens_cal:
+            return self._ens_cal["method"] + (f" (members: {', '.join(parts)})" if parts else "")
+        return ", ".join(parts) or None
 
     @property
     def classes(self) -> list[str]:
@@ -301,11 +328,20 @@ class Predictor:
         """``inputs``: one batch (B x C x H x W) per distinct preprocessing -> B x classes."""
         views = tta_views(tta)
         out = None
+        from .calibration import apply_calibration
+
         for i, w in enumerate(self._w):
-            p = self.member_probs(i, inputs[self.spec.member_input(i)], views)[:, self._cols[i]]
+            p = self.member_probs(i, inputs[self.spec.member_input(i)], views)
+            if self._cal[i]:
+                p = apply_calibration(p, self._cal[i])
+            p = p[:, self._cols[i]]
             out = p * w if out is None else out + p * w
         assert out is not None
-        return out.astype(np.float32)
+        if self._ens_cal:
+            out = apply_calibration(out, self._ens_cal)
+        # calibrated: float64, since a flattening scale (T > 1) would tie distinct float32
+        # scores and so change AUC; raw sigmoid outputs stay float32
+        return out if self._ens_cal or any(self._cal) else out.astype(np.float32)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -1,10 +1,26 @@
 """DICOM Structured Reports of the predictions, one per study (optional: needs highdicom,
 ``pip install highdicom``, or ``pip install -e ".[sr]"`` in a checkout), so results can go back to a PACS next to the images.
 
-Each report is a Comprehensive SR whose root container ("Imaging report") holds, per
-label, the probability (NUM, unit "{probability}"), the threshold and the call (TEXT
-"positive" / "negative"), plus the model name and version; the study's source images
-are recorded as evidence. Written to ``<dir>/<StudyInstanceUID>.dcm``.
+Each report is a TID 1500 Measurement Report (Comprehensive SR) following the IHE AI
+Results conventions: the model is the observer device (name, version, manufacturer
+"cxrkit", a UID made from its weights), the procedure reported is coded (SNOMED CT "Plain
+chest X-ray"), and each finding is one measurement group with
+
+* the finding type in SNOMED CT / DICOM codes (``cxrkit/resources/finding_codes.csv``; a
+  private, declared scheme where neither has the concept), with a finding site where the
+  code alone is generic (Lesion + Lung);
+* the algorithm identification (TID 4019: name, version, the operating point and the
+  calibration as parameters);
+* the probability (NUM, DCM "Probability", UCUM ``{probability}``) and the decision
+  threshold (DCM "Threshold Value");
+* the call at the model's operating point as a coded qualitative evaluation (SNOMED CT
+  Present / Absent);
+* the study's source images.
+
+The probability is the study's maximum over its images (the CSV's per-image values).
+Values copied from the source films are checked first (:mod:`cxrkit.dicom_out`). Written to
+``<dir>/<StudyInstanceUID>.dcm``; a study reported again gets a new version of the same
+document (see :func:`write_study_reports`).
 """
 
 from __future__ import annotations
@@ -31,11 +47,6 @@ log = logging.getLogger(__name__)
 #: at most 64 characters. Anything else is refused before it can become a file name.
 UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
-#: type 2 attributes highdicom copies from the first evidence image: present but empty is
-#: what DICOM allows when the value is unknown (de-identified films often lack them)
-TYPE2_DEFAULTS = {"PatientID": "", "PatientName": "", "PatientBirthDate": "", "PatientSex": "",
-                  "AccessionNumber": "", "StudyID": "", "StudyDate": "", "StudyTime": "",
-                  "ReferringPhysicianName": ""}
 
 
 def valid_uid(uid: str) -> bool:
@@ -112,32 +123,173 @@ def quiet_dicom_libraries() -> Iterator[None]:
             lg.setLevel(lv)
 
 
-def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any) -> ReportResult:
-    """One Comprehensive SR per study of the rows in ``out_csv``; a study whose UID is not a
+#: codes of the report's fixed concepts (all in DICOM PS3.16 but the procedure: SNOMED CT)
+PROCEDURE = ("399208008", "SCT", "Plain chest X-ray")
+PROBABILITY = ("122157", "DCM", "Probability")
+THRESHOLD = ("122411", "DCM", "Threshold Value")
+PRESENT = ("52101004", "SCT", "Present")
+ABSENT = ("272519000", "SCT", "Absent")
+PROB_UNIT = ("{probability}", "UCUM", "probability")
+#: Coding Scheme Identification Sequence entries (HL7 OIDs) for the schemes a report uses
+SCHEME_UIDS = {"SCT": ("2.16.840.1.113883.6.96", "SNOMED CT", "IHTSDO"),
+               "DCM": ("1.2.840.10008.2.16.4", "DICOM Controlled Terminology", "NEMA"),
+               "UCUM": ("2.16.840.1.113883.6.8", "Unified Code for Units of Measure", "Regenstrief Institute")}
+
+
+def device_uid(predictor: Any) -> str:
+    """The model's DeviceObserverUID: the same for the same weights, on every machine."""
+    from pydicom.uid import generate_uid
+
+    shas = [str(m.meta.get("weights_sha256", "")) for m in getattr(getattr(predictor, "spec", None), "members", [])]
+    return generate_uid(entropy_srcs=["cxrkit-model", predictor.name, *shas])
+
+
+def operating_point_text(predictor: Any, i: int) -> str:
+    """How class ``i``'s threshold was chosen, in words (for the SR's algorithm parameters)."""
+    op = (getattr(getattr(predictor, "spec", None), "meta", {}) or {}).get("operating_point") or {}
+    cls = (op.get("classes") or {}).get(predictor.classes[i]) if op else None
+    if not cls:
+        method = (getattr(getattr(predictor, "spec", None), "meta", {}) or {}).get("threshold_method", "f1")
+        return f"threshold chosen by {method} on validation"
+    txt = f"operating point {op.get('target', '')} on validation"
+    if cls.get("sensitivity") is not None:
+        txt += f": sensitivity {cls['sensitivity']:.3f}, specificity {cls['specificity']:.3f}"
+    return txt[:64]
+
+
+def calibration_text(predictor: Any) -> str:
+    cal = getattr(predictor, "calibration_method", None)
+    return f"probabilities calibrated ({cal})" if cal else "probabilities not calibrated"
+
+
+def _concept(t: tuple[str, str, str]) -> Any:
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(t[0], t[1], t[2])
+
+
+def build_report(predictor: Any, rows: list[dict[str, str]], evidence: list[Any], study_uid: str,
+                 codes: list[Any], prev: Any = None) -> Any:
+    """One study's TID 1500 Measurement Report (see the module docstring)."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+    from pydicom.sr.codedict import codes as dcm_codes
+    from pydicom.uid import generate_uid
+
+    classes = predictor.classes
+    probs = np.array([[float(r[c]) for c in classes] for r in rows]).max(0)  # study = max over views
+    name = str(predictor.name)[:64] or "model"
+    version = str(predictor.version)[:64] or "0"
+    observer = hd.sr.ObserverContext(
+        observer_type=dcm_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(predictor), name=name, manufacturer_name="cxrkit", model_name=name,
+            serial_number=version))
+    sources = [hd.sr.SourceImageForMeasurementGroup(str(e.SOPClassUID), str(e.SOPInstanceUID)) for e in evidence]
+    groups = []
+    for i, (c, p, t, fc) in enumerate(zip(classes, probs, predictor.thresholds, codes)):
+        finding = hd.sr.CodedConcept(fc.finding.code, fc.finding.scheme, fc.finding.meaning)
+        algo = hd.sr.AlgorithmIdentification(
+            name=name, version=version, manufacturer="cxrkit",
+            parameters=[operating_point_text(predictor, i), calibration_text(predictor),
+                        f"study probability = maximum over {len(rows)} image(s)"[:64]])
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[study_uid, c]),
+                                                         identifier=str(c)[:64]),
+            finding_type=finding, algorithm_id=algo,
+            finding_sites=[hd.sr.FindingSite(hd.sr.CodedConcept(fc.site.code, fc.site.scheme, fc.site.meaning))]
+            if fc.site else None,
+            measurements=[hd.sr.Measurement(name=_concept(PROBABILITY), value=float(round(float(p), 6)),
+                                            unit=_concept(PROB_UNIT)),
+                          hd.sr.Measurement(name=_concept(THRESHOLD), value=float(round(float(t), 6)),
+                                            unit=_concept(PROB_UNIT))],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+                name=finding, value=_concept(PRESENT if p >= t else ABSENT))],
+            source_images=sources))
+    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+                                     procedure_reported=_concept(PROCEDURE), imaging_measurements=groups)
+    # one current report per study: a new result is a new version of the same document
+    # (same series, next instance number, the earlier version in its Predecessor Documents
+    # Sequence, as DICOM amends a report)
+    sr = hd.sr.ComprehensiveSR(
+        evidence=evidence, content=report[0],
+        series_instance_uid=str(prev.SeriesInstanceUID) if prev is not None else generate_uid(),
+        series_number=9901, sop_instance_uid=generate_uid(),
+        instance_number=int(prev.get("InstanceNumber") or 1) + 1 if prev is not None else 1,
+        manufacturer="cxrkit", is_complete=True, is_final=False, is_verified=False,
+        previous_versions=[prev] if prev is not None else None)
+    sr.SeriesDescription = "AI results (cxrkit, not verified)"
+    sr.ManufacturerModelName = name
+    sr.SoftwareVersions = version
+    schemes = []
+    used = {fc.finding.scheme for fc in codes} | {fc.site.scheme for fc in codes if fc.site} | {"SCT", "DCM", "UCUM"}
+    for s in sorted(used):
+        item = Dataset()
+        item.CodingSchemeDesignator = s
+        if s in SCHEME_UIDS:
+            item.CodingSchemeUID, item.CodingSchemeName, item.CodingSchemeResponsibleOrganization = SCHEME_UIDS[s]
+        else:
+            from .codes import PRIVATE_SCHEME_NAME, PRIVATE_SCHEME_ORGANIZATION
+
+            item.CodingSchemeName = PRIVATE_SCHEME_NAME if s.startswith("99") else s
+            item.CodingSchemeResponsibleOrganization = PRIVATE_SCHEME_ORGANIZATION
+        schemes.append(item)
+    sr.CodingSchemeIdentificationSequence = schemes
+    if any(getattr(e, "SpecificCharacterSet", None) for e in evidence[:1]):
+        sr.SpecificCharacterSet = evidence[0].SpecificCharacterSet
+    return sr
+
+
+def read_report(path_or_ds: Any) -> dict[str, dict[str, Any]]:
+    """A cxrkit report parsed back with highdicom: per finding (its tracking identifier, the
+    label) the probability, threshold, call (True = present), finding code and site."""
+    import highdicom as hd
+    import pydicom
+
+    ds = path_or_ds if isinstance(path_or_ds, pydicom.Dataset) else pydicom.dcmread(path_or_ds)
+    sr = hd.sr.ComprehensiveSR.from_dataset(ds, copy=True)
+    report = hd.sr.MeasurementReport.from_sequence(sr.ContentSequence and [sr])
+    out: dict[str, dict[str, Any]] = {}
+    for g in report.get_image_measurement_groups():
+        vals = {m.name.value: float(m.value) for m in g.get_measurements()}
+        quals = g.get_qualitative_evaluations()
+        site = [s.value for s in g.finding_sites] if g.finding_sites else []
+        out[str(g.tracking_identifier)] = {
+            "probability": float(vals[PROBABILITY[0]]), "threshold": float(vals[THRESHOLD[0]]),
+            "present": quals[0].value.value == PRESENT[0] if quals else None,
+            "code": (g.finding_type.scheme_designator, g.finding_type.value) if g.finding_type else None,
+            "site": site[0] if site else None}
+    return out
+
+
+def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any,
+                        codes_file: str | Path | None = None) -> ReportResult:
+    """One TID 1500 report per study of the rows in ``out_csv``; a study whose UID is not a
     valid DICOM UID, or whose report fails, gets a failure entry (named by UID, never by
-    patient data) and the other studies go on."""
+    patient data) and the other studies go on. ``codes_file``: the user's label codes
+    (:func:`cxrkit.codes.codes_for`)."""
     try:
-        import highdicom as hd
-        import pydicom
-        from pydicom.uid import generate_uid
+        import highdicom  # noqa: F401
+        import pydicom  # noqa: F401
     except ImportError:
         from .extras import install_hint
 
         raise CxrkitError(f"DICOM SR output needs highdicom: {install_hint('sr')}") from None
+    from .codes import codes_for
+    from .dicom_out import clean_reference, read_source
     from .predict import CSV_ENCODING
     from .utils import atomic_write
 
     sr_dir = Path(sr_dir)
     sr_dir.mkdir(parents=True, exist_ok=True)
     root_dir = sr_dir.resolve()
-    classes = predictor.classes
+    codes = codes_for(list(predictor.classes), codes_file)
     res = ReportResult(folder=str(sr_dir))
     by_study: dict[str, list[dict[str, str]]] = defaultdict(list)
     with open(out_csv, newline="", **CSV_ENCODING) as f:
         for row in csv.DictReader(f):
             if row.get("study_instance_uid"):
                 by_study[row["study_instance_uid"]].append(row)
-    prob_unit = hd.sr.CodedConcept("{probability}", "UCUM", "probability")
     for study_uid, rows in by_study.items():
         target = sr_dir / f"{study_uid}.dcm"
         if not valid_uid(study_uid) or target.resolve().parent != root_dir:
@@ -148,39 +300,9 @@ def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any)
             continue
         try:
             with quiet_dicom_libraries():
-                evidence = []
-                for r in rows:
-                    ds = pydicom.dcmread(r["path"], stop_before_pixels=True)
-                    for k, v in TYPE2_DEFAULTS.items():
-                        if k not in ds or ds.get(k) is None:
-                            setattr(ds, k, v)
-                    evidence.append(ds)
-                probs = np.array([[float(r[c]) for c in classes] for r in rows]).max(0)  # study = max over views
-                root = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report"))
-                items = [hd.sr.TextContentItem(name=hd.sr.CodedConcept("121106", "DCM", "Comment"),
-                                               value=f"Result of an AI model, not verified by a physician: cxrkit "
-                                                     f"model {predictor.name} {predictor.version}; study probability "
-                                                     f"= maximum over {len(rows)} image(s)"[:1024],
-                                               relationship_type="CONTAINS")]
-                for c, p, t in zip(classes, probs, predictor.thresholds):
-                    finding = hd.sr.CodedConcept(_code(c), "99CXRKIT", c[:64])
-                    items.append(hd.sr.NumContentItem(name=finding, value=float(round(p, 6)), unit=prob_unit,
-                                                      relationship_type="CONTAINS"))
-                    items.append(hd.sr.TextContentItem(name=finding, value=("positive" if p >= t else "negative")
-                                                       + f" (threshold {t:.4f})", relationship_type="CONTAINS"))
-                root.ContentSequence = items
-                # one current report per study: a new result is a new version of the same
-                # document (same series, next instance number, the earlier version in its
-                # Predecessor Documents Sequence, as DICOM amends a report); the same result
-                # is not written, or sent, twice
+                evidence = [clean_reference(read_source(r["path"])) for r in rows]
                 prev = previous_report(target)
-                sr = hd.sr.ComprehensiveSR(
-                    evidence=evidence, content=root,
-                    series_instance_uid=str(prev.SeriesInstanceUID) if prev is not None else generate_uid(),
-                    series_number=9901, sop_instance_uid=generate_uid(),
-                    instance_number=int(prev.get("InstanceNumber") or 1) + 1 if prev is not None else 1,
-                    manufacturer="cxrkit", is_complete=True, is_final=False, is_verified=False,
-                    previous_versions=[prev] if prev is not None else None)
+                sr = build_report(predictor, rows, evidence, study_uid, codes, prev)
                 if prev is not None and report_content(prev) == report_content(sr):
                     res.unchanged += 1
                     continue
@@ -189,15 +311,10 @@ def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any)
             res.written += 1
             res.changed.append(study_uid)
         except Exception as e:  # one study's report must not stop the others
+            log.debug("report failure", exc_info=True)
             res.failed += 1
             detail = f"structured report failed ({type(e).__name__})"
             res.failures += [(r["path"], "sr_failed", detail) for r in rows]
             log.warning("structured report for study %s failed: %s", study_uid, type(e).__name__)
     return res
-
-
-def _code(name: str) -> str:
-    import hashlib
-
-    return "CXR" + hashlib.sha1(name.encode()).hexdigest()[:8].upper()
 

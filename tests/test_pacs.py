@@ -129,8 +129,13 @@ def test_listener_predicts_each_study_once_and_writes_its_sr(trained_model, film
     assert len(srs) == 1
     sr = pydicom.dcmread(srs[0])
     assert sr.StudyInstanceUID == films["study_a"] and sr.Modality == "SR" and sr.VerificationFlag == "UNVERIFIED"
-    text = " ".join(str(i.get("TextValue", "")) for i in sr.ContentSequence)
-    assert "AI model" in text and pred.name in text
+    # a TID 1500 Measurement Report with the model as its observer device, one group per finding
+    from cxrkit.sr import read_report
+
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    observer = {str(i.ConceptNameCodeSequence[0].CodeMeaning): str(i.get("TextValue", "")) for i in sr.ContentSequence}
+    assert observer["Device Observer Name"] == pred.name and observer["Device Observer Manufacturer"] == "cxrkit"
+    assert list(read_report(sr)) == pred.classes
     # the spool is private and the log names no patient
     assert (spool.stat().st_mode & 0o077) == 0 and (spool / "state.sqlite").stat().st_mode & 0o077 == 0
     st = status(spool)
@@ -313,8 +318,9 @@ def test_orthanc_pushes_a_study_and_gets_the_sr_back(trained_model, films, ortha
     with open(ref, newline="") as f:
         rows = list(csv.DictReader(f))
     want = {c: max(float(r[c]) for r in rows) for c in pred.classes}
-    got = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
-           for i in ds.ContentSequence if i.ValueType == "NUM"}
+    from cxrkit.sr import read_report
+
+    got = {c: v["probability"] for c, v in read_report(ds).items()}
     for c in pred.classes:
         assert got[c] == pytest.approx(want[c], abs=1e-5)
 

@@ -52,17 +52,44 @@ def _eval_targets(fs: FeatureSet) -> np.ndarray:
     return np.stack([eval_labels(fs.labels[:, c]) for c in range(fs.labels.shape[1])], axis=1)
 
 
+def _probs(fs: FeatureSet, w: np.ndarray, b: np.ndarray, cal: dict[str, Any] | None = None) -> np.ndarray:
+    from ..calibration import apply_calibration
+
+    return apply_calibration(1.0 / (1.0 + np.exp(-fs.logits(w, b).astype(np.float64))), cal)
+
+
 def _scores(fs: FeatureSet, w: np.ndarray, b: np.ndarray, thresholds: list[float] | None,
-            subsets: dict[str, list[str]]) -> dict[str, Any]:
-    probs = 1.0 / (1.0 + np.exp(-fs.logits(w, b).astype(np.float64)))
+            subsets: dict[str, list[str]], cal: dict[str, Any] | None = None) -> dict[str, Any]:
+    probs = _probs(fs, w, b, cal)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return summarize(_eval_targets(fs), probs, list(fs.classes), thresholds=thresholds, subsets=subsets)
 
 
-def _thresholds(fs: FeatureSet, w: np.ndarray, b: np.ndarray, method: str) -> list[float]:
-    probs = 1.0 / (1.0 + np.exp(-fs.logits(w, b).astype(np.float64)))
-    return default_thresholds(best_thresholds(_eval_targets(fs), probs, method=method))
+def _thresholds(fs: FeatureSet, w: np.ndarray, b: np.ndarray, method: str,
+                cal: dict[str, Any] | None = None) -> list[float]:
+    return default_thresholds(best_thresholds(_eval_targets(fs), _probs(fs, w, b, cal), method=method))
+
+
+def _recalibrate(model: LoadedModel, valid: FeatureSet, w: np.ndarray, b: np.ndarray, method: str
+                 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[float]]:
+    """A calibrated model's calibration no longer fits once CFT changed its head: it is fitted
+    again (same method) on the validation films, and an operating point chosen by target
+    (``sensitivity=0.90``) is chosen again on the new probabilities; thresholds otherwise by
+    the model's method."""
+    from ..calibration import fit_calibration, operating_points
+
+    cal0, op0 = model.meta.calibration, model.meta.operating_point
+    cal = None
+    if cal0:
+        cal = fit_calibration(_probs(valid, w, b), _eval_targets(valid), list(valid.classes), cal0["method"])
+        cal["fitted_on"] = dict(cal0.get("fitted_on") or {}, refit_by="cft (validation films)")
+    if op0 and op0.get("target"):
+        op = operating_points(_eval_targets(valid), _probs(valid, w, b, cal), list(valid.classes), op0["target"])
+        old = list(model.meta.thresholds)
+        thr = [float(c["threshold"]) if c else old[i] for i, c in enumerate(op["classes"].values())]
+        return cal, dict(op, refit_by="cft"), thr
+    return cal, None, _thresholds(valid, w, b, method, cal)
 
 
 def run_cft(model_path: str | Path, train_table: str | Path, valid_table: str | Path, out: str | Path,
@@ -126,16 +153,19 @@ def finish(model: LoadedModel, cfg: CFTConfig, results: list[CategoryResult], tr
     for r in results:
         w[r.index], b[r.index] = r.w, r.b
     subsets = subsets_for(list(model.classes), model.meta.label_space)
-    thr = _thresholds(valid, w, b, model.meta.threshold_method or cfg.threshold_method)
-    metrics = {"valid_before": _scores(valid, w0, b0, list(model.meta.thresholds), subsets),
-               "valid_after": _scores(valid, w, b, thr, subsets)}
+    cal0 = model.meta.calibration
+    cal, op, thr = _recalibrate(model, valid, w, b, model.meta.threshold_method or cfg.threshold_method)
+    metrics = {"valid_before": _scores(valid, w0, b0, list(model.meta.thresholds), subsets, cal0),
+               "valid_after": _scores(valid, w, b, thr, subsets, cal)}
     if test is not None:
-        metrics["test_before"] = _scores(test, w0, b0, list(model.meta.thresholds), subsets)
-        metrics["test_after"] = _scores(test, w, b, thr, subsets)
+        metrics["test_before"] = _scores(test, w0, b0, list(model.meta.thresholds), subsets, cal0)
+        metrics["test_after"] = _scores(test, w, b, thr, subsets, cal)
     set_head_rows(model.model, w, b)
     meta_d = model.meta.to_dict()
     meta = ModelMeta(**{k: v for k, v in meta_d.items() if k in ModelMeta.__dataclass_fields__})
     meta.thresholds = thr
+    meta.calibration = cal
+    meta.operating_point = op
     meta.name = f"{model.meta.name}+cft"
     meta.created = ""
     metric = cfg.choice_metric
