@@ -386,6 +386,8 @@ def run_calibrate(model: str | Any, table: str | Any, out: str | Any, method: st
         raise CxrkitError(f"--method must be one of {', '.join(METHODS)} or none (got {method!r})")
     if operating_point:
         parse_operating_point(operating_point)
+    if not 0.0 <= holdout < 1.0:
+        raise CxrkitError(f"--holdout must be in [0, 1) (got {holdout})")
     spec = read_spec(model)
     if method == "none" and not operating_point and not spec.meta.get("calibration"):
         raise CxrkitError("--method none without --operating-point changes nothing (the model is not calibrated)")

@@ -34,7 +34,8 @@ import numpy as np
 
 from .codes import FHIR_SYSTEMS
 from .errors import CxrkitError, FailureReason
-from .sr import ReportResult, calibration_text, device_uid, operating_point_text, quiet_dicom_libraries, valid_uid
+from .sr import (ReportResult, calibration_text, device_uid, model_serial, operating_point_text, quiet_dicom_libraries,
+                 valid_uid)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def study_bundle(predictor: Any, rows: list[dict[str, str]], study_uid: str, cod
     device = Device(id="model", status="active", manufacturer="cxrkit",
                     identifier=[{"system": DICOM_UID, "value": f"urn:oid:{dev_uid}"}],
                     deviceName=[{"name": name, "type": "model-name"}], version=[{"value": version}],
+                    serialNumber=model_serial(predictor),
                     note=[{"text": f"AI model; {calibration_text(predictor)}"}])
     subject = None
     pid = str(ref.get("PatientID") or "") if ref is not None else ""
@@ -83,6 +85,9 @@ def study_bundle(predictor: Any, rows: list[dict[str, str]], study_uid: str, cod
     when = _study_date(ref) if ref is not None else None
     issued = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     study_ref = {"identifier": {"system": DICOM_UID, "value": f"urn:oid:{study_uid}"}, "type": "ImagingStudy"}
+    # references inside the Bundle go by the entries' fullUrl (urn:uuid, stable per study)
+    ref_of = {name: f"urn:uuid:{_uuid(study_uid, name)}" for name in
+              ["report", "model", *(f"finding-{i}" for i in range(len(classes)))]}
     observations, present = [], []
     for i, (c, p, t, fc) in enumerate(zip(classes, probs, predictor.thresholds, codes)):
         pos = bool(p >= t)
@@ -92,7 +97,7 @@ def study_bundle(predictor: Any, rows: list[dict[str, str]], study_uid: str, cod
         obs: dict[str, Any] = {
             "id": f"finding-{i}", "status": "preliminary",
             "category": [{"coding": [{"system": OBS_CATEGORY, "code": "imaging", "display": "Imaging"}]}],
-            "code": code, "issued": issued, "device": {"reference": "Device/model"},
+            "code": code, "issued": issued, "device": {"reference": ref_of["model"]},
             "valueQuantity": {"value": float(round(float(p), 6)), "unit": "probability", "system": UCUM,
                               "code": "{probability}"},
             "interpretation": [{"coding": [{"system": INTERPRETATION, "code": "POS" if pos else "NEG",
@@ -116,7 +121,7 @@ def study_bundle(predictor: Any, rows: list[dict[str, str]], study_uid: str, cod
         "code": {"coding": [{"system": "http://loinc.org", "code": "18748-4", "display": "Diagnostic imaging study"}],
                  "text": "AI results (cxrkit, not verified)"},
         "issued": issued, "imagingStudy": [study_ref],
-        "result": [{"reference": f"Observation/{o.id}"} for o in observations],
+        "result": [{"reference": ref_of[str(o.id)]} for o in observations],
         "conclusion": ("AI result, not verified by a physician. Present at the model's operating point: "
                        + (", ".join(str(x["text"]) for x in present) or "none of the findings")),
         "conclusionCode": present or None}
@@ -125,7 +130,7 @@ def study_bundle(predictor: Any, rows: list[dict[str, str]], study_uid: str, cod
     if when:
         report["effectiveDateTime"] = when
     dr = DiagnosticReport.model_validate({k: v for k, v in report.items() if v is not None})
-    entries = [{"fullUrl": f"urn:uuid:{_uuid(study_uid, r.id)}", "resource": r} for r in (dr, device, *observations)]
+    entries = [{"fullUrl": ref_of[str(r.id)], "resource": r} for r in (dr, device, *observations)]
     bundle = Bundle.model_validate({"type": "collection", "timestamp": issued,
                                     "identifier": {"system": DICOM_UID, "value": f"urn:oid:{study_uid}"},
                                     "entry": entries})

@@ -2,8 +2,8 @@
 ``pip install highdicom``, or ``pip install -e ".[sr]"`` in a checkout), so results can go back to a PACS next to the images.
 
 Each report is a TID 1500 Measurement Report (Comprehensive SR) following the IHE AI
-Results conventions: the model is the observer device (name, version, manufacturer
-"cxrkit", a UID made from its weights), the procedure reported is coded (SNOMED CT "Plain
+Results conventions: the model is the observer device (name, manufacturer "cxrkit", a UID
+and a serial number made from its weights), the procedure reported is coded (SNOMED CT "Plain
 chest X-ray"), and each finding is one measurement group with
 
 * the finding type in SNOMED CT / DICOM codes (``cxrkit/resources/finding_codes.csv``; a
@@ -136,12 +136,23 @@ SCHEME_UIDS = {"SCT": ("2.16.840.1.113883.6.96", "SNOMED CT", "IHTSDO"),
                "UCUM": ("2.16.840.1.113883.6.8", "Unified Code for Units of Measure", "Regenstrief Institute")}
 
 
+def _weights_shas(predictor: Any) -> list[str]:
+    return [str(m.meta.get("weights_sha256", "")) for m in getattr(getattr(predictor, "spec", None), "members", [])]
+
+
 def device_uid(predictor: Any) -> str:
     """The model's DeviceObserverUID: the same for the same weights, on every machine."""
     from pydicom.uid import generate_uid
 
-    shas = [str(m.meta.get("weights_sha256", "")) for m in getattr(getattr(predictor, "spec", None), "members", [])]
-    return generate_uid(entropy_srcs=["cxrkit-model", predictor.name, *shas])
+    return generate_uid(entropy_srcs=["cxrkit-model", predictor.name, *_weights_shas(predictor)])
+
+
+def model_serial(predictor: Any) -> str:
+    """The exact model, as a serial number: 16 hex digits of its weights' SHA-256 (of all
+    members' for an ensemble)."""
+    import hashlib
+
+    return hashlib.sha256("".join(_weights_shas(predictor)).encode()).hexdigest()[:16]
 
 
 def operating_point_text(predictor: Any, i: int) -> str:
@@ -154,7 +165,7 @@ def operating_point_text(predictor: Any, i: int) -> str:
     txt = f"operating point {op.get('target', '')} on validation"
     if cls.get("sensitivity") is not None:
         txt += f": sensitivity {cls['sensitivity']:.3f}, specificity {cls['specificity']:.3f}"
-    return txt[:64]
+    return txt
 
 
 def calibration_text(predictor: Any) -> str:
@@ -184,7 +195,7 @@ def build_report(predictor: Any, rows: list[dict[str, str]], evidence: list[Any]
         observer_type=dcm_codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=device_uid(predictor), name=name, manufacturer_name="cxrkit", model_name=name,
-            serial_number=version))
+            serial_number=model_serial(predictor)))
     sources = [hd.sr.SourceImageForMeasurementGroup(str(e.SOPClassUID), str(e.SOPInstanceUID)) for e in evidence]
     groups = []
     for i, (c, p, t, fc) in enumerate(zip(classes, probs, predictor.thresholds, codes)):
@@ -192,7 +203,7 @@ def build_report(predictor: Any, rows: list[dict[str, str]], evidence: list[Any]
         algo = hd.sr.AlgorithmIdentification(
             name=name, version=version, manufacturer="cxrkit",
             parameters=[operating_point_text(predictor, i), calibration_text(predictor),
-                        f"study probability = maximum over {len(rows)} image(s)"[:64]])
+                        f"study probability = maximum over {len(rows)} image(s)"])
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[study_uid, c]),
                                                          identifier=str(c)[:64]),

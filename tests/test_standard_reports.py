@@ -302,3 +302,12 @@ def test_user_code_file(tmp_path: Path, trained_model: Path, capsys: pytest.Capt
     r = run_cli_inprocess(capsys, "predict", str(trained_model), str(tmp_path), "--out", str(tmp_path / "p.csv"),
                           "--sr", str(tmp_path / "sr"), "--codes", str(bad))
     assert r.returncode != 0 and "not a valid SNOMED CT" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_fhir_references_resolve_inside_the_bundle(hospital: dict) -> None:
+    doc = json.loads(next((hospital["root"] / "fhir").glob("*.json")).read_text())
+    urls = {e["fullUrl"] for e in doc["entry"]}
+    assert all(u.startswith("urn:uuid:") for u in urls) and len(urls) == len(doc["entry"])
+    report = doc["entry"][0]["resource"]
+    assert {r["reference"] for r in report["result"]} == urls - {doc["entry"][0]["fullUrl"], doc["entry"][1]["fullUrl"]}
+    assert all(e["resource"]["device"]["reference"] == doc["entry"][1]["fullUrl"] for e in doc["entry"][2:])
