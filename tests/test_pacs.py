@@ -112,7 +112,7 @@ def test_listener_predicts_each_study_once_and_writes_its_sr(trained_model, film
     port = free_port()
     spool = tmp_path / "spool"
     lst = Listener(pred, spool, ListenerConfig(port=port, host="127.0.0.1", idle=0.5, poll=0.1,
-                                               allow_ae=("TESTPACS",)))
+                                               allow_ae=("TESTPACS",), fhir=True))
     lst.start()
     try:
         assert c_store(films["a"], port) == [0, 0, 0]
@@ -136,6 +136,14 @@ def test_listener_predicts_each_study_once_and_writes_its_sr(trained_model, film
     observer = {str(i.ConceptNameCodeSequence[0].CodeMeaning): str(i.get("TextValue", "")) for i in sr.ContentSequence}
     assert observer["Device Observer Name"] == pred.name and observer["Device Observer Manufacturer"] == "cxrkit"
     assert list(read_report(sr)) == pred.classes
+    # --fhir: the study's FHIR Bundle beside it, with the same probabilities
+    from fhir.resources.R4B.bundle import Bundle
+
+    fj = list((spool / "fhir" / study_key(films["study_a"])).glob("*.json"))
+    assert [p.stem for p in fj] == [films["study_a"]]
+    b = Bundle.model_validate_json(fj[0].read_text())
+    got = {e.resource.code.text: float(e.resource.valueQuantity.value) for e in b.entry[2:]}
+    assert got == pytest.approx({c: v["probability"] for c, v in read_report(sr).items()}, abs=1e-6)
     # the spool is private and the log names no patient
     assert (spool.stat().st_mode & 0o077) == 0 and (spool / "state.sqlite").stat().st_mode & 0o077 == 0
     st = status(spool)
