@@ -375,7 +375,6 @@ def run_calibrate(model: str | Any, table: str | Any, out: str | Any, method: st
     an ensemble is calibrated as a whole, on the average of its (possibly calibrated) members."""
     import json
     import shutil
-    from pathlib import Path
 
     from .ensemble import load_predictor
     from .evaluate import evaluate_table

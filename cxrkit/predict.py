@@ -487,98 +487,145 @@ def _fmt(p: float) -> str:
     return f"{p:.6f}"
 
 
-def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | Path, batch_size: int = 16,
-                workers: int = 0, tta: str | bool | None = None, images_root: str | Path | None = None,
-                show_progress: bool = True, dicom_filter: DicomFilter | None = None, resume: bool = False,
-                overwrite: bool = False, shard: tuple[int, int] = (0, 1), study: str | None = None,
-                lateral_weight: float = 0.5, sr_dir: str | Path | None = None, study_key: str = "auto",
-                fhir_dir: str | Path | None = None, codes_file: str | Path | None = None) -> dict[str, Any]:
-    """``cxrkit predict``: collect inputs, predict, stream rows to ``out`` and reasons to
-    ``<out>.failures.csv``; with ``study``, also ``<out>.studies.csv``."""
-    from .utils import progress
+@dataclass
+class PredictOptions:
+    """Everything ``cxrkit predict`` can be asked, as one object checked once
+    (:meth:`check`) before any image is read or any file written."""
 
+    batch_size: int = 16
+    workers: int = 0
+    tta: str | bool | None = None
+    images_root: str | Path | None = None
+    show_progress: bool = True
+    dicom_filter: DicomFilter | None = None
+    resume: bool = False
+    overwrite: bool = False
+    shard: tuple[int, int] = (0, 1)
+    study: str | None = None
+    lateral_weight: float = 0.5
+    sr_dir: str | Path | None = None
+    study_key: str = "auto"
+    fhir_dir: str | Path | None = None
+    codes_file: str | Path | None = None
+
+    def check(self) -> PredictOptions:
+        check_predict_options(tta=self.tta, study=self.study, shard=self.shard, lateral_weight=self.lateral_weight,
+                              batch_size=self.batch_size, study_key=self.study_key)
+        return self
+
+
+def run_predict(predictor: Predictor, inputs: Sequence[str | Path], out: str | Path,
+                options: PredictOptions | None = None, **kwargs: Any) -> dict[str, Any]:
+    """``cxrkit predict``: collect inputs, predict, stream rows to ``out`` and reasons to
+    ``<out>.failures.csv``; with ``study``, also ``<out>.studies.csv``; then the per-study
+    outputs (SR, FHIR). ``options`` (or its fields as keyword arguments)."""
+    o = (options or PredictOptions(**kwargs)).check()
     out = Path(out)
     fpath = failures_path(out)
-    check_predict_options(tta=tta, study=study, shard=shard, lateral_weight=lateral_weight, batch_size=batch_size,
-                          study_key=study_key)
-    if out.exists() and not (resume or overwrite):
+    if out.exists() and not (o.resume or o.overwrite):
         raise CxrkitError(f"{out}: exists; use --resume to continue it or --overwrite to replace it")
     if out.exists() and out.is_dir():
         raise CxrkitError(f"{out}: is a folder; --out is the CSV file to write")
-    i, n = shard
     existed = {p: p.exists() for p in (out, fpath)}
-    items, pre_failures = collect_inputs(inputs, images_root)
-    if n > 1:  # by the mount-independent key (path relative to the input folder / table path)
+    items, pre_failures = _shard_inputs(inputs, o)
+    run = _predict_rows(predictor, items, pre_failures, out, fpath, o)
+    result: dict[str, Any] = {"predicted": run["done"], "already_done": run["already"],
+                              "failed": run["failed"], "out": str(out), "failures": str(fpath)}
+    if o.study:
+        if run["inferred"]:
+            log.warning("%d image(s) carry no study information (no DICOM StudyInstanceUID, no study column): %s",
+                        run["inferred"], "grouped into studies by their folder (--study-key folder)"
+                        if o.study_key == "folder" else
+                        "each is its own study; --study-key folder groups the images of a folder")
+        result["studies"] = str(write_studies(out, predictor.classes, predictor.thresholds, o.study, o.lateral_weight))
+    result.update(_study_documents(predictor, out, fpath, o))
+    if run["done"] + run["already"] == 0:
+        _nothing_predicted(inputs, existed, out, fpath, result["failed"])
+    return result
+
+
+def _shard_inputs(inputs: Sequence[str | Path], o: PredictOptions) -> tuple[list[InputItem], list[Failure]]:
+    """The inputs found, and those not usable, of this shard (by the mount-independent key:
+    the path relative to the input folder / the table's path)."""
+    items, pre_failures = collect_inputs(inputs, o.images_root)
+    i, n = o.shard
+    if n > 1:
         items = [it for it in items if shard_of(it.key or str(it.path), n) == i]
         pre_failures = [f for f in pre_failures if shard_of(f.key or f.path, n) == i]
-    classes = predictor.classes
-    thr = predictor.thresholds
+    return items, pre_failures
+
+
+def _predict_rows(predictor: Predictor, items: list[InputItem], pre_failures: list[Failure], out: Path,
+                  fpath: Path, o: PredictOptions) -> dict[str, int]:
+    """Predict what is not in the output or failures file yet, streaming rows batch by batch."""
+    from .utils import progress
+
+    classes, thr = predictor.classes, predictor.thresholds
     columns = (["path", "study", "view", *ID_COLUMNS, "model", "model_version", *classes,
                 *(f"threshold:{c}" for c in classes), *(f"call:{c}" for c in classes)])
-    writer = RowWriter(out, columns, resume)
-    fwriter = RowWriter(fpath, ["path", "reason", "detail"], resume)
+    writer = RowWriter(out, columns, o.resume)
+    fwriter = RowWriter(fpath, ["path", "reason", "detail"], o.resume)
     skip = writer.done | fwriter.done
     todo = [it for it in items if it.id not in skip]
     new_failures = [f for f in pre_failures if f.path not in skip]
     fwriter.write([[f.path, f.reason, f.detail] for f in new_failures])
-    n_done = n_failed = n_inferred = 0
+    n = {"done": 0, "failed": len(new_failures), "inferred": 0, "already": len(writer.done)}
     try:
         paths = [it.path for it in todo]
-        for batch in progress(prepared_batches(paths, predictor.preprocessings, batch_size, workers, dicom_filter),
-                              "predicting (images)", total=len(paths), enabled=show_progress, count=len):
+        for batch in progress(prepared_batches(paths, predictor.preprocessings, o.batch_size, o.workers,
+                                               o.dicom_filter),
+                              "predicting (images)", total=len(paths), enabled=o.show_progress, count=len):
             bad = [p for p in batch if p.arrays is None]
             fwriter.write([[todo[p.index].id, p.reason, p.detail] for p in bad])
-            n_failed += len(bad)
-            good, probs = predict_batch(predictor, batch, tta)
+            n["failed"] += len(bad)
+            good, probs = predict_batch(predictor, batch, o.tta)
             rows = []
             for p, pr in zip(good, probs):
                 it = todo[p.index]
                 study_id = it.meta.get("study") or p.info.get("study_instance_uid")
                 if not study_id:  # no study information: its own study, or its folder when asked
-                    n_inferred += 1
-                    study_id = str(it.path.parent) if study_key == "folder" else it.id
+                    n["inferred"] += 1
+                    study_id = str(it.path.parent) if o.study_key == "folder" else it.id
                 view = it.meta.get("view") or p.info.get("view", "")
                 rows.append([it.id, study_id, view, *(p.info.get(k, "") for k in ID_COLUMNS), predictor.name,
                              predictor.version, *(_fmt(v) for v in pr), *(_fmt(t) for t in thr),
                              *(int(v >= t) for v, t in zip(pr, thr))])
             writer.write(rows)
-            n_done += len(rows)
+            n["done"] += len(rows)
     finally:
         writer.close()
         fwriter.close()
-    total_rows = len(writer.done) + n_done
-    result: dict[str, Any] = {"predicted": n_done, "already_done": len(writer.done), "failed": n_failed
-                              + len(new_failures), "out": str(out), "failures": str(fpath)}
-    if study:
-        if n_inferred:
-            log.warning("%d image(s) carry no study information (no DICOM StudyInstanceUID, no study column): %s",
-                        n_inferred, "grouped into studies by their folder (--study-key folder)" if study_key == "folder"
-                        else "each is its own study; --study-key folder groups the images of a folder")
-        result["studies"] = str(write_studies(out, classes, thr, study, lateral_weight))
-    if sr_dir is not None:
+    return n
+
+
+def _study_documents(predictor: Predictor, out: Path, fpath: Path, o: PredictOptions) -> dict[str, Any]:
+    """The per-study documents asked for (DICOM SR, FHIR), their failures added to the run's."""
+    result: dict[str, Any] = {}
+    if o.sr_dir is not None:
         from .sr import write_study_reports
 
-        rep = write_study_reports(out, sr_dir, predictor, codes_file)
+        rep = write_study_reports(out, o.sr_dir, predictor, o.codes_file)
         _add_failures(fpath, rep.failures)
-        result["sr"] = str(rep)
-        result["sr_written"], result["sr_failed"] = rep.written, rep.failed
-        result["sr_changed"] = rep.changed
-    if fhir_dir is not None:
+        result.update(sr=str(rep), sr_written=rep.written, sr_failed=rep.failed, sr_changed=rep.changed)
+    if o.fhir_dir is not None:
         from .fhir import write_study_fhir
 
-        frep = write_study_fhir(out, fhir_dir, predictor, codes_file)
+        frep = write_study_fhir(out, o.fhir_dir, predictor, o.codes_file)
         _add_failures(fpath, frep.failures)
-        result["fhir"] = str(frep)
-        result["fhir_written"], result["fhir_failed"] = frep.written, frep.failed
-    if total_rows == 0:
-        # a run that predicted nothing leaves no empty CSV behind (the failures file stays when it has rows)
-        for p, was in existed.items():
-            if not was and p.exists() and (p == out or result["failed"] == 0):
-                p.unlink()
-        if result["failed"] == 0:
-            raise CxrkitError(f"nothing to predict: {', '.join(str(i) for i in inputs)[:200]} hold(s) no image files")
-        raise CxrkitError(f"nothing could be predicted ({result['failed']} input(s) not used; see {fpath})")
+        result.update(fhir=str(frep), fhir_written=frep.written, fhir_failed=frep.failed)
     return result
+
+
+def _nothing_predicted(inputs: Sequence[str | Path], existed: dict[Path, bool], out: Path, fpath: Path,
+                       failed: int) -> None:
+    """A run that predicted nothing leaves no empty CSV behind (the failures file stays when
+    it has rows) and says why."""
+    for p, was in existed.items():
+        if not was and p.exists() and (p == out or failed == 0):
+            p.unlink()
+    if failed == 0:
+        raise CxrkitError(f"nothing to predict: {', '.join(str(i) for i in inputs)[:200]} hold(s) no image files")
+    raise CxrkitError(f"nothing could be predicted ({failed} input(s) not used; see {fpath})")
 
 
 def _add_failures(fpath: Path, failures: list[tuple[str, str, str]]) -> None:

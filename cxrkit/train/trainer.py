@@ -265,294 +265,374 @@ def _monitor_value(cfg: TrainConfig, summary: dict[str, Any], valid_loss: float)
     return float("nan") if v is None else float(v)
 
 
+class _Run:
+    """What the steps of :func:`fit` share: the config, the run folder, the process's place in a
+    distributed run, the data, the model and its optimiser, and the training ``state`` (what a
+    checkpoint holds). Filled step by step."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, show_progress: bool, console: Any) -> None:
+        self.cfg, self.out = cfg, out
+        self.say = console.print if console is not None else (lambda *a, **k: None)
+        self.device = resolve_device(cfg.train.device)
+        self.dist = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.main = self.dist.is_main
+        self.show = show_progress and self.main
+        from ..tracking import Tracker
+
+        self.tracker: Tracker = Tracker()
+        self.log_handler: logging.Handler | None = None
+        self.state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0,
+                                      "history": [], "completed": False}
+
+
 def fit(cfg: TrainConfig, out: str | Path, resume: bool = False, stop_after_epochs: int | None = None,
         show_progress: bool = True, console: Any = None) -> TrainResult:
-    """Train ``cfg`` into the run folder ``out``."""
-    say = (console.print if console is not None else (lambda *a, **k: None))
-    out = Path(out)
-    device = resolve_device(cfg.train.device)
-    dist_info = init_distributed(device.type)
-    if dist_info.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
-    main = dist_info.is_main
-    show = show_progress and main
-    handler = None
-    from ..tracking import Tracker
-
-    tracker: Tracker = Tracker()
+    """Train ``cfg`` into the run folder ``out``, in named steps: open the run folder, load the
+    data, build the model, resume from the checkpoint (or start), then per epoch train one
+    epoch and validate / checkpoint it, and finally write the report. Ctrl-C leaves the last
+    epoch's checkpoint for ``--resume``; ``stop_after_epochs`` stops early the same way."""
+    run = _Run(cfg, Path(out), show_progress, console)
     status = "FAILED"
     try:
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            if has_checkpoint(out) and not resume:
-                raise CxrkitError(f"{out}: holds a checkpoint of an earlier run; use --resume to continue it or "
-                                  "choose another --out")
-            handler = _setup_file_log(out)
-            dump_config(cfg, out / "config.yaml")
-            from ..tracking import make_tracker
-
-            tracker = make_tracker(cfg.tracking, out.name or cfg.name, out)
-            tracker.log_params(cfg.to_dict())
-        barrier(dist_info)
-        torch.manual_seed(cfg.train.seed)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        pre = cfg.preprocessing_obj
-        # rank 0 decodes (and fills the disk cache) first; the others then read the cache
-        splits: dict[str, SplitData] = {}
-        for turn in ([0] if not dist_info.enabled else [0, 1]):
-            if (turn == 0) == main:
-                splits["train"] = load_split(cfg.data.train, cfg, pre, "train", show)
-                splits["valid"] = load_split(cfg.data.valid, cfg, pre, "valid", show,
-                                             classes=list(splits["train"].table.classes))
-            barrier(dist_info)
-        train, valid = splits["train"], splits["valid"]
-        classes = train.table.classes
-        if valid.table.classes != classes:
-            raise CxrkitError(f"train and valid tables have different classes ({len(classes)} vs "
-                              f"{len(valid.table.classes)}); set data.classes")
-        if main:
-            for split_name, sd in (("train", train), ("valid", valid)):
-                lab = np.asarray(sd.labels)
-                if lab.size:
-                    empty = [c for c, col in zip(classes, lab.T) if np.isnan(col).all()]
-                    if empty:
-                        log.warning("every %s label of %s is unknown: %s", split_name, ", ".join(empty),
-                                    "nothing is learned for it" if split_name == "train"
-                                    else "it cannot be validated")
-            _write_failures(out / "data_failures.csv", [dict(f, split="train") for f in train.failures]
-                            + [dict(f, split="valid") for f in valid.failures])
-            dist_summary = summarize_table(train.table.select(train.rows))
-            write_json(out / "label_distribution.json", dist_summary)
-            from ..report import plot_label_distribution
-
-            plot_label_distribution(dist_summary, out / "label_distribution.png")
-            say(f"train: {len(train.rows)} images, valid: {len(valid.rows)} images, {len(classes)} classes"
-                + (f" ({len(train.failures) + len(valid.failures)} unreadable / missing, see data_failures.csv)"
-                   if train.failures or valid.failures else ""))
-
-        policy = cfg.label_policy
-        policy.resolve(classes)  # validates per-class names
-        from ..models.classifier import prepare_model_config
-        from .partial import build_strategy
-
-        cfg.model = prepare_model_config(cfg.model, train.labels, list(classes))
-        strategy = build_strategy(cfg.partial)
-        if strategy is not None:
-            from ..labels import LabelPolicy
-
-            # the strategy decides what unknown labels do; uncertain ones follow the policy
-            policy = LabelPolicy(uncertain=policy.uncertain, per_class=policy.per_class, unknown="ignore")
-            strategy.prepare(train.labels)
-            elem_loss = build_loss(cfg.loss.name, **{**cfg.loss.params, "reduction": "none"}).to(device)
-        unknown_all = torch.from_numpy(np.isnan(train.labels))
-        with warnings.catch_warnings():  # the fill value of leaderboard rows whose image is missing
-            warnings.simplefilter("ignore")
-            pos_frac = np.nanmean(np.where(np.isnan(train.labels), np.nan, train.labels == 1), axis=0)
-        prevalence = {c: (float(v) if np.isfinite(v) else None) for c, v in zip(classes, pos_frac)}
-        if main:
-            dump_config(cfg, out / "config.yaml")  # now with what the architecture derived from the labels
-            if cfg.data.partial_known is not None:  # the split every method of a comparison shares
-                from ..data.partial import write_portable
-
-                write_portable(train.table, out / "partial_train.csv", cfg.data.train.images_root)
-        valid_t = eval_targets(valid.labels, cfg.data.valid_uncertain)
-        model = build_model(cfg.model_config, len(classes)).to(device)
-        n_trainable, n_total = count_parameters(model)
-        param_counts = {"trainable": n_trainable, "total": n_total}
-        if main:
-            log.info("model %s / %s: %d trainable of %d parameters", cfg.model_config.arch,
-                     cfg.model_config.backbone, n_trainable, n_total)
-            say(f"model: {n_trainable:,} trainable of {n_total:,} parameters")
-        if dist_info.enabled and cfg.train.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ema = None
-        if cfg.train.ema:
-            from timm.utils import ModelEmaV3
-
-            ema = ModelEmaV3(model, decay=float(cfg.train.ema))
-        opt = _optimizer(cfg, model)
-        loss_fn = build_loss(cfg.loss.name, **cfg.loss.params)
-        if hasattr(loss_fn, "to"):
-            loss_fn = loss_fn.to(device)
-        augment = build_augmentation(cfg.augmentation.name, **cfg.augmentation.params)
-        train_ds = ImageDataset(train.images, train.rows, pre, augment, seed=cfg.train.seed)
-        sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.train.seed, rank=dist_info.rank,
-                               world_size=dist_info.world_size)
-        pin = device.type == "cuda"
-        workers = cfg.data.workers
-        loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=workers,
-                            pin_memory=pin, drop_last=len(sampler) > cfg.train.batch_size,
-                            persistent_workers=workers > 0)
-        valid_ds = ImageDataset(valid.images, valid.rows, pre, None)
-        valid_sampler = EpochSampler(len(valid_ds), shuffle=False, rank=dist_info.rank,
-                                     world_size=dist_info.world_size, pad=False)
-        eval_bs = cfg.train.eval_batch_size or cfg.train.batch_size * 2
-        valid_loader = DataLoader(valid_ds, batch_size=eval_bs, sampler=valid_sampler, num_workers=workers,
-                                  pin_memory=pin, persistent_workers=workers > 0)
-        steps_per_epoch = len(loader)
-        total_steps = steps_per_epoch * cfg.train.epochs
-
-        state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0,
-                                 "history": [], "completed": False}
-        if resume and has_checkpoint(out):
-            state = load_checkpoint(out, model, ema, opt, strategy)
-            if main and not state.get("completed"):
-                say(f"resuming from epoch {state['epoch'] + 1} of {cfg.train.epochs}")
-        elif resume and main:
-            say("no checkpoint to resume from; starting a new run")
-        if state.get("completed"):
-            if main and not (out / "summary.json").is_file():  # killed while writing the final report
-                say(f"all {state['epoch']} epoch(s) were trained; finishing the final report")
-                _final_report(out, cfg, classes, valid_t, state)
-            elif main:
-                say(f"this run already finished ({state['epoch']} epoch(s)); nothing to resume")
-            barrier(dist_info)
+        _open_run_folder(run, resume)
+        _load_data(run)
+        _build_model(run)
+        if _resume_or_start(run, resume):  # the run had finished: nothing to train
             status = "FINISHED"
-            return _result(out, state)
-        net: nn.Module = model
-        if dist_info.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            net = DDP(model, device_ids=[dist_info.local_rank] if device.type == "cuda" else None)
-        precision, why = resolve_precision(cfg.train.precision if cfg.train.amp else "fp32", device)
-        channels_last = cfg.train.channels_last
-        if channels_last is None:
-            channels_last = precision != "fp32"
-        if main:
-            say(f"precision {precision} on {device.type} ({why}){', channels-last' if channels_last else ''}")
-            log.info("precision %s on %s (%s), channels_last=%s", precision, device.type, why, channels_last)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "fp16")
-        subsets = subsets_for(list(classes), cfg.label_space)
+            return _result(run.out, run.state)
+        _set_precision(run)
         epochs_this_run = 0
-        for epoch in range(int(state["epoch"]), cfg.train.epochs):
+        for epoch in range(int(run.state["epoch"]), cfg.train.epochs):
             t0 = time.time()
-            torch.manual_seed(sample_seed(cfg.train.seed, epoch, 0x5EED))  # dropout etc.
-            base = policy.targets(train.labels, classes, np.random.default_rng([cfg.train.seed, epoch, 17]))
-            targets = torch.from_numpy(strategy.targets(base, epoch) if strategy is not None else base)
-            sampler.set_epoch(epoch)
-            net.train()
-            losses = []
-            step = int(state["step"])
-            lr = cfg.optim.lr
-            for x, idx in progress(loader, f"epoch {epoch + 1}/{cfg.train.epochs}", total=steps_per_epoch,
-                                   enabled=show):
-                lr = lr_at(step, total_steps, cfg.optim.lr, cfg.schedule, steps_per_epoch)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x = x.to(device, non_blocking=True, memory_format=fmt)
-                y = targets[idx].to(device, non_blocking=True)
-                with autocast(device, precision):
-                    logits = net(x)
-                # architectures with several heads (ML-VPT) train each head on the loss (seed 001 eq. 17)
-                heads = getattr(model, "last_logits", None) or (logits,)
-                if strategy is not None:
-                    unknown = unknown_all[idx].to(device, non_blocking=True)
-                    loss = sum(strategy.loss(elem_loss, h.float(), y, unknown, epoch) for h in heads)
-                else:
-                    loss = sum(loss_fn(h.float(), y) for h in heads)
-                if not torch.isfinite(loss):
-                    raise CxrkitError(f"epoch {epoch + 1}: loss became {loss.item()}; lower optim.lr or set "
-                                      "train.grad_clip")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.train.grad_clip:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                if ema is not None:
-                    ema.update(model, step=step)
-                losses.append(float(loss.detach()))
-                step += 1
-            state["step"] = step
-            # validation on the EMA weights when EMA is on
-            eval_model = ema.module if ema is not None else model
-            eval_model.eval()
-            logits_v, keys = run_batches(eval_model, valid_loader, device, amp=precision, show_progress=False)
-            idx_v = np.concatenate([np.asarray(k) for k in keys]) if keys else np.zeros(0, dtype=np.int64)
-            logits_all = gather_rows(torch.from_numpy(logits_v), dist_info).numpy()
-            idx_all = gather_rows(torch.from_numpy(idx_v), dist_info).numpy()
-            order = np.argsort(idx_all, kind="stable")
-            logits_all = logits_all[order]
-            partial_info: dict[str, Any] = {}
-            if strategy is not None and strategy.needs_train_predictions:
-                plain = ImageDataset(train.images, train.rows, pre, None)
-                t_logits, t_keys = run_batches(eval_model, DataLoader(plain, batch_size=eval_bs, num_workers=workers),
-                                               device, amp=precision, show_progress=False)
-                partial_info = strategy.update(t_logits, epoch)
-                log.info("epoch %d pseudo-labels: %s", epoch + 1, partial_info)
-            stop = False
-            if main:
-                probs = 1.0 / (1.0 + np.exp(-logits_all.astype(np.float64)))
-                valid_loss = masked_bce(logits_all, valid_t)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    summary = summarize_metrics(valid_t, probs, list(classes), subsets=subsets)
-                monitor = _monitor_value(cfg, summary, valid_loss)
-                rec = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                       "valid_loss": valid_loss, "mAUC": summary.get("mAUC"), "mAP": summary.get("mAP"),
-                       "mF1": summary.get("mF1"), "monitor": monitor, "seconds": round(time.time() - t0, 2),
-                       "per_class_auc": {c["name"]: c["auc"] for c in summary["classes"]}, **partial_info}
-                state["history"].append(rec)
-                improved = np.isfinite(monitor) and (state["best"] is None or monitor > state["best"])
-                if improved or state["best"] is None:
-                    state["best"], state["best_epoch"], state["bad_epochs"] = monitor, epoch + 1, 0
-                    thr = best_thresholds(valid_t, probs, method=cfg.train.threshold_method)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        final = summarize_metrics(valid_t, probs, list(classes), thresholds=default_thresholds(thr),
-                                                  subsets=subsets)
-                    _save_best(out, eval_model, cfg, classes, default_thresholds(thr), final, epoch + 1,
-                               param_counts, prevalence)
-                    np.save(out / ".best_valid_probs.npy", probs.astype(np.float32))
-                else:
-                    state["bad_epochs"] += 1
-                say(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {rec['train_loss']:.4f}  valid loss "
-                    f"{valid_loss:.4f}  mAUC {_fmt(rec['mAUC'])}  mAP {_fmt(rec['mAP'])}"
-                    + ("  [best]" if state["best_epoch"] == epoch + 1 else ""))
-                log.info("epoch %d: %s", epoch + 1, {k: v for k, v in rec.items() if k != "per_class_auc"})
-                tracker.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch + 1)
-                if cfg.train.patience is not None and state["bad_epochs"] >= cfg.train.patience:
-                    say(f"early stop: no improvement of {cfg.train.monitor} for {cfg.train.patience} epochs")
-                    stop = True
-                state["epoch"] = epoch + 1
-                state["completed"] = stop or epoch + 1 == cfg.train.epochs
-                save_checkpoint(out, model, ema, opt, state, strategy)
-                write_json(out / "metrics.json", state["history"])
-                _history_csv(out / "metrics.csv", state["history"])
-            else:
-                state["epoch"] = epoch + 1
-            stop = broadcast_flag(stop, dist_info)
-            barrier(dist_info)
+            losses, lr = _train_one_epoch(run, epoch)
+            stop = _validate_and_checkpoint(run, epoch, losses, lr, t0)
             epochs_this_run += 1
             if stop:
                 break
             if stop_after_epochs is not None and epochs_this_run >= stop_after_epochs and epoch + 1 < cfg.train.epochs:
-                say(f"stopping after {epochs_this_run} epoch(s) as asked; continue with --resume")
+                run.say(f"stopping after {epochs_this_run} epoch(s) as asked; continue with --resume")
                 status = "FINISHED"
-                return _result(out, state, completed=False)
-        state["completed"] = True
-        if main:
-            save_checkpoint(out, model, ema, opt, state, strategy)
-            _final_report(out, cfg, classes, valid_t, state)
-            for art in ("plots", "label_distribution.png", "summary.json", "metrics.csv", "model"):
-                tracker.log_artifact(out / art)
-        barrier(dist_info)
+                return _result(run.out, run.state, completed=False)
+        _write_final_report(run)
         status = "FINISHED"
-        return _result(out, state)
-    except KeyboardInterrupt:
+        return _result(run.out, run.state)
+    except KeyboardInterrupt:  # Ctrl-C: the last epoch's checkpoint stays for --resume
         status = "KILLED"
         raise
     finally:
-        tracker.close(status)
-        if handler is not None:
-            logging.getLogger("cxrkit").removeHandler(handler)
-            handler.close()
-        cleanup(dist_info)
+        run.tracker.close(status)
+        if run.log_handler is not None:
+            logging.getLogger("cxrkit").removeHandler(run.log_handler)
+            run.log_handler.close()
+        cleanup(run.dist)
+
+
+def _open_run_folder(run: _Run, resume: bool) -> None:
+    """The run folder, its log, config and tracker (rank 0); a finished or started run is
+    only continued with ``resume``."""
+    cfg, out = run.cfg, run.out
+    if run.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if has_checkpoint(out) and not resume:
+            raise CxrkitError(f"{out}: holds a checkpoint of an earlier run; use --resume to continue it or "
+                              "choose another --out")
+        run.log_handler = _setup_file_log(out)
+        dump_config(cfg, out / "config.yaml")
+        from ..tracking import make_tracker
+
+        run.tracker = make_tracker(cfg.tracking, out.name or cfg.name, out)
+        run.tracker.log_params(cfg.to_dict())
+    barrier(run.dist)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _load_data(run: _Run) -> None:
+    """Both splits (rank 0 decodes and fills the disk cache first; the others then read it),
+    checked, with the label distribution and the unreadable files reported."""
+    cfg, out = run.cfg, run.out
+    run.pre = pre = cfg.preprocessing_obj
+    splits: dict[str, SplitData] = {}
+    for turn in ([0] if not run.dist.enabled else [0, 1]):
+        if (turn == 0) == run.main:
+            splits["train"] = load_split(cfg.data.train, cfg, pre, "train", run.show)
+            splits["valid"] = load_split(cfg.data.valid, cfg, pre, "valid", run.show,
+                                         classes=list(splits["train"].table.classes))
+        barrier(run.dist)
+    run.train, run.valid = train, valid = splits["train"], splits["valid"]
+    run.classes = classes = train.table.classes
+    if valid.table.classes != classes:
+        raise CxrkitError(f"train and valid tables have different classes ({len(classes)} vs "
+                          f"{len(valid.table.classes)}); set data.classes")
+    if not run.main:
+        return
+    for split_name, sd in (("train", train), ("valid", valid)):
+        lab = np.asarray(sd.labels)
+        if lab.size:
+            empty = [c for c, col in zip(classes, lab.T) if np.isnan(col).all()]
+            if empty:
+                log.warning("every %s label of %s is unknown: %s", split_name, ", ".join(empty),
+                            "nothing is learned for it" if split_name == "train" else "it cannot be validated")
+    _write_failures(out / "data_failures.csv", [dict(f, split="train") for f in train.failures]
+                    + [dict(f, split="valid") for f in valid.failures])
+    dist_summary = summarize_table(train.table.select(train.rows))
+    write_json(out / "label_distribution.json", dist_summary)
+    from ..report import plot_label_distribution
+
+    plot_label_distribution(dist_summary, out / "label_distribution.png")
+    run.say(f"train: {len(train.rows)} images, valid: {len(valid.rows)} images, {len(classes)} classes"
+            + (f" ({len(train.failures) + len(valid.failures)} unreadable / missing, see data_failures.csv)"
+               if train.failures or valid.failures else ""))
+
+
+def _build_model(run: _Run) -> None:
+    """Label policy and partial-label strategy, the model (its config completed from the
+    labels), EMA, optimiser, loss and the two data loaders."""
+    cfg, out, train, valid, classes, device = run.cfg, run.out, run.train, run.valid, run.classes, run.device
+    run.policy = cfg.label_policy
+    run.policy.resolve(classes)  # validates per-class names
+    from ..models.classifier import prepare_model_config
+    from .partial import build_strategy
+
+    cfg.model = prepare_model_config(cfg.model, train.labels, list(classes))
+    run.strategy = build_strategy(cfg.partial)
+    run.elem_loss = None
+    if run.strategy is not None:
+        from ..labels import LabelPolicy
+
+        # the strategy decides what unknown labels do; uncertain ones follow the policy
+        run.policy = LabelPolicy(uncertain=run.policy.uncertain, per_class=run.policy.per_class, unknown="ignore")
+        run.strategy.prepare(train.labels)
+        run.elem_loss = build_loss(cfg.loss.name, **{**cfg.loss.params, "reduction": "none"}).to(device)
+    run.unknown_all = torch.from_numpy(np.isnan(train.labels))
+    with warnings.catch_warnings():  # the fill value of leaderboard rows whose image is missing
+        warnings.simplefilter("ignore")
+        pos_frac = np.nanmean(np.where(np.isnan(train.labels), np.nan, train.labels == 1), axis=0)
+    run.prevalence = {c: (float(v) if np.isfinite(v) else None) for c, v in zip(classes, pos_frac)}
+    if run.main:
+        dump_config(cfg, out / "config.yaml")  # now with what the architecture derived from the labels
+        if cfg.data.partial_known is not None:  # the split every method of a comparison shares
+            from ..data.partial import write_portable
+
+            write_portable(train.table, out / "partial_train.csv", cfg.data.train.images_root)
+    run.valid_t = eval_targets(valid.labels, cfg.data.valid_uncertain)
+    run.model = model = build_model(cfg.model_config, len(classes)).to(device)
+    n_trainable, n_total = count_parameters(model)
+    run.param_counts = {"trainable": n_trainable, "total": n_total}
+    if run.main:
+        log.info("model %s / %s: %d trainable of %d parameters", cfg.model_config.arch,
+                 cfg.model_config.backbone, n_trainable, n_total)
+        run.say(f"model: {n_trainable:,} trainable of {n_total:,} parameters")
+    if run.dist.enabled and cfg.train.sync_bn:
+        run.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    run.ema = None
+    if cfg.train.ema:
+        from timm.utils import ModelEmaV3
+
+        run.ema = ModelEmaV3(model, decay=float(cfg.train.ema))
+    run.opt = _optimizer(cfg, model)
+    run.loss_fn = build_loss(cfg.loss.name, **cfg.loss.params)
+    if hasattr(run.loss_fn, "to"):
+        run.loss_fn = run.loss_fn.to(device)
+    _build_loaders(run)
+
+
+def _build_loaders(run: _Run) -> None:
+    cfg, train, valid, pre, dist = run.cfg, run.train, run.valid, run.pre, run.dist
+    augment = build_augmentation(cfg.augmentation.name, **cfg.augmentation.params)
+    train_ds = ImageDataset(train.images, train.rows, pre, augment, seed=cfg.train.seed)
+    run.sampler = EpochSampler(len(train_ds), shuffle=True, seed=cfg.train.seed, rank=dist.rank,
+                               world_size=dist.world_size)
+    pin = run.device.type == "cuda"
+    run.workers = workers = cfg.data.workers
+    run.loader = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=run.sampler, num_workers=workers,
+                            pin_memory=pin, drop_last=len(run.sampler) > cfg.train.batch_size,
+                            persistent_workers=workers > 0)
+    valid_ds = ImageDataset(valid.images, valid.rows, pre, None)
+    valid_sampler = EpochSampler(len(valid_ds), shuffle=False, rank=dist.rank, world_size=dist.world_size, pad=False)
+    run.eval_bs = cfg.train.eval_batch_size or cfg.train.batch_size * 2
+    run.valid_loader = DataLoader(valid_ds, batch_size=run.eval_bs, sampler=valid_sampler, num_workers=workers,
+                                  pin_memory=pin, persistent_workers=workers > 0)
+    run.steps_per_epoch = len(run.loader)
+    run.total_steps = run.steps_per_epoch * cfg.train.epochs
+
+
+def _resume_or_start(run: _Run, resume: bool) -> bool:
+    """With ``resume``, the checkpoint's weights, optimiser and state; True when that run had
+    already finished (its final report is written if a kill interrupted it)."""
+    out, cfg = run.out, run.cfg
+    if resume and has_checkpoint(out):
+        run.state = load_checkpoint(out, run.model, run.ema, run.opt, run.strategy)
+        if run.main and not run.state.get("completed"):
+            run.say(f"resuming from epoch {run.state['epoch'] + 1} of {cfg.train.epochs}")
+    elif resume and run.main:
+        run.say("no checkpoint to resume from; starting a new run")
+    if not run.state.get("completed"):
+        return False
+    if run.main and not (out / "summary.json").is_file():  # killed while writing the final report
+        run.say(f"all {run.state['epoch']} epoch(s) were trained; finishing the final report")
+        _final_report(out, cfg, run.classes, run.valid_t, run.state)
+    elif run.main:
+        run.say(f"this run already finished ({run.state['epoch']} epoch(s)); nothing to resume")
+    barrier(run.dist)
+    return True
+
+
+def _set_precision(run: _Run) -> None:
+    """DDP wrapper, the precision the hardware can do, channels-last, the gradient scaler."""
+    cfg, device, model = run.cfg, run.device, run.model
+    run.net = model
+    if run.dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        run.net = DDP(model, device_ids=[run.dist.local_rank] if device.type == "cuda" else None)
+    run.precision, why = resolve_precision(cfg.train.precision if cfg.train.amp else "fp32", device)
+    channels_last = cfg.train.channels_last
+    if channels_last is None:
+        channels_last = run.precision != "fp32"
+    if run.main:
+        run.say(f"precision {run.precision} on {device.type} ({why}){', channels-last' if channels_last else ''}")
+        log.info("precision %s on %s (%s), channels_last=%s", run.precision, device.type, why, channels_last)
+    run.fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    run.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and run.precision == "fp16")
+    run.subsets = subsets_for(list(run.classes), cfg.label_space)
+
+
+def _train_one_epoch(run: _Run, epoch: int) -> tuple[list[float], float]:
+    """One pass over the training loader; returns the batch losses and the last learning rate."""
+    cfg, device, model, opt, strategy = run.cfg, run.device, run.model, run.opt, run.strategy
+    torch.manual_seed(sample_seed(cfg.train.seed, epoch, 0x5EED))  # dropout etc.
+    base = run.policy.targets(run.train.labels, run.classes, np.random.default_rng([cfg.train.seed, epoch, 17]))
+    targets = torch.from_numpy(strategy.targets(base, epoch) if strategy is not None else base)
+    run.sampler.set_epoch(epoch)
+    run.net.train()
+    losses: list[float] = []
+    step = int(run.state["step"])
+    lr = cfg.optim.lr
+    for x, idx in progress(run.loader, f"epoch {epoch + 1}/{cfg.train.epochs}", total=run.steps_per_epoch,
+                           enabled=run.show):
+        lr = lr_at(step, run.total_steps, cfg.optim.lr, cfg.schedule, run.steps_per_epoch)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = x.to(device, non_blocking=True, memory_format=run.fmt)
+        y = targets[idx].to(device, non_blocking=True)
+        with autocast(device, run.precision):
+            logits = run.net(x)
+        # architectures with several heads (ML-VPT) train each head on the loss (seed 001 eq. 17)
+        heads = getattr(model, "last_logits", None) or (logits,)
+        if strategy is not None:
+            unknown = run.unknown_all[idx].to(device, non_blocking=True)
+            loss = sum(strategy.loss(run.elem_loss, h.float(), y, unknown, epoch) for h in heads)
+        else:
+            loss = sum(run.loss_fn(h.float(), y) for h in heads)
+        if not torch.isfinite(loss):
+            raise CxrkitError(f"epoch {epoch + 1}: loss became {loss.item()}; lower optim.lr or set train.grad_clip")
+        opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        if cfg.train.grad_clip:
+            run.scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        run.scaler.step(opt)
+        run.scaler.update()
+        if run.ema is not None:
+            run.ema.update(model, step=step)
+        losses.append(float(loss.detach()))
+        step += 1
+    run.state["step"] = step
+    return losses, lr
+
+
+def _validation_logits(run: _Run, epoch: int) -> tuple[Any, np.ndarray, dict[str, Any]]:
+    """The validation logits of every rank in table order (on the EMA weights when EMA is on),
+    and the partial-label strategy's update on the training films when it needs one."""
+    eval_model = run.ema.module if run.ema is not None else run.model
+    eval_model.eval()
+    logits_v, keys = run_batches(eval_model, run.valid_loader, run.device, amp=run.precision, show_progress=False)
+    idx_v = np.concatenate([np.asarray(k) for k in keys]) if keys else np.zeros(0, dtype=np.int64)
+    logits_all = gather_rows(torch.from_numpy(logits_v), run.dist).numpy()
+    idx_all = gather_rows(torch.from_numpy(idx_v), run.dist).numpy()
+    logits_all = logits_all[np.argsort(idx_all, kind="stable")]
+    partial_info: dict[str, Any] = {}
+    if run.strategy is not None and run.strategy.needs_train_predictions:
+        plain = ImageDataset(run.train.images, run.train.rows, run.pre, None)
+        t_logits, _ = run_batches(eval_model, DataLoader(plain, batch_size=run.eval_bs, num_workers=run.workers),
+                                  run.device, amp=run.precision, show_progress=False)
+        partial_info = run.strategy.update(t_logits, epoch)
+        log.info("epoch %d pseudo-labels: %s", epoch + 1, partial_info)
+    return eval_model, logits_all, partial_info
+
+
+def _validate_and_checkpoint(run: _Run, epoch: int, losses: list[float], lr: float, t0: float) -> bool:
+    """Validation metrics, the best model so far (with thresholds chosen on validation), the
+    checkpoint and the metrics files; True to stop (early stopping, agreed by every rank)."""
+    cfg, out, state = run.cfg, run.out, run.state
+    eval_model, logits_all, partial_info = _validation_logits(run, epoch)
+    stop = False
+    if run.main:
+        rec, probs = _epoch_record(run, epoch, logits_all, losses, lr, t0, partial_info)
+        state["history"].append(rec)
+        monitor = rec["monitor"]
+        improved = np.isfinite(monitor) and (state["best"] is None or monitor > state["best"])
+        if improved or state["best"] is None:
+            state["best"], state["best_epoch"], state["bad_epochs"] = monitor, epoch + 1, 0
+            thr = default_thresholds(best_thresholds(run.valid_t, probs, method=cfg.train.threshold_method))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                final = summarize_metrics(run.valid_t, probs, list(run.classes), thresholds=thr, subsets=run.subsets)
+            _save_best(out, eval_model, cfg, run.classes, thr, final, epoch + 1, run.param_counts, run.prevalence)
+            np.save(out / ".best_valid_probs.npy", probs.astype(np.float32))
+        else:
+            state["bad_epochs"] += 1
+        run.say(f"epoch {epoch + 1}/{cfg.train.epochs}: train loss {rec['train_loss']:.4f}  valid loss "
+                f"{rec['valid_loss']:.4f}  mAUC {_fmt(rec['mAUC'])}  mAP {_fmt(rec['mAP'])}"
+                + ("  [best]" if state["best_epoch"] == epoch + 1 else ""))
+        log.info("epoch %d: %s", epoch + 1, {k: v for k, v in rec.items() if k != "per_class_auc"})
+        run.tracker.log_metrics({k: v for k, v in rec.items() if k != "epoch"}, step=epoch + 1)
+        if cfg.train.patience is not None and state["bad_epochs"] >= cfg.train.patience:
+            run.say(f"early stop: no improvement of {cfg.train.monitor} for {cfg.train.patience} epochs")
+            stop = True
+        state["epoch"] = epoch + 1
+        state["completed"] = stop or epoch + 1 == cfg.train.epochs
+        save_checkpoint(out, run.model, run.ema, run.opt, state, run.strategy)
+        write_json(out / "metrics.json", state["history"])
+        _history_csv(out / "metrics.csv", state["history"])
+    else:
+        state["epoch"] = epoch + 1
+    stop = broadcast_flag(stop, run.dist)
+    barrier(run.dist)
+    return stop
+
+
+def _epoch_record(run: _Run, epoch: int, logits_all: np.ndarray, losses: list[float], lr: float, t0: float,
+                  partial_info: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray]:
+    """One epoch's line of metrics.csv, and the validation probabilities."""
+    probs = 1.0 / (1.0 + np.exp(-logits_all.astype(np.float64)))
+    valid_loss = masked_bce(logits_all, run.valid_t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = summarize_metrics(run.valid_t, probs, list(run.classes), subsets=run.subsets)
+    monitor = _monitor_value(run.cfg, summary, valid_loss)
+    rec = {"epoch": epoch + 1, "lr": lr, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+           "valid_loss": valid_loss, "mAUC": summary.get("mAUC"), "mAP": summary.get("mAP"),
+           "mF1": summary.get("mF1"), "monitor": monitor, "seconds": round(time.time() - t0, 2),
+           "per_class_auc": {c["name"]: c["auc"] for c in summary["classes"]}, **partial_info}
+    return rec, probs
+
+
+def _write_final_report(run: _Run) -> None:
+    """The completed checkpoint, the report and plots (rank 0), logged to the tracker."""
+    run.state["completed"] = True
+    if run.main:
+        save_checkpoint(run.out, run.model, run.ema, run.opt, run.state, run.strategy)
+        _final_report(run.out, run.cfg, run.classes, run.valid_t, run.state)
+        for art in ("plots", "label_distribution.png", "summary.json", "metrics.csv", "model"):
+            run.tracker.log_artifact(run.out / art)
+    barrier(run.dist)
 
 
 def _fmt(v: Any) -> str:

@@ -1,0 +1,5 @@
+"""``python -m cxrkit.cli``: the ``cxrkit`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,137 @@
+"""``cxrkit pacs listen / pull / status``: cxrkit as a DICOM node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import CxrkitError
+from ._common import pacs_app, console, _device, _csv_list
+
+
+def _check_node_outputs(fhir: bool, codes: Path | None) -> None:
+    from ..extras import require
+
+    if fhir:
+        require("fhir", "--fhir")
+    if codes is not None:
+        from ..codes import check_code_file
+
+        check_code_file(codes)
+
+
+@pacs_app.command("listen")
+def pacs_listen(
+    model: Annotated[Path, typer.Argument(help="Saved model or ensemble folder.")],
+    spool: Annotated[Path, typer.Option("--spool", help="Folder for received instances, results, reports and the state database (owner-only).")],
+    ae_title: Annotated[str, typer.Option("--ae-title", help="This node's AE title.")] = "CXRKIT",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port to listen on.")] = 11112,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "0.0.0.0",
+    allow_ae: Annotated[Optional[str], typer.Option("--allow-ae", help="Calling AE titles accepted, comma-separated (others are rejected at association); default: any.")] = None,
+    send_to: Annotated[Optional[str], typer.Option("--send-to", help="Send each study's SR by C-STORE to AE@host:port.")] = None,
+    idle: Annotated[float, typer.Option("--idle", min=0.0, help="Seconds without a new instance after which a study is processed.")] = 10.0,
+    engine: Annotated[str, typer.Option("--engine", help="auto, torch or onnx.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")] = "auto",
+    modalities: Annotated[Optional[str], typer.Option("--modalities", help="DICOM modalities to predict (default CR,DX).")] = None,
+    body_parts: Annotated[Optional[str], typer.Option("--body-parts", help="BodyPartExamined values accepted when present (default CHEST,THORAX,...).")] = None,
+    fhir: Annotated[bool, typer.Option("--fhir", help="Also write a FHIR R4 Bundle per study into <spool>/fhir/ (needs fhir.resources).")] = False,
+    codes: Annotated[Optional[Path], typer.Option("--codes", help="CSV of your labels' codes for the SR and FHIR (see predict --codes).")] = None,
+) -> None:
+    """Receive CR / DX studies over DICOM (a Storage SCP), predict each study once it is
+    complete, write the rows and a DICOM SR per study, and optionally send the SR back.
+
+    Example: cxrkit pacs listen runs/nih_hires/model --spool /var/spool/cxrkit --allow-ae PACS --send-to PACS@pacs.local:104"""
+    from ..ensemble import load_predictor
+    from ..pacs import Listener, ListenerConfig, parse_target
+    from ..runtime import DicomFilter
+
+    if send_to:
+        parse_target(send_to)  # checked before the model is loaded
+    from ..extras import require
+
+    require("pacs", "cxrkit pacs listen")
+    _check_node_outputs(fhir, codes)
+    filt = DicomFilter(modalities=_csv_list(modalities, DicomFilter.modalities),
+                       body_parts=_csv_list(body_parts, DicomFilter.body_parts))
+    pred = load_predictor(model, engine=engine, device=_device(device))
+    cfg = ListenerConfig(ae_title=ae_title, host=host, port=port,
+                         allow_ae=tuple(a for a in (allow_ae or "").split(",") if a.strip()), send_to=send_to, idle=idle,
+                         fhir=fhir, codes_file=str(codes) if codes else None)
+    lst = Listener(pred, spool, cfg, dicom_filter=filt)
+    console.print(f"cxrkit pacs listen: {cfg.ae_title} on {host}:{port}, spool {spool}; Ctrl-C / SIGTERM stops")
+    lst.serve_forever()
+
+
+@pacs_app.command("pull")
+def pacs_pull(
+    model: Annotated[Path, typer.Argument(help="Saved model or ensemble folder.")],
+    dicomweb: Annotated[str, typer.Option("--dicomweb", help="The DICOMweb server's base URL (QIDO / WADO / STOW), e.g. https://pacs/dicom-web.")],
+    spool: Annotated[Path, typer.Option("--spool", help="Folder for retrieved instances, results, reports and the state database.")],
+    since: Annotated[Optional[str], typer.Option("--since", help="Only studies from this date on (YYYY-MM-DD or YYYYMMDD).")] = None,
+    study: Annotated[Optional[list[str]], typer.Option("--study", help="Only this StudyInstanceUID (repeatable); processed even if done before.")] = None,
+    stow: Annotated[bool, typer.Option("--stow", help="Store each study's SR back on the server (STOW-RS).")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="auto, torch or onnx.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")] = "auto",
+    fhir: Annotated[bool, typer.Option("--fhir", help="Also write a FHIR R4 Bundle per study into <spool>/fhir/ (needs fhir.resources).")] = False,
+    codes: Annotated[Optional[Path], typer.Option("--codes", help="CSV of your labels' codes for the SR and FHIR (see predict --codes).")] = None,
+) -> None:
+    """Find CR / DX studies on a DICOMweb server not yet processed in this spool, retrieve
+    them, predict, and optionally store the SR back. Credentials from the environment only:
+    CXRKIT_DICOMWEB_TOKEN (bearer) or CXRKIT_DICOMWEB_USER and CXRKIT_DICOMWEB_PASSWORD.
+
+    Example: CXRKIT_DICOMWEB_TOKEN=... cxrkit pacs pull runs/nih_hires/model --dicomweb https://pacs/dicom-web --spool spool --since 2026-11-01 --stow"""
+    import re
+
+    from ..ensemble import load_predictor
+    from ..pacs import DicomWeb, pull
+
+    DicomWeb(dicomweb)  # the URL is checked before the model is loaded
+    if since and not re.fullmatch(r"\d{4}-?\d{2}-?\d{2}", since):
+        raise CxrkitError(f"--since must be a date, YYYY-MM-DD (got {since!r})")
+    from ..extras import require
+
+    require("pacs", "cxrkit pacs pull", ["highdicom"])
+    _check_node_outputs(fhir, codes)
+    pred = load_predictor(model, engine=engine, device=_device(device))
+    res = pull(pred, spool, dicomweb, since=since, studies=study, stow=stow, fhir=fhir,
+               codes_file=str(codes) if codes else None)
+    console.print(f"{res['found']} study / studies found, {res['processed']} processed, {res['skipped']} already "
+                  f"done, {res['failed']} failed; {res['instances']} instance(s) retrieved"
+                  + (f"; reports sent: {res['sent']}" if stow else ""))
+    for u in res["unsent"]:
+        console.print(f"report of study {u['study']} not stored yet: {u['error']} (attempt {u['attempts']})")
+
+
+@pacs_app.command("status")
+def pacs_status(
+    spool: Annotated[Path, typer.Option("--spool", help="The listener's spool folder.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Print a spool's queue: instances, studies and report sends by state, failures with reasons.
+
+    Example: cxrkit pacs status --spool /var/spool/cxrkit"""
+    import json as _json
+
+    from ..pacs import status
+
+    st = status(spool)
+    if json_out:
+        print(_json.dumps(st, indent=1))
+        return
+    console.print(f"spool {st['spool']}")
+    for k in ("instances", "studies", "sends"):
+        console.print(f"{k}: " + (", ".join(f"{n} {s}" for s, n in sorted(st[k].items())) or "none"))
+    for f in st["failed_studies"]:
+        console.print(f"failed study {f['study']}: {f['reason']} (attempts {f['attempts']})")
+    if st["not_used"]:
+        console.print("instances not used (kind: reason x count, newest first):")
+        for e in st["not_used"]:
+            console.print(f"  {e['kind']}: {e['reason']} x {e['count']} (newest {e['newest']})", markup=False)
+    for e in st["recent_not_used"]:
+        console.print(f"  {e['at']} {e['kind']} {e['reason']}: {e['detail']}"
+                      + (f" (study {e['study']})" if e["study"] else ""), markup=False, highlight=False)
+    for u in st["unsent"]:
+        console.print(f"report of study {u['study']} to {u['target']}: {u['status']} after {u['attempts']} "
+                      f"attempt(s){': ' + u['error'] if u['error'] else ''}")
