@@ -15,8 +15,17 @@ read (``force=True``) like ``predict`` reads them.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from pathlib import Path
 from typing import Any
+
+#: DICOM UID grammar (PS3.5 9.1): components of digits without leading zeros, joined by dots,
+#: at most 64 characters. Anything else is refused before it can become a file name.
+UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def valid_uid(uid: str) -> bool:
+    return isinstance(uid, str) and 0 < len(uid) <= 64 and bool(UID_RE.match(uid))
 
 #: Patient / study / series attributes an output object takes from its source film, with
 #: their DICOM type in the SR and SC IODs (2: present, may be empty; 3: optional)
@@ -75,8 +84,6 @@ def clean_reference(src: Any) -> Any:
     """A new dataset with the source film's references and its valid patient / study values
     (see the module docstring); what highdicom copies into an SR or SC."""
     from pydicom.dataset import Dataset
-
-    from .sr import valid_uid
 
     out = Dataset()
     for kw in REFERENCE:

@@ -155,7 +155,7 @@ def write_study_fhir(out_csv: str | Path, fhir_dir: str | Path, predictor: Any,
         raise CxrkitError(f"FHIR output needs fhir.resources: {install_hint('fhir')}") from None
     from .codes import codes_for
     from .dicom_out import clean_reference, read_source
-    from .predict import CSV_ENCODING
+    from .utils import CSV_ENCODING
     from .utils import atomic_write
 
     fhir_dir = Path(fhir_dir)

@@ -656,6 +656,55 @@ def _label_counts(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return n_pos, n_neg, n - n_pos - n_neg
 
 
+def _summary_thresholds(thresholds: Any, n_classes: int) -> np.ndarray:
+    """``None`` -> 0.5 for all; a scalar or one per class, NaN (untuned) -> 0.5."""
+    if thresholds is None:
+        return np.full(n_classes, 0.5)
+    thr = np.asarray(thresholds, dtype=np.float64)
+    thr = np.full(n_classes, float(thr)) if thr.ndim == 0 else thr.reshape(-1).copy()
+    if thr.shape != (n_classes,):
+        raise MetricInputError(f"thresholds must be a scalar or have one value per class ({n_classes}); got {thr.shape}")
+    thr[np.isnan(thr)] = 0.5
+    return thr
+
+
+def _subset_indices(subsets: Mapping[str, Sequence[str]] | None, names: list[str]) -> dict[str, list[int]]:
+    index = {c: i for i, c in enumerate(names)}
+    out: dict[str, list[int]] = {}
+    for sub, members in (subsets or {}).items():
+        missing = [m for m in members if m not in index]
+        if missing:
+            raise MetricInputError(f"subset {sub!r} names classes that are not evaluated: {missing}")
+        out[str(sub)] = [index[m] for m in members]
+    return out
+
+
+def _group_report(auc: np.ndarray, ap: np.ndarray, names: list[str], hmt_counts: np.ndarray,
+                  g5_counts: np.ndarray) -> dict[str, Any]:
+    """``class_groups`` (head / medium / tail per class), ``groups`` (their mAUC / mAP and
+    G1..G5's) and, when G1..G5 cannot be formed, ``groups_note``."""
+    n_classes = len(names)
+    out: dict[str, Any] = {}
+    groups: dict[str, Any] = {}
+    if n_classes:
+        hmt = head_medium_tail(hmt_counts)
+        out["class_groups"] = dict(zip(names, hmt))
+        todo: list[tuple[list[str], tuple[str, ...]]] = [(hmt, ("head", "medium", "tail"))]
+        if n_classes >= 5 and len(np.unique(g5_counts)) > 1:
+            g5 = [f"G{int(g) + 1}" for g in frequency_groups(g5_counts, 5)]
+            todo.append((g5, tuple(f"G{i}" for i in range(1, 6))))
+        else:  # every class has as many known labels (a fully labelled table), or too few classes
+            out["groups_note"] = ("G1..G5 omitted: " + ("fewer than 5 classes" if n_classes < 5 else
+                                  "every class has the same number of known labels (fully labelled)"))
+        for labels, keys in todo:
+            m_auc = group_means(auc, labels, names, what="AUC", warn=False)
+            m_ap = group_means(ap, labels, names, what="AP", warn=False)
+            for k in keys:
+                groups[k] = {"mAUC": m_auc[k], "mAP": m_ap[k]} if k in m_auc else None
+    out["groups"] = groups
+    return out
+
+
 def summarize(
     targets: Any,
     scores: Any,
@@ -692,25 +741,8 @@ def summarize(
     names = [str(c) for c in classes]
     if len(names) != n_classes:
         raise MetricInputError(f"got {len(names)} class names for {n_classes} score columns")
-    if thresholds is None:
-        thr = np.full(n_classes, 0.5)
-    else:
-        thr = np.asarray(thresholds, dtype=np.float64)
-        thr = np.full(n_classes, float(thr)) if thr.ndim == 0 else thr.reshape(-1).copy()
-        if thr.shape != (n_classes,):
-            raise MetricInputError(
-                f"thresholds must be a scalar or have one value per class ({n_classes}); got {thr.shape}"
-            )
-        thr[np.isnan(thr)] = 0.5
-
-    index = {c: i for i, c in enumerate(names)}
-    sub_idx: dict[str, list[int]] = {}
-    for sub, members in (subsets or {}).items():
-        missing = [m for m in members if m not in index]
-        if missing:
-            raise MetricInputError(f"subset {sub!r} names classes that are not evaluated: {missing}")
-        sub_idx[str(sub)] = [index[m] for m in members]
-
+    thr = _summary_thresholds(thresholds, n_classes)
+    sub_idx = _subset_indices(subsets, names)
     gc = None
     if group_counts is not None:
         gc = np.asarray(group_counts, dtype=np.float64).reshape(-1)
@@ -721,56 +753,18 @@ def summarize(
     auc, ap = _ranking(t, s, auc=True, ap=True)
     cm = confusion_at(t, s, thr)
     f1 = _f1_from(cm)
-
     report: dict[str, Any] = {
         "n_samples": int(n),
-        "classes": [
-            {
-                "name": names[i],
-                "auc": auc[i],
-                "ap": ap[i],
-                "f1": f1[i],
-                "threshold": thr[i],
-                "n_pos": n_pos[i],
-                "n_neg": n_neg[i],
-                "n_unknown": n_unknown[i],
-            }
-            for i in range(n_classes)
-        ],
+        "classes": [{"name": names[i], "auc": auc[i], "ap": ap[i], "f1": f1[i], "threshold": thr[i],
+                     "n_pos": n_pos[i], "n_neg": n_neg[i], "n_unknown": n_unknown[i]} for i in range(n_classes)],
         "mAUC": mean_defined(auc, names, "AUC"),
         "mAP": mean_defined(ap, names, "AP"),
         "mF1": mean_defined(f1, names, "F1"),
     }
     report.update(_prf_from(cm))
-
-    sub_out: dict[str, Any] = {}
-    for sub, idx in sub_idx.items():
-        sub_names = [names[i] for i in idx]
-        sub_out[sub] = {
-            "mAUC": mean_defined(auc[idx], sub_names, "AUC", warn=False),
-            "mAP": mean_defined(ap[idx], sub_names, "AP", warn=False),
-        }
-    report["subsets"] = sub_out
-
-    if gc is not None:
-        hmt_counts, g5_counts = gc, gc
-    else:
-        hmt_counts, g5_counts = n_pos, n_pos + n_neg
-    groups: dict[str, Any] = {}
-    if n_classes:
-        hmt = head_medium_tail(hmt_counts)
-        report["class_groups"] = dict(zip(names, hmt))
-        todo: list[tuple[list[str], tuple[str, ...]]] = [(hmt, ("head", "medium", "tail"))]
-        if n_classes >= 5 and len(np.unique(g5_counts)) > 1:
-            g5 = [f"G{int(g) + 1}" for g in frequency_groups(g5_counts, 5)]
-            todo.append((g5, tuple(f"G{i}" for i in range(1, 6))))
-        else:  # every class has as many known labels (a fully labelled table), or too few classes
-            report["groups_note"] = ("G1..G5 omitted: " + ("fewer than 5 classes" if n_classes < 5 else
-                                     "every class has the same number of known labels (fully labelled)"))
-        for labels, keys in todo:
-            m_auc = group_means(auc, labels, names, what="AUC", warn=False)
-            m_ap = group_means(ap, labels, names, what="AP", warn=False)
-            for k in keys:
-                groups[k] = {"mAUC": m_auc[k], "mAP": m_ap[k]} if k in m_auc else None
-    report["groups"] = groups
+    report["subsets"] = {sub: {"mAUC": mean_defined(auc[idx], [names[i] for i in idx], "AUC", warn=False),
+                               "mAP": mean_defined(ap[idx], [names[i] for i in idx], "AP", warn=False)}
+                         for sub, idx in sub_idx.items()}
+    hmt_counts, g5_counts = (gc, gc) if gc is not None else (n_pos, n_pos + n_neg)
+    report.update(_group_report(auc, ap, names, hmt_counts, g5_counts))
     return to_jsonable(report)

@@ -397,7 +397,8 @@ class Node:
         """The study's failure rows (colour, corrupt, ...) as per-instance events, once each."""
         import csv
 
-        from .predict import CSV_ENCODING, failures_path
+        from .predict import failures_path
+        from .utils import CSV_ENCODING
 
         fp = failures_path(out)
         if not fp.is_file():

@@ -408,7 +408,7 @@ def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int =
 # ---------------------------------------------------------------------------------------
 
 
-CSV_ENCODING = dict(encoding="utf-8", errors="surrogateescape")  # any file name round-trips, even non-UTF-8 bytes
+from .utils import CSV_ENCODING  # noqa: E402  (re-exported: callers import it from here too)
 
 
 class RowWriter:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import re
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -38,19 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from .dicom_out import UID_RE, valid_uid  # noqa: F401  (UID_RE, valid_uid: re-exported)
 from .errors import CxrkitError, FailureReason
 
 log = logging.getLogger(__name__)
-
-
-#: DICOM UID grammar (PS3.5 9.1): components of digits without leading zeros, joined by dots,
-#: at most 64 characters. Anything else is refused before it can become a file name.
-UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-
-
-def valid_uid(uid: str) -> bool:
-    return isinstance(uid, str) and 0 < len(uid) <= 64 and bool(UID_RE.match(uid))
 
 
 @dataclass
@@ -288,7 +278,7 @@ def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any,
         raise CxrkitError(f"DICOM SR output needs highdicom: {install_hint('sr')}") from None
     from .codes import codes_for
     from .dicom_out import clean_reference, read_source
-    from .predict import CSV_ENCODING
+    from .utils import CSV_ENCODING
     from .utils import atomic_write
 
     sr_dir = Path(sr_dir)

@@ -28,6 +28,11 @@ _TMP_RE = r"\.(?P<name>.+)\.(?P<kind>tmp|stage|old)-(?P<pid>\d+)(?:-[A-Za-z0-9_]
 COMPLETE_MARKER = ".cxrkit-staged-complete"
 
 
+#: how cxrkit reads and writes its CSV files: UTF-8, and any file name round-trips, even
+#: non-UTF-8 bytes
+CSV_ENCODING = dict(encoding="utf-8", errors="surrogateescape")
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True

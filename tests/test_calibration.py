@@ -126,7 +126,7 @@ def test_operating_points_reach_their_targets() -> None:
 
 @pytest.fixture(scope="module")
 def calibrated(trained_model: Path, demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cxrkit.calibration import run_calibrate
+    from cxrkit.calibrate import run_calibrate
 
     out = tmp_path_factory.mktemp("cal") / "model-cal"
     r = run_calibrate(trained_model, demo_data / "valid.csv", out, method="platt",
@@ -187,7 +187,7 @@ def test_calibrated_model_carries_it_and_every_engine_applies_it(calibrated: Pat
 
 def test_monotone_calibration_leaves_evaluate_auc_unchanged(trained_model: Path, demo_data: Path,
                                                             tmp_path: Path) -> None:
-    from cxrkit.calibration import run_calibrate
+    from cxrkit.calibrate import run_calibrate
     from cxrkit.ensemble import load_predictor
     from cxrkit.evaluate import evaluate_table
 
@@ -229,7 +229,8 @@ def test_ensemble_calibrated_as_a_whole(calibrated: Path, trained_model: Path, d
                                         tmp_path: Path) -> None:
     """Members' own calibrations apply before the average; `calibrate ENSEMBLE` fits one on
     the average, applied after it."""
-    from cxrkit.calibration import apply_calibration, run_calibrate
+    from cxrkit.calibrate import run_calibrate
+    from cxrkit.calibration import apply_calibration
     from cxrkit.ensemble import build_ensemble
 
     ens = build_ensemble([calibrated, trained_model], tmp_path / "ens", show_progress=False)

@@ -208,7 +208,7 @@ def calibrate(
     bundle, the container and the PACS node all apply it.
 
     Example: cxrkit calibrate runs/nih_hires/model ../shared/data/nih_hires/labels.csv --split valid --method platt --operating-point sensitivity=0.90 --out runs/nih_hires/model-cal"""
-    from ..calibration import run_calibrate
+    from ..calibrate import run_calibrate
 
     r = run_calibrate(model, table, out, method=method, operating_point=operating_point, split=split,
                       images_root=images_root, format=format, holdout=holdout, seed=seed, uncertain=uncertain,

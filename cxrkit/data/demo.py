@@ -180,9 +180,45 @@ def _line(img: np.ndarray, pts: np.ndarray, n: int, value: float, thickness: flo
     return layer
 
 
+@dataclass
+class _Film:
+    """A synthetic frontal film being drawn: its coordinates, the anatomy the findings are
+    placed on, and the image so far."""
+
+    n: int
+    yy: np.ndarray
+    xx: np.ndarray
+    img: np.ndarray
+    bw: float
+    lung_cx: np.ndarray
+    lung_rx: float
+    lung_ry: float
+    lung_cy: float
+    dome_base: float
+    lungs: np.ndarray
+    lung: np.ndarray
+    markings: np.ndarray
+    heart_cx: float
+    heart_cy: float
+    at_side: int
+    body: np.ndarray | None = None
+
+    def in_lung(self, layer: np.ndarray, side: int | None = None) -> np.ndarray:
+        return layer * (self.lung if side is None else self.lungs[side])
+
+
 def render_frontal(present: dict[str, float], rng: np.random.Generator, size: int = 128, view: str = "PA") -> np.ndarray:
-    """One synthetic frontal radiograph (patient's left on the image right) in [0, 1]."""
-    n = size
+    """One synthetic frontal radiograph (patient's left on the image right) in [0, 1]: the
+    anatomy, then the findings in ``present`` (label -> severity), then the devices."""
+    f = _anatomy(present, rng, size, view)
+    _draw_airspace_findings(f, present, rng)
+    _draw_pleura_bone_devices(f, present, rng, view)
+    return _finish(f.img, rng, size)
+
+
+def _anatomy(present: dict[str, float], rng: np.random.Generator, n: int, view: str) -> _Film:
+    """Body, lungs with markings, ribs, clavicles, mediastinum, heart, abdomen (cardiomegaly,
+    an enlarged mediastinum and atelectasis's raised dome change the anatomy itself)."""
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / (n - 1)
     dx, dy = rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02)
     xx, yy = xx - dx, yy - dy
@@ -243,59 +279,71 @@ def render_frontal(present: dict[str, float], rng: np.random.Generator, size: in
     # below the diaphragm
     abdomen = body & (yy > np.minimum(domes[0], domes[1]) + 0.01) & (yy > 0.6)
     img = np.where(abdomen & (lung < 0.5), np.maximum(img, 0.62), img)
+    f = _Film(n, yy, xx, img, bw, lung_cx, lung_rx, lung_ry, lung_cy, dome_base, lungs, lung, markings,
+              heart_cx, heart_cy, at_side)
+    f.body = body
+    return f
 
-    def in_lung(layer: np.ndarray, side: int | None = None) -> np.ndarray:
-        return layer * (lung if side is None else lungs[side])
 
-    # --- findings ---
+def _draw_airspace_findings(f: _Film, present: dict[str, float], rng: np.random.Generator) -> None:
+    """Effusion, edema, consolidation, pneumonia, atelectasis, lesions, other opacities."""
+    yy, xx, n, lung_cx = f.yy, f.xx, f.n, f.lung_cx
     pe = present.get("Pleural Effusion", 0.0)
     if pe:
         sides = [0, 1] if rng.random() < 0.4 else [int(rng.integers(0, 2))]
         for i in sides:
             cx = lung_cx[i]
-            lateral = np.clip((xx - cx) * (1 if i else -1) / lung_rx, -1, 1)
-            level = dome_base - (0.03 + 0.11 * pe) - 0.05 * pe * (lateral + 1)  # meniscus climbs laterally
+            lateral = np.clip((xx - cx) * (1 if i else -1) / f.lung_rx, -1, 1)
+            level = f.dome_base - (0.03 + 0.11 * pe) - 0.05 * pe * (lateral + 1)  # meniscus climbs laterally
             fluid = cv2.GaussianBlur((yy > level).astype(np.float32), (0, 0), n / 80)
-            img += in_lung(fluid, i) * (0.26 + 0.1 * pe)
+            f.img += f.in_lung(fluid, i) * (0.26 + 0.1 * pe)
             # fill the costophrenic angle below the lung too
-            cp = (np.abs(xx - (cx + (1 if i else -1) * lung_rx * 0.8)) < 0.05) & (yy > level) & (yy < dome_base + 0.08) & body
-            img = np.where(cp, np.maximum(img, 0.5), img)
+            cp = ((np.abs(xx - (cx + (1 if i else -1) * f.lung_rx * 0.8)) < 0.05) & (yy > level)
+                  & (yy < f.dome_base + 0.08) & f.body)
+            f.img = np.where(cp, np.maximum(f.img, 0.5), f.img)
     ed = present.get("Edema", 0.0)
     if ed:
         haze = sum(_blob(yy, xx, 0.5, 0.5 + s * 0.12, 0.16, 0.11, sharp=1.0) for s in (-1, 1))
-        img += in_lung(haze) * (0.12 + 0.14 * ed) + in_lung(np.abs(_smooth_noise(rng, n, n / 60))) * 0.04 * ed
+        f.img += f.in_lung(haze) * (0.12 + 0.14 * ed) + f.in_lung(np.abs(_smooth_noise(rng, n, n / 60))) * 0.04 * ed
     co = present.get("Consolidation", 0.0)
     if co:
         i = int(rng.integers(0, 2))
         cy, cx = rng.uniform(0.35, 0.62), lung_cx[i] + rng.uniform(-0.05, 0.05)
         blob = sum(_blob(yy, xx, cy + rng.uniform(-0.04, 0.04), cx + rng.uniform(-0.03, 0.03),
                          rng.uniform(0.05, 0.08), rng.uniform(0.04, 0.06), 1.6) for _ in range(3))
-        img += in_lung(np.clip(blob, 0, 1), i) * (0.26 + 0.14 * co)
+        f.img += f.in_lung(np.clip(blob, 0, 1), i) * (0.26 + 0.14 * co)
     pn = present.get("Pneumonia", 0.0)
     if pn:
         for _ in range(int(rng.integers(3, 6))):
             i = int(rng.integers(0, 2))
             b = _blob(yy, xx, rng.uniform(0.3, 0.68), lung_cx[i] + rng.uniform(-0.07, 0.07), 0.035, 0.03, 1.2)
-            img += in_lung(b, i) * (0.18 + 0.12 * pn)
+            f.img += f.in_lung(b, i) * (0.18 + 0.12 * pn)
+    at = present.get("Atelectasis", 0.0)
     if at:
-        i = at_side
+        i = f.at_side
         cx = lung_cx[i]
         y0 = rng.uniform(0.58, 0.66)
         xs = np.linspace(cx - 0.09, cx + 0.09, 10)
         ys = y0 + 0.25 * (xs - cx) * (1 if rng.random() < 0.5 else -1)
-        img += in_lung(_line(img, np.stack([xs, ys], 1), n, 0.22 + 0.13 * at, 0.018 + 0.01 * at), i)
+        f.img += f.in_lung(_line(f.img, np.stack([xs, ys], 1), n, 0.22 + 0.13 * at, 0.018 + 0.01 * at), i)
     ll = present.get("Lung Lesion", 0.0)
     if ll:
         for _ in range(1 + int(rng.random() < 0.3)):
             i = int(rng.integers(0, 2))
             r = rng.uniform(0.022, 0.04)
             b = _blob(yy, xx, rng.uniform(0.3, 0.62), lung_cx[i] + rng.uniform(-0.06, 0.06), r, r, 3.0)
-            img += in_lung(b, i) * (0.25 + 0.15 * ll)
+            f.img += f.in_lung(b, i) * (0.25 + 0.15 * ll)
     lo = present.get("Lung Opacity", 0.0)
     if lo and not any(c in present for c in OPACITY_CHILDREN):
         i = int(rng.integers(0, 2))
         b = _blob(yy, xx, rng.uniform(0.35, 0.6), lung_cx[i], 0.1, 0.07, 1.0)
-        img += in_lung(b, i) * (0.14 + 0.1 * lo)
+        f.img += f.in_lung(b, i) * (0.14 + 0.1 * lo)
+
+
+def _draw_pleura_bone_devices(f: _Film, present: dict[str, float], rng: np.random.Generator, view: str) -> None:
+    """Pneumothorax, other pleural findings, a rib fracture, support devices, and the AP
+    view's scapulae."""
+    yy, xx, n, lung_cx, lungs = f.yy, f.xx, f.n, f.lung_cx, f.lungs
     px = present.get("Pneumothorax", 0.0)
     if px:
         i = int(rng.integers(0, 2))
@@ -303,42 +351,42 @@ def render_frontal(present: dict[str, float], rng: np.random.Generator, size: in
         # the collapsed lung is the lung outline shrunk towards the hilum; the rim outside it
         # (upper and lateral) is air without lung markings, bounded by a thin visceral pleural line
         k = 1.0 - (0.12 + 0.2 * px)
-        hx, hy = cx, lung_cy + 0.05
-        edge = (np.abs((xx - hx) / (lung_rx * k)) ** 2.2 + np.abs((yy - hy + lung_ry * (1 - k) * 0.0) / (lung_ry * k)) ** 2.2)
-        rim = (edge > 1.0) & (yy < lung_cy + 0.1)
+        hx, hy = cx, f.lung_cy + 0.05
+        edge = (np.abs((xx - hx) / (f.lung_rx * k)) ** 2.2
+                + np.abs((yy - hy + f.lung_ry * (1 - k) * 0.0) / (f.lung_ry * k)) ** 2.2)
+        rim = (edge > 1.0) & (yy < f.lung_cy + 0.1)
         rim_f = cv2.GaussianBlur(rim.astype(np.float32), (0, 0), n / 180) * lungs[i]
-        img = img - rim_f * (markings + 0.08 + 0.05 * px)
-        line = (np.abs(edge - 1.0) < 0.06) & (yy < lung_cy + 0.1)
-        img += cv2.GaussianBlur(line.astype(np.float32), (0, 0), n / 220) * lungs[i] * 0.14
+        f.img = f.img - rim_f * (f.markings + 0.08 + 0.05 * px)
+        line = (np.abs(edge - 1.0) < 0.06) & (yy < f.lung_cy + 0.1)
+        f.img += cv2.GaussianBlur(line.astype(np.float32), (0, 0), n / 220) * lungs[i] * 0.14
     po = present.get("Pleural Other", 0.0)
     if po:
         i = int(rng.integers(0, 2))
         cx = lung_cx[i]
-        edge = np.abs((xx - cx) / lung_rx) ** 2.2 + np.abs((yy - lung_cy) / lung_ry) ** 2.2
+        edge = np.abs((xx - cx) / f.lung_rx) ** 2.2 + np.abs((yy - f.lung_cy) / f.lung_ry) ** 2.2
         strip = ((edge > 0.62) & ((xx - cx) * (1 if i else -1) > 0.02) & (yy > 0.28)).astype(np.float32)
-        img += cv2.GaussianBlur(strip, (0, 0), n / 150) * lungs[i] * (0.22 + 0.12 * po)
+        f.img += cv2.GaussianBlur(strip, (0, 0), n / 150) * lungs[i] * (0.22 + 0.12 * po)
     fr = present.get("Fracture", 0.0)
     if fr:
         i = int(rng.integers(0, 2))
         k = int(rng.integers(2, 7))
-        fx = 0.5 + (1 if i else -1) * bw / 2 * rng.uniform(0.55, 0.8)
+        fx = 0.5 + (1 if i else -1) * f.bw / 2 * rng.uniform(0.55, 0.8)
         fy = 0.2 + k * 0.062 + 0.09 * ((fx - 0.5) / 0.4) ** 2 - 0.02 * k * abs(fx - 0.5)
-        img += _blob(yy, xx, fy, fx, 0.018, 0.018, 2.0) * (0.3 + 0.15 * fr)
-        img -= _blob(yy, xx, fy, fx + 0.012, 0.012, 0.006, 3.0) * 0.12
+        f.img += _blob(yy, xx, fy, fx, 0.018, 0.018, 2.0) * (0.3 + 0.15 * fr)
+        f.img -= _blob(yy, xx, fy, fx + 0.012, 0.012, 0.006, 3.0) * 0.12
     if "Support Devices" in present:
         kind = rng.integers(0, 3)
         if kind in (0, 2):  # endotracheal + nasogastric tube
-            img += _line(img, np.array([[0.5, 0.0], [0.5, 0.12], [0.505, 0.3]]), n, 0.5, 0.012)
-            img += _line(img, np.array([[0.52, 0.0], [0.52, 0.4], [0.56, 0.72], [0.62, 0.82]]), n, 0.45, 0.01)
+            f.img += _line(f.img, np.array([[0.5, 0.0], [0.5, 0.12], [0.505, 0.3]]), n, 0.5, 0.012)
+            f.img += _line(f.img, np.array([[0.52, 0.0], [0.52, 0.4], [0.56, 0.72], [0.62, 0.82]]), n, 0.45, 0.01)
         if kind in (1, 2):  # pacemaker / port with a lead to the heart
             px0, py0 = rng.uniform(0.25, 0.35), rng.uniform(0.2, 0.26)
             box = (np.abs(xx - px0) < 0.045) & (np.abs(yy - py0) < 0.03)
-            img = np.where(box, 1.0, img)
-            img += _line(img, np.array([[px0, py0], [0.45, 0.35], [heart_cx, heart_cy - 0.02]]), n, 0.45, 0.01)
+            f.img = np.where(box, 1.0, f.img)
+            f.img += _line(f.img, np.array([[px0, py0], [0.45, 0.35], [f.heart_cx, f.heart_cy - 0.02]]), n, 0.45, 0.01)
     if view == "AP":  # scapulae projected over the lungs, portable technique
         for s in (-1, 1):
-            img += in_lung(_blob(yy, xx, 0.3, 0.5 + s * 0.38, 0.14, 0.06, 1.0)) * 0.06
-    return _finish(img, rng, n)
+            f.img += f.in_lung(_blob(yy, xx, 0.3, 0.5 + s * 0.38, 0.14, 0.06, 1.0)) * 0.06
 
 
 def render_lateral(present: dict[str, float], rng: np.random.Generator, size: int = 128) -> np.ndarray:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .weights import load_state_dict_file as _load_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -141,20 +142,6 @@ def _timm_backbone(name: str, spec: BackboneSpec) -> tuple[nn.Module, int]:
     # with num_classes=0 timm returns pre-logits features: head_hidden_size where a model has a
     # hidden head layer (MobileNetV3, ...), num_features otherwise
     return model, int(getattr(model, "head_hidden_size", None) or model.num_features)
-
-
-def _load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles objects
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ConfigError(f"{path}: not a state dict")
-    return sd
 
 
 @register_backbone("monai-densenet121")

@@ -14,9 +14,24 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from .registry import _load_state_dict_file
 
 SKIP = ("num_batches_tracked",)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file, or a torch file read with ``weights_only=True``
+    (never unpickles objects); a ``{"state_dict": ...}`` wrapper is unwrapped."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles objects
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ConfigError(f"{path}: not a state dict")
+    return sd
 
 
 def _tensors(sd: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
@@ -52,7 +67,7 @@ def convert_weights(src: str | Path, dst: str | Path, arch: str) -> Path:
     if not src.is_file():
         raise ConfigError(f"{src}: weights file not found")
     try:
-        sd = _load_state_dict_file(src)
+        sd = load_state_dict_file(src)
     except (RuntimeError, OSError, ValueError) as e:
         raise ConfigError(f"{src}: not a readable state dict ({str(e).splitlines()[0]})") from None
     out = remap_by_order(sd, arch)
