@@ -77,7 +77,7 @@ class ModelMeta:
         if len(meta.thresholds) != len(meta.classes):
             raise ArtifactError(f"{source}: {len(meta.thresholds)} thresholds for {len(meta.classes)} classes")
         if meta.calibration:
-            from .calibration import check_calibration
+            from .inference.calibration import check_calibration
 
             try:
                 check_calibration(meta.calibration, meta.classes, source)
@@ -142,7 +142,7 @@ def load_meta(path: str | Path) -> ModelMeta:
 def load_preprocessing(path: str | Path) -> Preprocessing:
     d = _model_dir(path)
     if (d / ENSEMBLE_FILE).is_file():
-        from .runtime import read_spec
+        from .inference.runtime import read_spec
 
         return read_spec(d).members[0].preprocessing
     return Preprocessing.from_dict(load_meta(d).preprocessing)
@@ -180,7 +180,7 @@ class LoadedModel:
         """Probabilities, through the model's calibration when it has one."""
         p = torch.sigmoid(self.logits(x)).cpu().numpy()
         if self.meta.calibration:
-            from .calibration import apply_calibration
+            from .inference.calibration import apply_calibration
 
             p = apply_calibration(p, self.meta.calibration).astype(np.float32)
         return p

@@ -71,8 +71,8 @@ def run_demo(out: str | Path, n_studies: int = 600, seed: int = 0, console: Any 
     say("[bold]5/6 category-wise fine-tuning[/bold]")
     cft_dir = _stage_cft(out, ds, model_dir, seed, cft, workers, previous, console, say, stages)
     say("[bold]6/6 predict[/bold] (with the fine-tuned model)")
-    from .ensemble import load_predictor
-    from .predict import run_predict
+    from .inference.ensemble import load_predictor
+    from .inference.predict import run_predict
 
     test_dir = out / "data" / "synthetic-cxr-demo" / ("test" if ds.test_csv else "valid")
     pr = run_predict(load_predictor(cft_dir), [test_dir], out / "predictions.csv", show_progress=False, overwrite=True)
@@ -171,8 +171,8 @@ def _stage_train(out: Path, ds: Any, seed: int, epochs: int | None, console: Any
 
 
 def _stage_evaluate(out: Path, ds: Any, model_dir: Path, say: Any, stages: dict[str, Any]) -> None:
-    from .ensemble import load_predictor
-    from .evaluate import evaluate_table
+    from .inference.ensemble import load_predictor
+    from .inference.evaluate import evaluate_table
 
     model = load_predictor(model_dir)
     with warnings.catch_warnings():

@@ -45,7 +45,7 @@ def test_the_wheel_carries_metadata_entry_points_extras_and_every_module(wheel):
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "cxrkit").rglob("*.py") if "__pycache__" not in p.parts}
     assert modules - names == set()
     assert "cxrkit/py.typed" in names and any(n.endswith("LICENSE") for n in names)
-    assert "cxrkit/resources/finding_codes.csv" in names  # the SR / FHIR code table ships
+    assert "cxrkit/hospital/resources/finding_codes.csv" in names  # the SR / FHIR code table ships
 
 
 def test_every_install_hint_names_packages_of_its_extra():

@@ -24,7 +24,7 @@ from ..artifact import LoadedModel
 from ..data.dataset import FileDataset, default_cache_dir, readable_batches
 from ..data.tables import LabelTable, load_table, resolve_image_paths
 from ..errors import CxrkitError
-from ..inference import run_batches
+from ..inference.engines import run_batches
 from ..utils import sha256_file, staged_dir, update_with_file_stats
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,7 @@ def _eval_targets(fs: FeatureSet) -> np.ndarray:
 
 
 def _probs(fs: FeatureSet, w: np.ndarray, b: np.ndarray, cal: dict[str, Any] | None = None) -> np.ndarray:
-    from ..calibration import apply_calibration
+    from ..inference.calibration import apply_calibration
 
     return apply_calibration(1.0 / (1.0 + np.exp(-fs.logits(w, b).astype(np.float64))), cal)
 
@@ -77,7 +77,7 @@ def _recalibrate(model: LoadedModel, valid: FeatureSet, w: np.ndarray, b: np.nda
     again (same method) on the validation films, and an operating point chosen by target
     (``sensitivity=0.90``) is chosen again on the new probabilities; thresholds otherwise by
     the model's method."""
-    from ..calibration import fit_calibration, operating_points
+    from ..inference.calibration import fit_calibration, operating_points
 
     cal0, op0 = model.meta.calibration, model.meta.operating_point
     cal = None

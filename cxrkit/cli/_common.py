@@ -76,7 +76,7 @@ def _main(
 
 
 def _device(device: str) -> Any:
-    from ..inference import resolve_device
+    from ..inference.engines import resolve_device
 
     return resolve_device(device)
 

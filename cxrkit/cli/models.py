@@ -27,7 +27,7 @@ def ensemble(
     """Combine saved models into one ensemble (weighted mean of probabilities).
 
     Example: cxrkit ensemble runs/a/model runs/b/model --out runs/ens --valid valid.csv"""
-    from ..ensemble import build_ensemble
+    from ..inference.ensemble import build_ensemble
 
     w = [float(x) for x in weights.split(",")] if weights else None
     cl = [c.strip() for c in classes.split(",")] if classes else None
@@ -68,12 +68,12 @@ def export(
 
     Examples: cxrkit export runs/ens --onnx --deploy challenge/build/model;
     cxrkit export runs/demo/model --bundle bundles/demo"""
-    from ..export import deployment_copy, export_int8, export_model
+    from ..inference.export import deployment_copy, export_int8, export_model
 
     if not onnx and (deploy or int8):
         raise CxrkitError("--deploy and --int8 need --onnx")
     if bundle is not None:
-        from ..bundle import export_bundle
+        from ..leaderboard.bundle import export_bundle
 
         res = export_bundle(model, bundle, overwrite=overwrite, dataset_dir=dataset_dir,
                             dicom_filter=None if no_filter else "default", license_file=license_file)
@@ -88,7 +88,7 @@ def export(
     if calibration_method not in ("percentile", "minmax", "entropy"):
         raise CxrkitError(f"--calibration-method must be percentile, minmax or entropy (got {calibration_method!r})")
     if deploy:  # refuse a bad target before any work
-        from ..runtime import read_spec
+        from ..inference.runtime import read_spec
         from ..utils import check_output_dir
 
         spec = read_spec(model)
@@ -98,7 +98,7 @@ def export(
         console.print(f"wrote {f} (max |onnxruntime - torch| = {d:.2e})" if d is not None else f"wrote {f}")
     if int8:
         q = export_int8(model, calibration, calibration_split, images_root, calibration_images, calibration_method)
-        from ..export import INT8_TOLERANCE
+        from ..inference.export import INT8_TOLERANCE
 
         for f, d, c in zip(q["files"], q["max_prob_diff"], q["calibration"]):
             note = "" if d <= INT8_TOLERANCE else f"; above {INT8_TOLERANCE}, so --precision auto keeps fp32"

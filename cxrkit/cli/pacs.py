@@ -17,7 +17,7 @@ def _check_node_outputs(fhir: bool, codes: Path | None) -> None:
     if fhir:
         require("fhir", "--fhir")
     if codes is not None:
-        from ..codes import check_code_file
+        from ..hospital.codes import check_code_file
 
         check_code_file(codes)
 
@@ -43,9 +43,9 @@ def pacs_listen(
     complete, write the rows and a DICOM SR per study, and optionally send the SR back.
 
     Example: cxrkit pacs listen runs/nih_hires/model --spool /var/spool/cxrkit --allow-ae PACS --send-to PACS@pacs.local:104"""
-    from ..ensemble import load_predictor
-    from ..pacs import Listener, ListenerConfig, parse_target
-    from ..runtime import DicomFilter
+    from ..inference.ensemble import load_predictor
+    from ..hospital.pacs import Listener, ListenerConfig, parse_target
+    from ..inference.runtime import DicomFilter
 
     if send_to:
         parse_target(send_to)  # checked before the model is loaded
@@ -84,8 +84,8 @@ def pacs_pull(
     Example: CXRKIT_DICOMWEB_TOKEN=... cxrkit pacs pull runs/nih_hires/model --dicomweb https://pacs/dicom-web --spool spool --since 2026-11-01 --stow"""
     import re
 
-    from ..ensemble import load_predictor
-    from ..pacs import DicomWeb, pull
+    from ..inference.ensemble import load_predictor
+    from ..hospital.pacs import DicomWeb, pull
 
     DicomWeb(dicomweb)  # the URL is checked before the model is loaded
     if since and not re.fullmatch(r"\d{4}-?\d{2}-?\d{2}", since):
@@ -114,7 +114,7 @@ def pacs_status(
     Example: cxrkit pacs status --spool /var/spool/cxrkit"""
     import json as _json
 
-    from ..pacs import status
+    from ..hospital.pacs import status
 
     st = status(spool)
     if json_out:

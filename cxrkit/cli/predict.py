@@ -51,9 +51,9 @@ def predict(
 
     Example: cxrkit predict runs/nih_hires/model /mnt/pacs-export --out preds.csv --study max --sr sr/ --fhir fhir/"""
     from ..data.images import set_limits
-    from ..ensemble import load_predictor
-    from ..predict import PredictOptions, run_predict
-    from ..runtime import DicomFilter
+    from ..inference.ensemble import load_predictor
+    from ..inference.predict import PredictOptions, run_predict
+    from ..inference.runtime import DicomFilter
 
     opts = PredictOptions(  # checked once, before the model is loaded or any image read
         batch_size=batch_size, workers=workers, tta=tta, images_root=images_root, resume=resume, overwrite=overwrite,
@@ -92,8 +92,8 @@ def predict(
         msg += f"; FHIR: {res['fhir']}"
     console.print(msg)
     if explain_dir is not None:
-        from ..explain import explain as run_explain
-        from ..predict import read_rows
+        from ..inference.explain import explain as run_explain
+        from ..inference.predict import read_rows
 
         rows, probs = read_rows(out, pred.classes)
         calls = {r["path"]: [c for c in pred.classes if r.get(f"call:{c}") == "1"] for r in rows}
@@ -115,7 +115,7 @@ def _check_predict_outputs(model: Path, out: Path, sr: Path | None, explain_dir:
     if fhir is not None:
         require("fhir", "--fhir")
     if codes is not None:
-        from ..codes import check_code_file
+        from ..hospital.codes import check_code_file
 
         check_code_file(codes)
     if explain_dir is not None:
@@ -142,8 +142,8 @@ def explain(
     model saw it (PNG, probability in the title), a contact sheet per image, explain.csv.
 
     Example: cxrkit explain runs/nih_hires/model film.png --out maps --labels Cardiomegaly,Effusion"""
-    from ..explain import METHODS
-    from ..explain import explain as run_explain
+    from ..inference.explain import METHODS
+    from ..inference.explain import explain as run_explain
 
     if method not in METHODS:
         raise CxrkitError(f"--method must be one of {', '.join(METHODS)} (got {method!r})")

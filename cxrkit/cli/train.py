@@ -125,8 +125,8 @@ def evaluate(
 
     Example: cxrkit evaluate runs/nih_hires/model ../shared/data/nih_hires/labels.csv --split valid --json eval.json"""
     from ..data.corrupt import parse_corruption
-    from ..ensemble import load_predictor
-    from ..evaluate import evaluate_table
+    from ..inference.ensemble import load_predictor
+    from ..inference.evaluate import evaluate_table
     from ..utils import write_json
 
     corruptions = [parse_corruption(c, corrupt_seed) for c in corrupt or []]  # checked before any work
@@ -163,7 +163,7 @@ def evaluate(
         write_json(json_out, summary)
         console.print(f"wrote {json_out}")
         if reliability is not None:
-            from ..calibration import plot_reliability
+            from ..inference.calibration import plot_reliability
 
             png = json_out.with_name(json_out.stem + ".reliability.png")
             t, p = reliability
@@ -208,7 +208,7 @@ def calibrate(
     bundle, the container and the PACS node all apply it.
 
     Example: cxrkit calibrate runs/nih_hires/model ../shared/data/nih_hires/labels.csv --split valid --method platt --operating-point sensitivity=0.90 --out runs/nih_hires/model-cal"""
-    from ..calibrate import run_calibrate
+    from ..inference.calibrate import run_calibrate
 
     r = run_calibrate(model, table, out, method=method, operating_point=operating_point, split=split,
                       images_root=images_root, format=format, holdout=holdout, seed=seed, uncertain=uncertain,

@@ -148,7 +148,7 @@ class TrainConfig:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
         if self.train.threshold_method not in ("f1", "youden"):
             raise ConfigError("train.threshold_method must be 'f1' or 'youden'")
-        from ..inference import PRECISIONS
+        from ..inference.engines import PRECISIONS
 
         if self.train.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)} (got {self.train.precision!r})")

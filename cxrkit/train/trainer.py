@@ -35,7 +35,7 @@ from ..data.dataset import EpochSampler, ImageDataset, ImageSet, load_images, sa
 from ..data.preprocess import Preprocessing
 from ..data.tables import LabelTable, load_table, resolve_image_paths, summarize as summarize_table
 from ..errors import ConfigError, CxrkitError
-from ..inference import autocast, resolve_device, resolve_precision, run_batches
+from ..inference.engines import autocast, resolve_device, resolve_precision, run_batches
 from ..labels import UncertaintyPolicy, apply_uncertainty, subsets_for
 from ..losses import build_loss
 from ..metrics import best_thresholds, summarize as summarize_metrics

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.augment import TTAView, apply_tta
+from ..data.augment import TTAView, apply_tta
 from . import runtime
-from .utils import progress
+from ..utils import progress
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -20,7 +20,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError("device 'cuda' requested but no CUDA GPU is available")
     return dev
@@ -44,7 +44,7 @@ def resolve_precision(requested: str | bool, device: torch.device) -> tuple[str,
     if requested is False or requested == "fp32":
         return "fp32", "asked for"
     if requested not in PRECISIONS:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)} (got {requested!r})")
     if device.type == "cuda":
@@ -55,7 +55,7 @@ def resolve_precision(requested: str | bool, device: torch.device) -> tuple[str,
     if device.type != "cpu":
         return "fp32", f"{device.type}: mixed precision not used"
     if requested == "fp16":
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError("precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
     if requested == "bf16":

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .codes import FHIR_SYSTEMS
-from .errors import CxrkitError, FailureReason
+from ..errors import CxrkitError, FailureReason
 from .sr import (ReportResult, calibration_text, device_uid, model_serial, operating_point_text, quiet_dicom_libraries,
                  valid_uid)
 
@@ -150,13 +150,13 @@ def write_study_fhir(out_csv: str | Path, fhir_dir: str | Path, predictor: Any,
     try:
         import fhir.resources  # noqa: F401
     except ImportError:
-        from .extras import install_hint
+        from ..extras import install_hint
 
         raise CxrkitError(f"FHIR output needs fhir.resources: {install_hint('fhir')}") from None
     from .codes import codes_for
     from .dicom_out import clean_reference, read_source
-    from .utils import CSV_ENCODING
-    from .utils import atomic_write
+    from ..utils import CSV_ENCODING
+    from ..utils import atomic_write
 
     fhir_dir = Path(fhir_dir)
     fhir_dir.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from .data.tables import load_table
-from .errors import CxrkitError
-from .labels import subsets_for
-from .metrics import summarize
+from ..data.tables import load_table
+from ..errors import CxrkitError
+from ..labels import subsets_for
+from ..metrics import summarize
 from .predict import Failure, predict_paths, table_items
 from .runtime import aggregate_studies
 
@@ -29,7 +29,7 @@ def evaluate_table(model: Any, table_path: str | Path, images_root: str | Path |
     has. Uncertain labels are scored by ``uncertain`` (default: ignored). With ``study``
     (max / mean / view-weighted) images are aggregated per study first (labels: the maximum
     over the study's images, unknown only if unknown everywhere)."""
-    from .train.trainer import eval_targets, select_split
+    from ..train.trainer import eval_targets, select_split
 
     table = load_table(table_path, format=format)
     if split:

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .data.preprocess import Preprocessing
-from .errors import ArtifactError, CxrkitError, ImageReadError
+from .. import __version__
+from ..data.preprocess import Preprocessing
+from ..errors import ArtifactError, CxrkitError, ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ except ImportError:  # pragma: no cover - MONAI is a hard dependency
 
 def _filter(spec: Mapping[str, Any] | None | str) -> Any:
     """``"default"``: predict's chest-radiograph filter; ``None``: off; a dict: DicomFilter fields."""
-    from .runtime import DicomFilter
+    from ..inference.runtime import DicomFilter
 
     if spec is None:
         return DicomFilter(enabled=False)
@@ -98,7 +98,7 @@ class LoadFilmd(MapTransform):  # type: ignore[misc,valid-type]
         self.dicom_filter = _filter(dicom_filter)
 
     def read(self, path: str | Path) -> np.ndarray:
-        from .runtime import read_films
+        from ..inference.runtime import read_films
 
         return read_films(path, [self.pre], self.dicom_filter)[0]  # what predict reads for this model
 
@@ -170,7 +170,7 @@ class PredictionSaver(CSVSaver):  # type: ignore[misc,valid-type]
     def finalize(self) -> None:
         import csv
 
-        from .utils import atomic_write
+        from ..utils import atomic_write
 
         with atomic_write(self._filepath) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f, delimiter=self.delimiter)
@@ -194,8 +194,8 @@ class EnsembleNet(nn.Module):
                  columns: Sequence[Sequence[int]], calibrations: Sequence[Mapping[str, Any] | None] | None = None,
                  calibration: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        from .errors import ConfigError
-        from .models import build_model
+        from ..errors import ConfigError
+        from ..models import build_model
 
         if not members or not len(members) == len(weights) == len(columns):
             raise ConfigError(f"EnsembleNet: {len(members)} members, {len(weights)} weights, {len(columns)} columns")
@@ -211,7 +211,7 @@ class EnsembleNet(nn.Module):
         self.calibration = dict(calibration) if calibration else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .calibration import apply_calibration_torch
+        from ..inference.calibration import apply_calibration_torch
 
         p: torch.Tensor | None = None
         for i, (m, w) in enumerate(zip(self.members, self.weights)):
@@ -246,7 +246,7 @@ def film_list(dataset_dir: str | Path, key: str = "image") -> list[dict[str, str
     """The bundle's datalist: every film under ``dataset_dir`` (or the one file), found as
     ``cxrkit predict`` finds them (PNG / JPEG / BMP / TIFF / DICOM by suffix or preamble,
     recursive, links followed once), sorted by path."""
-    from .predict import collect_inputs
+    from ..inference.predict import collect_inputs
 
     p = Path(str(dataset_dir))
     problem = "" if p.exists() else f"dataset_dir {p}: no such file or folder (run with --dataset_dir FOLDER)"
@@ -518,9 +518,9 @@ def export_bundle(path: str | Path, out: str | Path, overwrite: bool = False, da
 
     import torch
 
-    from .artifact import load_model
-    from .runtime import DicomFilter, read_spec
-    from .utils import check_output_dir, mark_output, staged_dir
+    from ..artifact import load_model
+    from ..inference.runtime import DicomFilter, read_spec
+    from ..utils import check_output_dir, mark_output, staged_dir
 
     spec = read_spec(path)
     if len(spec.preprocessings) > 1:
@@ -568,7 +568,7 @@ def _ensemble_network(spec: Any) -> tuple[Any, Preprocessing, EnsembleNet, dict[
     import hashlib
     from types import SimpleNamespace
 
-    from .artifact import load_model
+    from ..artifact import load_model
 
     loaded = [load_model(m.path) for m in spec.members]
     members = [{"cfg": _model_cfg(lm.meta.model), "num_classes": len(lm.meta.classes)} for lm in loaded]

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .dicom_out import UID_RE, valid_uid  # noqa: F401  (UID_RE, valid_uid: re-exported)
-from .errors import CxrkitError, FailureReason
+from ..errors import CxrkitError, FailureReason
 
 log = logging.getLogger(__name__)
 
@@ -273,13 +273,13 @@ def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any,
         import highdicom  # noqa: F401
         import pydicom  # noqa: F401
     except ImportError:
-        from .extras import install_hint
+        from ..extras import install_hint
 
         raise CxrkitError(f"DICOM SR output needs highdicom: {install_hint('sr')}") from None
     from .codes import codes_for
     from .dicom_out import clean_reference, read_source
-    from .utils import CSV_ENCODING
-    from .utils import atomic_write
+    from ..utils import CSV_ENCODING
+    from ..utils import atomic_write
 
     sr_dir = Path(sr_dir)
     sr_dir.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .data.augment import TTAView, apply_tta_numpy, tta_views
-from .data.images import dicom_info, is_dicom_file
-from .data.preprocess import Preprocessing
-from .data.tables import normalise_view
-from .errors import ArtifactError, CxrkitError, FailureReason, ImageReadError
+from .. import __version__
+from ..data.augment import TTAView, apply_tta_numpy, tta_views
+from ..data.images import dicom_info, is_dicom_file
+from ..data.preprocess import Preprocessing
+from ..data.tables import normalise_view
+from ..errors import ArtifactError, CxrkitError, FailureReason, ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def read_spec(path: str | Path) -> ModelSpec:
     if p.is_file() and p.name in (MODEL_FILE, ENSEMBLE_FILE):
         p = p.parent
     if not p.exists():
-        from .utils import recover_dir
+        from ..utils import recover_dir
 
         recover_dir(p)  # a swap killed between its two renames
     if not p.exists():
@@ -193,7 +193,7 @@ def read_dicom_film(p: Path, dicom_filter: DicomFilter | None = None, info: dict
     """A DICOM file through the header filter and the full pixel pipeline (modality LUT, VOI
     LUT / window, MONOCHROME1): H x W float32 in [0, 1]. ``info`` (when given) receives the
     identifiers and view as soon as the header is read, so a failure can still name them."""
-    from .data.images import _dcmread, _decode, apply_dicom_pipeline, check_dicom_image
+    from ..data.images import _dcmread, _decode, apply_dicom_pipeline, check_dicom_image
 
     info = {} if info is None else info
     ds = _dcmread(p)
@@ -353,7 +353,7 @@ def onnx_location(member: MemberSpec) -> Path:
     local = member.path / ONNX_FILE
     if local.is_file():
         return local
-    from .utils import cache_root
+    from ..utils import cache_root
 
     sha = member.meta.get("weights_sha256", "") or "unknown"
     return cache_root() / "onnx" / f"{sha[:24]}.onnx"
@@ -429,7 +429,7 @@ class OnnxPredictor(Predictor):
         try:
             import onnxruntime as ort
         except ImportError:
-            from .extras import install_hint
+            from ..extras import install_hint
 
             raise CxrkitError(f"the ONNX engine needs onnxruntime: {install_hint('onnx', ['onnxruntime'])}") from None
         if hasattr(ort, "disable_telemetry_events"):

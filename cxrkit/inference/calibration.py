@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CxrkitError
+from ..errors import CxrkitError
 
 METHODS = ("temperature", "platt", "isotonic")
 EPS = 1e-7
@@ -238,7 +238,7 @@ def plot_reliability(targets: Any, probs_by_name: dict[str, Any], path: Any, tit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .utils import atomic_write
+    from ..utils import atomic_write
 
     fig, (ax, hx) = plt.subplots(2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfectly calibrated")
@@ -302,7 +302,7 @@ def operating_points(targets: Any, probs: Any, classes: Sequence[str], target: s
     the asked specificity; the F1 / Youden optimum), with the sensitivity and specificity it
     reaches and their 95 % Wilson intervals. A class without known positives and negatives
     keeps ``None`` (the caller keeps its old threshold)."""
-    from .metrics import best_thresholds
+    from ..metrics import best_thresholds
 
     kind, value = parse_operating_point(target)
     p = np.asarray(probs, dtype=np.float64)

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
-from .artifact import LoadedModel, load_model
-from .data.augment import TTAView, apply_tta
-from .errors import ArtifactError, CxrkitError
+from .. import __version__
+from ..artifact import LoadedModel, load_model
+from ..data.augment import TTAView, apply_tta
+from ..errors import ArtifactError, CxrkitError
 from .runtime import ENSEMBLE_FILE, ModelSpec, OnnxPredictor, Predictor, read_spec
-from .utils import check_output_dir, mark_output, staged_dir
+from ..utils import check_output_dir, mark_output, staged_dir
 
 FORMAT = "cxrkit-ensemble"
 
@@ -42,7 +42,7 @@ class TorchPredictor(Predictor):
         super().__init__(spec)
         self.device = torch.device(device)
         self.models: list[LoadedModel] = [load_model(m.path, device=self.device) for m in spec.members]
-        from .inference import resolve_precision
+        from .engines import resolve_precision
 
         if precision == "int8":
             raise CxrkitError("int8 runs on the ONNX engine: --engine onnx (after cxrkit export MODEL --onnx --int8)")
@@ -59,7 +59,7 @@ class TorchPredictor(Predictor):
         b = x.shape[0]
         if len(views) > 1:
             x = apply_tta(x, views)
-        from .inference import autocast
+        from .engines import autocast
 
         with autocast(self.device, self.precision):
             p = torch.sigmoid(self.models[i].model(x).float())
@@ -171,9 +171,9 @@ def build_ensemble(models: Sequence[str | Path], out: str | Path, weights: Seque
         }
         (tmp / ENSEMBLE_FILE).write_text(json.dumps(meta, indent=2))
         if valid_table is not None:
-            from .artifact import default_thresholds
+            from ..artifact import default_thresholds
             from .evaluate import evaluate_table
-            from .metrics import best_thresholds
+            from ..metrics import best_thresholds
 
             pred = TorchPredictor(read_spec(tmp))
             with warnings.catch_warnings():

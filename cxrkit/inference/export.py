@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ArtifactError, CxrkitError
+from ..errors import ArtifactError, CxrkitError
 from .runtime import (INT8_FILE, MODEL_FILE, ONNX_FILE, MemberSpec, ModelSpec, int8_location, onnx_location,
                       read_spec)
-from .utils import atomic_write
+from ..utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def is_fresh(member: MemberSpec, f: Path | None = None) -> bool:
 
 def export_member(member: MemberSpec, batch: int = 2) -> Path:
     """Export one model folder's network to ONNX and check it against PyTorch."""
-    from .artifact import load_model
+    from ..artifact import load_model
 
     model = load_model(member.path)
     net = model.model.eval()
@@ -98,7 +98,7 @@ def ensure_onnx(spec: ModelSpec, force: bool = False) -> list[Path]:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        from .extras import install_hint
+        from ..extras import install_hint
 
         raise CxrkitError(f"ONNX export needs onnx, onnxruntime and onnxscript: {install_hint('onnx')}") from None
     out = []
@@ -135,9 +135,9 @@ def calibration_files(member: MemberSpec, table: str | Path | None = None, split
     """Up to ``n`` readable image paths for calibration (a seeded sample, in table order) and
     a description of where they came from. Default source: the validation table the model
     was trained with (its ``train_config``), relative paths resolved from the current folder."""
-    from .data.tables import load_table
+    from ..data.tables import load_table
     from .predict import table_items
-    from .train.trainer import select_split
+    from ..train.trainer import select_split
 
     source = "given"
     if table is None:
@@ -195,7 +195,7 @@ def export_member_int8(member: MemberSpec, files: list[Path], source: dict[str, 
                                               quantize_static)
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
-        from .extras import install_hint
+        from ..extras import install_hint
 
         raise CxrkitError(f"int8 export needs onnx and onnxruntime: {install_hint('onnx', ['onnx', 'onnxruntime'])}") from None
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -292,7 +292,7 @@ def deployment_copy(path: str | Path, out: str | Path, overwrite: bool = False) 
     ``overwrite``), and never when it is or holds the model being exported."""
     import shutil
 
-    from .utils import check_output_dir, mark_output, staged_dir
+    from ..utils import check_output_dir, mark_output, staged_dir
 
     spec = read_spec(path)
     out = check_output_dir(out, "export --deploy", [spec.path, *(m.path for m in spec.members)], overwrite)

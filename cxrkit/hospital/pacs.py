@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CxrkitError
+from ..errors import CxrkitError
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class Node:
         for sub in ("studies", "results", "sr", "tmp"):
             _private_dir(self.spool / sub)
         if dicom_filter is None:  # predict's default: CR / DX chest films, PA / AP / lateral
-            from .runtime import DicomFilter
+            from ..inference.runtime import DicomFilter
 
             dicom_filter = DicomFilter()
         self.filter = dicom_filter
@@ -345,8 +345,8 @@ class Node:
         any object without pixels (SR, KO, PR, ...), and images that ``cxrkit predict``'s DICOM
         filter leaves out (modality, body part, view) by their header. Colour and corrupt
         films are kept and get their failure row when predicted, as in a folder."""
-        from .data.images import dicom_info
-        from .errors import ImageReadError
+        from ..data.images import dicom_info
+        from ..errors import ImageReadError
 
         modality = str(ds.get("Modality", "")).upper()
         if modality == "SR" and str(ds.get("Manufacturer", "")) == "cxrkit":
@@ -363,7 +363,7 @@ class Node:
         return None
 
     def process_study(self, study: str) -> None:
-        from .predict import run_predict
+        from ..inference.predict import run_predict
 
         started_last = self.state.start_study(study)
         key = short(study)
@@ -397,8 +397,8 @@ class Node:
         """The study's failure rows (colour, corrupt, ...) as per-instance events, once each."""
         import csv
 
-        from .predict import failures_path
-        from .utils import CSV_ENCODING
+        from ..inference.predict import failures_path
+        from ..utils import CSV_ENCODING
 
         fp = failures_path(out)
         if not fp.is_file():
@@ -471,7 +471,7 @@ class Listener(Node):
         try:
             import pynetdicom  # noqa: F401
         except ImportError:
-            from .extras import install_hint
+            from ..extras import install_hint
 
             raise CxrkitError(f"the DICOM listener needs pynetdicom: {install_hint('pacs', ['pynetdicom'])}") from None
         cfg.ae_title = _check_ae(cfg.ae_title, "--ae-title")

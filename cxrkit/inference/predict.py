@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
-from .data.tables import LabelTable, load_table, resolve_image_paths
-from .errors import CxrkitError, FailureReason
+from ..data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
+from ..data.tables import LabelTable, load_table, resolve_image_paths
+from ..errors import CxrkitError, FailureReason
 from .runtime import DicomFilter, Predictor, Prepared, aggregate_studies, prepare_file, shard_of
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int =
                   dicom_filter: DicomFilter | None = None, corrupt: Any = None
                   ) -> tuple[np.ndarray, np.ndarray, list[Failure]]:
     """Probabilities of every usable file: (probs n_ok x C, indices into ``paths``, failures)."""
-    from .utils import progress
+    from ..utils import progress
 
     paths = list(paths)
     failures: list[Failure] = []
@@ -408,7 +408,7 @@ def predict_paths(predictor: Predictor, paths: Sequence[Path], batch_size: int =
 # ---------------------------------------------------------------------------------------
 
 
-from .utils import CSV_ENCODING  # noqa: E402  (re-exported: callers import it from here too)
+from ..utils import CSV_ENCODING  # noqa: E402  (re-exported: callers import it from here too)
 
 
 class RowWriter:
@@ -450,7 +450,7 @@ def _complete_rows(path: Path, columns: list[str]) -> list[list[str]]:
     e.g. a kill inside a quoted name) is cut off the file, which is rewritten atomically."""
     import io
 
-    from .utils import atomic_write
+    from ..utils import atomic_write
 
     text = path.read_bytes().decode("utf-8", errors="surrogateescape")
     try:
@@ -558,7 +558,7 @@ def _shard_inputs(inputs: Sequence[str | Path], o: PredictOptions) -> tuple[list
 def _predict_rows(predictor: Predictor, items: list[InputItem], pre_failures: list[Failure], out: Path,
                   fpath: Path, o: PredictOptions) -> dict[str, int]:
     """Predict what is not in the output or failures file yet, streaming rows batch by batch."""
-    from .utils import progress
+    from ..utils import progress
 
     classes, thr = predictor.classes, predictor.thresholds
     columns = (["path", "study", "view", *ID_COLUMNS, "model", "model_version", *classes,
@@ -602,13 +602,13 @@ def _study_documents(predictor: Predictor, out: Path, fpath: Path, o: PredictOpt
     """The per-study documents asked for (DICOM SR, FHIR), their failures added to the run's."""
     result: dict[str, Any] = {}
     if o.sr_dir is not None:
-        from .sr import write_study_reports
+        from ..hospital.sr import write_study_reports
 
         rep = write_study_reports(out, o.sr_dir, predictor, o.codes_file)
         _add_failures(fpath, rep.failures)
         result.update(sr=str(rep), sr_written=rep.written, sr_failed=rep.failed, sr_changed=rep.changed)
     if o.fhir_dir is not None:
-        from .fhir import write_study_fhir
+        from ..hospital.fhir import write_study_fhir
 
         frep = write_study_fhir(out, o.fhir_dir, predictor, o.codes_file)
         _add_failures(fpath, frep.failures)
@@ -640,7 +640,7 @@ def _add_failures(fpath: Path, failures: list[tuple[str, str, str]]) -> None:
 def check_predict_options(tta: str | bool | None = None, study: str | None = None, shard: tuple[int, int] = (0, 1),
                           lateral_weight: float = 0.5, batch_size: int = 16, study_key: str = "auto") -> None:
     """Every option of ``predict`` is checked before any image is read or any file written."""
-    from .data.augment import tta_views
+    from ..data.augment import tta_views
 
     tta_views(tta)
     if study_key not in ("auto", "folder"):
@@ -666,7 +666,7 @@ def read_rows(out: str | Path, classes: Sequence[str]) -> tuple[list[dict[str, s
 def write_studies(out: str | Path, classes: Sequence[str], thresholds: np.ndarray, mode: str,
                   lateral_weight: float = 0.5) -> Path:
     """Per-study rows from the per-image output (all rows, resumed ones included)."""
-    from .utils import atomic_write
+    from ..utils import atomic_write
 
     rows, probs = read_rows(out, classes)
     ids, sp, counts = aggregate_studies(probs, [r["study"] for r in rows], [r["view"] for r in rows], mode,

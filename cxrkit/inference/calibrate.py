@@ -11,7 +11,7 @@ import numpy as np
 
 from .calibration import (METHODS, apply_calibration, calibration_summary, fit_calibration, operating_points,
                           operating_points_at, parse_operating_point, plot_reliability, _f)
-from .errors import CxrkitError
+from ..errors import CxrkitError
 
 
 # ---------------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ def _holdout_masks(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def _report(targets: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    from .metrics import roc_auc
+    from ..metrics import roc_auc
 
     s = calibration_summary(targets, probs, classes)
     auc = roc_auc(targets, probs)
@@ -53,7 +53,7 @@ def run_calibrate(model: str | Any, table: str | Any, out: str | Any, method: st
     from .ensemble import load_predictor
     from .evaluate import evaluate_table
     from .runtime import ENSEMBLE_FILE, MODEL_FILE, read_spec
-    from .utils import check_output_dir, mark_output, staged_dir, write_json
+    from ..utils import check_output_dir, mark_output, staged_dir, write_json
 
     if method not in (*METHODS, "none"):
         raise CxrkitError(f"--method must be one of {', '.join(METHODS)} or none (got {method!r})")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CxrkitError
+from ..errors import CxrkitError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _cam_class(method: str) -> Any:
     try:
         import pytorch_grad_cam as pgc
     except ImportError:
-        from .extras import install_hint
+        from ..extras import install_hint
 
         raise CxrkitError(f"saliency maps need the grad-cam package: {install_hint('explain')}") from None
     table = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM,
@@ -108,7 +108,7 @@ class Explainer:
     """CAMs of one saved model (a model folder, or one member of an ensemble)."""
 
     def __init__(self, model_path: str | Path, method: str = "gradcam", device: str = "cpu") -> None:
-        from .artifact import load_model
+        from ..artifact import load_model
 
         self.loaded = load_model(model_path, device=device)
         self.net = self.loaded.model.eval()
@@ -160,7 +160,7 @@ def _save_png(img: np.ndarray, title: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .utils import atomic_write
+    from ..utils import atomic_write
 
     fig, ax = plt.subplots(figsize=(4, 4.3))
     ax.imshow(img)
@@ -176,9 +176,9 @@ def _dicom_sc(src: Path, rgb: np.ndarray, path: Path, finding: str, prob: float,
     import highdicom as hd
     from pydicom.uid import generate_uid
 
-    from .dicom_out import clean_reference, read_source
-    from .sr import quiet_dicom_libraries
-    from .utils import atomic_write
+    from ..hospital.dicom_out import clean_reference, read_source
+    from ..hospital.sr import quiet_dicom_libraries
+    from ..utils import atomic_write
 
     with quiet_dicom_libraries():
         ref = clean_reference(read_source(src))  # valid values only, however the film was written
@@ -208,9 +208,9 @@ def explain(model_path: str | Path, images: Sequence[str | Path], out: str | Pat
             device: str = "cpu", show_progress: bool = True) -> dict[str, Any]:
     """Write the maps of ``images`` to ``out``; ``labels``: the findings (default: all), or
     ``only_positive``: per image path, the findings to explain (``predict --explain``)."""
-    from .data.demo import contact_sheet
+    from ..data.demo import contact_sheet
     from .runtime import prepare_file
-    from .utils import progress
+    from ..utils import progress
 
     ex = Explainer(model_path, method, device)
     if labels:
@@ -258,7 +258,7 @@ def explain(model_path: str | Path, images: Sequence[str | Path], out: str | Pat
             if dicom_sc and prep.info.get("sop_instance_uid"):
                 _dicom_sc(p, img, d / f"{_slug(name)}.sc.dcm", name, float(probs[c]), ex.loaded.meta.name)
         contact_sheet(sheet, titles, d / "sheet.png", cols=min(4, len(sheet)))
-    from .utils import atomic_write
+    from ..utils import atomic_write
 
     with atomic_write(out / "explain.csv") as tmp:
         with open(tmp, "w", newline="") as f:

@@ -34,14 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CxrkitError
-from .labels import CHEXPERT_COMPETITION_5, CXR_LT_26
+from ..errors import CxrkitError
+from ..labels import CHEXPERT_COMPETITION_5, CXR_LT_26
 
 DEFAULT_MODEL = "/opt/ml/model"
 
 
 def _predictor(model: str | None, threads: int | None) -> Any:
-    from .runtime import OnnxPredictor, read_spec
+    from ..inference.runtime import OnnxPredictor, read_spec
 
     path = model or os.environ.get("CXRKIT_MODEL") or DEFAULT_MODEL
     return OnnxPredictor(read_spec(path), threads=threads, precision="auto")  # int8 where the CPU has the units
@@ -57,7 +57,7 @@ def _resolve(p: str, table_dir: Path) -> Path:
 
 
 def _predict_all(pred: Any, paths: list[Path], args: argparse.Namespace) -> np.ndarray:
-    from .predict import predict_paths
+    from ..inference.predict import predict_paths
 
     probs, idx, failures = predict_paths(pred, paths, batch_size=args.batch_size, workers=args.workers, tta=args.tta,
                                          show_progress=False)
@@ -87,7 +87,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    from .utils import atomic_write
+    from ..utils import atomic_write
 
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
@@ -104,7 +104,7 @@ def chexpert(args: argparse.Namespace) -> None:
         raise CxrkitError(f"{inp}: needs a Path column (CheXpert CodaLab input)")
     paths = [_resolve(r["Path"], inp.parent) for r in rows]
     probs = _predict_all(pred, paths, args)[:, cols]
-    from .runtime import aggregate_studies
+    from ..inference.runtime import aggregate_studies
 
     studies = [_study(r["Path"]) for r in rows]
     ids, sp, _ = aggregate_studies(probs, studies, None, "max")
@@ -181,7 +181,7 @@ def _predict_or_fill(pred: Any, paths: list[Path], args: argparse.Namespace, out
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities for every path; unreadable / missing images get the training prevalence,
     are listed on stderr and in ``OUT/missing.csv``; with ``--strict`` the run fails."""
-    from .predict import predict_paths
+    from ..inference.predict import predict_paths
 
     probs, idx, failures = predict_paths(pred, paths, batch_size=args.batch_size, workers=args.workers,
                                          tta=args.tta, show_progress=False)
@@ -236,7 +236,7 @@ def cxr_lt(args: argparse.Namespace) -> None:
             raise CxrkitError(f"{inp}: --aggregate {agg} needs a study_id column")
         keys = [r["study_id"] if agg == "study" else f"{r.get('study_id', '')}_{r.get('view', r.get('ViewPosition', ''))}"
                 for r in rows]
-        from .runtime import aggregate_studies
+        from ..inference.runtime import aggregate_studies
 
         image_ids, probs, _ = aggregate_studies(probs, keys, None, "max")
     by_id = {i: k for k, i in enumerate(image_ids)}
@@ -263,7 +263,7 @@ def cxr_lt(args: argparse.Namespace) -> None:
 
 def _model_card(pred: Any, args: argparse.Namespace) -> dict[str, str]:
     """code/ of a CXR-LT zip: the model's configs and a card with the cxrkit version."""
-    from . import __version__
+    from .. import __version__
 
     files = {}
     lines = [f"# {pred.name}", "", f"cxrkit {__version__}; model version {pred.version}; "
@@ -308,7 +308,7 @@ def _gc_inputs(root: Path) -> list[Path]:
     sockets are read (value sockets such as age or sex, and non-image files, are ignored);
     image sockets hold ``.mha`` / ``.tif`` files or a DICOM image set of ``<sop_uid>.dcm``
     files; the files may be symlinks (the platform's shim links them in)."""
-    from .data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
+    from ..data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom_file
 
     def is_image_file(f: Path) -> bool:
         return f.suffix.lower() in IMAGE_SUFFIXES | DICOM_SUFFIXES or (f.suffix.lower() != ".json" and is_dicom_file(f))
@@ -449,7 +449,7 @@ def grand_challenge(args: argparse.Namespace) -> None:
         raise CxrkitError(f"{root}: no input images (PNG / JPEG / TIFF / MHA / DICOM)")
     probs = _predict_all(pred, paths, args)
     out.mkdir(parents=True, exist_ok=True)
-    from .utils import write_json
+    from ..utils import write_json
 
     if sockets is not None:  # one job is one case: its images (e.g. a DICOM set) -> the maximum
         case = probs.max(0)

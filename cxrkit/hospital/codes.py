@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import CxrkitError
+from ..errors import CxrkitError
 
 TABLE = Path(__file__).with_name("resources") / "finding_codes.csv"
 PRIVATE_SCHEME = "99CXRKIT"
