@@ -11,23 +11,44 @@ STAGE="$REPO/challenge/build/model"
 IFACE="${2:-${CXRKIT_GC_INTERFACE_FILE:-}}"
 rm -rf "$STAGE" "$REPO/challenge/build/interface"
 mkdir -p "$(dirname "$STAGE")" "$REPO/challenge/build/interface"
+# the interface file and the model are checked and staged first: a mistake is one line, exit 2
+"$(python_bin)" - "$MODEL" "$STAGE" "$IFACE" <<'PY'
+import shutil, sys
+from pathlib import Path
+
+from cxrkit.errors import CxrkitError
+
+src, dst, iface = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+try:
+    if iface:
+        from cxrkit.submit import load_interfaces
+
+        n = len(load_interfaces(iface))
+        print(f"interface {iface}: {n} algorithm interface(s)")
+    if not src.is_dir():
+        raise CxrkitError(f"{src}: model folder not found")
+    onnx_only = not list(src.rglob("model.safetensors"))
+    if onnx_only:  # already a deployment copy
+        shutil.copytree(src, dst)
+    else:
+        from cxrkit.export import deployment_copy
+
+        deployment_copy(src, dst)
+except CxrkitError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+print(f"staged {src} -> {dst}")
+PY
 if [ -n "$IFACE" ]; then
-  "$(python_bin)" -c "import sys; from cxrkit.submit import load_interface; load_interface(sys.argv[1])" "$IFACE"
   cp "$IFACE" "$REPO/challenge/build/interface/interface.json"
   echo "staged interface $IFACE"
 fi
-"$(python_bin)" - "$MODEL" "$STAGE" <<'PY'
-import shutil, sys
-from pathlib import Path
-src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-onnx_only = not list(src.rglob("model.safetensors"))
-if onnx_only:  # already a deployment copy
-    shutil.copytree(src, dst)
-else:
-    from cxrkit.export import deployment_copy
-    deployment_copy(src, dst)
-print(f"staged {src} -> {dst}")
-PY
+if [ "${CXRKIT_STAGE_ONLY:-0}" = 1 ]; then  # tests: stop before the container engine
+  echo "staged only (CXRKIT_STAGE_ONLY=1)"
+  exit 0
+fi
 engine_build "$TAG" "$REPO"
 size=$(engine_size "$TAG")
 echo "built $TAG with $ENGINE: $((size / 1000000)) MB"
+mkdir -p "$REPO/challenge/build"
+printf '{"tag": "%s", "engine": "%s", "bytes": %s}\n' "$TAG" "$ENGINE" "$size" > "$REPO/challenge/build/image-size.json"

@@ -92,6 +92,57 @@ check "grand-challenge socket chest-x-ray-findings.json" "$OUT/gc/chest-x-ray-fi
   && pass "grand-challenge: exactly the interface's outputs" || failed "grand-challenge outputs: $(ls "$OUT/gc")"
 no_warnings "grand-challenge" "$OUT/gc.err"
 
+# --- grand-challenge-forge's current phase format: two algorithm interfaces (film; film + age),
+# the platform picks one per job by its input sockets; each job writes exactly its outputs
+cat > "$OUT/phase.json" <<'JSON'
+{"algorithm": {"title": "cxrkit", "slug": "cxrkit", "url": "https://grand-challenge.org/algorithms/cxrkit/",
+ "algorithm_interfaces": [
+  {"inputs": [{"slug": "chest-x-ray", "kind": "Image", "super_kind": "Image", "relative_path": "images/chest-x-ray"}],
+   "outputs": [{"slug": "chest-x-ray-findings", "kind": "Anything", "super_kind": "File", "relative_path": "chest-x-ray-findings.json"}]},
+  {"inputs": [{"slug": "chest-x-ray", "kind": "Image", "super_kind": "Image", "relative_path": "images/chest-x-ray"},
+              {"slug": "patient-age", "kind": "Integer", "super_kind": "Value", "relative_path": "patient-age.json"}],
+   "outputs": [{"slug": "chest-x-ray-findings", "kind": "Anything", "super_kind": "File", "relative_path": "chest-x-ray-findings.json"},
+               {"slug": "cardiomegaly-likelihood", "kind": "Float", "super_kind": "Value", "relative_path": "cardiomegaly-likelihood.json"}]}]}}
+JSON
+GC1="$OUT/gc1-input"
+mkdir -p "$GC1/images/chest-x-ray"
+cp "$T/gc/input/images/chest-x-ray/case.mha" "$GC1/images/chest-x-ray/case.mha"
+cat > "$GC1/inputs.json" <<'JSON'
+[{"interface": {"slug": "chest-x-ray", "kind": "Image", "super_kind": "Image", "relative_path": "images/chest-x-ray"},
+  "image": {"name": "case.mha"}}]
+JSON
+chmod -R a+rX "$OUT"
+for job in gc1 gc; do  # gc1: film only; gc (above): film + age
+  mkdir -m 777 "$OUT/$job-phase"
+  engine_run "${STRICT[@]}" -e CXRKIT_GC_INTERFACE=/config/phase.json -v "$OUT/phase.json:/config/phase.json:ro" \
+    -v "$OUT/$job-input:/input:ro" -v "$OUT/store:/store:ro" -v "$OUT/$job-phase:/output" "$TAG" 2>"$OUT/$job-phase.err"
+  no_warnings "grand-challenge current format, job $job" "$OUT/$job-phase.err"
+done
+[ "$(ls "$OUT/gc1-phase" | tr '\n' ' ')" = "chest-x-ray-findings.json " ] \
+  && [ "$(ls "$OUT/gc-phase" | sort | tr '\n' ' ')" = "cardiomegaly-likelihood.json chest-x-ray-findings.json " ] \
+  && pass "grand-challenge algorithm_interfaces: each job writes its interface's outputs" \
+  || failed "grand-challenge algorithm_interfaces: $(ls "$OUT/gc1-phase") / $(ls "$OUT/gc-phase")"
+check "grand-challenge algorithm_interfaces, film-only job" "$OUT/gc1-phase/chest-x-ray-findings.json" \
+  "$T/gc/expected/probabilities.json"
+
+# --- the sagemaker-shim replaces the /input directory itself by a symlink
+mkdir -m 777 "$OUT/gc-link"
+engine_run "${STRICT[@]}" --entrypoint "" -e CXRKIT_GC_INTERFACE=/config/phase.json \
+  -v "$OUT/phase.json:/config/phase.json:ro" -v "$OUT/gc1-input:/data/job-1:ro" -v "$OUT/gc-link:/output" "$TAG" \
+  bash -c 'ln -s /data/job-1 /tmp/input && cxrkit-submit gc --input /tmp/input --output /output' 2>"$OUT/gc-link.err"
+check "grand-challenge with a symlinked input directory" "$OUT/gc-link/chest-x-ray-findings.json" \
+  "$T/gc/expected/probabilities.json"
+no_warnings "grand-challenge symlinked input" "$OUT/gc-link.err"
+
+# --- CXR-LT 2026 task 1 (PadChest + NIH): the 30-class header and row order of the sample
+# submission, 16-bit PNG films, a model with the 30 classes mounted read-only
+mkdir -m 777 "$OUT/cxrlt2026"
+engine_run "${STRICT[@]}" -v "$T/cxrlt2026/model:/opt/ml/model:ro" -v "$T/cxrlt2026:/input:ro" \
+  -v "$OUT/cxrlt2026:/output" -w /input "$TAG" cxr-lt test.csv /output --sample-submission sample_task1.csv \
+  --images-root images 2>"$OUT/cxrlt2026.err"
+check "cxr-lt 2026 task 1 submission.csv" "$OUT/cxrlt2026/submission.csv" "$T/cxrlt2026/expected/submission.csv"
+no_warnings "cxr-lt 2026 task 1" "$OUT/cxrlt2026.err"
+
 # --- legacy grand-challenge outputs without an interface; the model mounted read-only
 mkdir -m 777 "$OUT/mounted"
 engine_run "${STRICT[@]}" -v "$T/model:/opt/ml/model:ro" -v "$T/gc/input:/input:ro" -v "$OUT/mounted:/output" "$TAG"

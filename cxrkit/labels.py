@@ -161,6 +161,24 @@ class LabelSpace:
         return self.subsets[name]
 
 
+#: CXR-LT 2026 (ISBI 2026; PadChest + NIH ChestX-ray14), task 1: the 30 known classes, as
+#: the submission header names and orders them (PadChest's own lowercase finding names
+#: beside capitalised merged ones). Source: the task-1 winners' public code
+#: (github.com/hieuphamha19/CXR_LT, Task1_Long_tailed/ensemble_inference.py, "MUST match
+#: training order"); check it against the organisers' sample submission, which
+#: ``cxrkit-submit cxr-lt --sample-submission`` follows whatever it says.
+CXR_LT_2026_TASK1: tuple[str, ...] = (
+    "Normal", "aortic elongation", "cardiomegaly", "pleural effusion", "Nodule", "atelectasis",
+    "pleural thickening", "aortic atheromatosis", "Support Devices", "alveolar pattern", "fracture", "Hernia",
+    "Emphysema", "azygos lobe", "Hydropneumothorax", "Kyphosis", "Mass", "Pneumothorax", "Subcutaneous Emphysema",
+    "pneumoperitoneo", "vascular hilar enlargement", "vertebral degenerative changes", "hyperinflated lung",
+    "interstitial pattern", "central venous catheter", "hypoexpansion", "bronchiectasis", "hemidiaphragm elevation",
+    "sternotomy", "calcified densities",
+)
+#: CXR-LT 2026 task 2: the six unseen (zero-shot) classes (same source, Task2_Zero_shot).
+CXR_LT_2026_TASK2: tuple[str, ...] = ("Scoliosis", "Osteopenia", "Bulla", "Infarction", "Adenopathy", "goiter")
+
+
 LABEL_SPACES: dict[str, LabelSpace] = {}
 
 
@@ -176,6 +194,7 @@ register_label_space(
 register_label_space(LabelSpace("chexpert5", CHEXPERT_COMPETITION_5, {"competition": CHEXPERT_COMPETITION_5}))
 register_label_space(LabelSpace("nih", NIH_14), "nih14", "chestx-ray14")
 register_label_space(LabelSpace("cxr-lt", CXR_LT_26), "cxrlt", "cxr-lt-2023", "mimic-cxr-lt")
+register_label_space(LabelSpace("cxr-lt-2026", CXR_LT_2026_TASK1), "cxrlt2026", "cxr-lt-2026-task1")
 register_label_space(LabelSpace("coco", COCO_80), "coco80", "mscoco")
 
 

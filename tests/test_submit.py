@@ -3,6 +3,7 @@ run of the same is challenge/do_test_run.sh)."""
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -271,3 +272,159 @@ def test_grand_challenge_value_inputs_are_not_images(tmp_path):
         {"interface": {"slug": "cxr", "kind": "DICOM Image Set", "super_kind": "Image", "relative_path": "images/cxr"}},
         {"interface": {"slug": "age", "kind": "Integer", "super_kind": "Value", "relative_path": "age.json"}}]))
     assert [p.name for p in _gc_inputs(d)] == ["1.2.3.4.dcm", "1.2.3.5.dcm"]
+
+
+#: a phase in grand-challenge-forge's current format: two interfaces, chosen per job by its sockets
+PHASE = {"algorithm": {"title": "CXR", "slug": "cxr", "url": "https://grand-challenge.org/algorithms/cxr/",
+                       "algorithm_interfaces": [
+    {"inputs": [{"slug": "chest-x-ray", "kind": "Image", "super_kind": "Image", "relative_path": "images/chest-x-ray"}],
+     "outputs": [{"slug": "chest-x-ray-findings", "kind": "Anything", "super_kind": "File",
+                  "relative_path": "findings.json"}]},
+    {"inputs": [{"slug": "chest-x-ray", "kind": "Image", "super_kind": "Image", "relative_path": "images/chest-x-ray"},
+                {"slug": "patient-age", "kind": "Integer", "super_kind": "Value", "relative_path": "patient-age.json"}],
+     "outputs": [{"slug": "chest-x-ray-findings", "kind": "Anything", "super_kind": "File",
+                  "relative_path": "findings.json"},
+                 {"slug": "cardiomegaly-likelihood", "kind": "Float", "super_kind": "Value",
+                  "relative_path": "cardiomegaly-likelihood.json"}]}]}}
+
+
+def _job(root, with_age):
+    root.mkdir()
+    root = _gc_input(root / "input")
+    if not with_age:
+        (root / "patient-age.json").unlink()
+        (root / "inputs.json").write_text(json.dumps([
+            {"interface": INTERFACE["algorithm"]["inputs"][0], "image": {"name": "case.mha"}}]))
+    return root
+
+
+def test_grand_challenge_current_format_picks_the_jobs_interface(tmp_path, capsys):
+    """A phase written as grand-challenge-forge writes it today (algorithm_interfaces) offers
+    two interfaces; each job writes exactly the outputs of the interface its sockets match
+    (before: "lists no output sockets", every job failed)."""
+    from cxrkit.submit import choose_interface, load_interfaces
+
+    (tmp_path / "phase.json").write_text(json.dumps(PHASE))
+    assert [len(i["outputs"]) for i in load_interfaces(tmp_path / "phase.json")] == [1, 2]
+    for with_age, want in ((False, ["findings.json"]), (True, ["cardiomegaly-likelihood.json", "findings.json"])):
+        root = _job(tmp_path / f"in{int(with_age)}", with_age)
+        out = tmp_path / f"out{int(with_age)}"
+        assert main(["--model", MODEL, "gc", "--input", str(root), "--output", str(out), "--interface",
+                     str(tmp_path / "phase.json")]) == 0
+        assert sorted(p.name for p in out.iterdir()) == want
+    # a job whose sockets match no interface fails, in one line naming them
+    root = _job(tmp_path / "in-ct", False)
+    (root / "inputs.json").write_text(json.dumps([{"interface": {"slug": "ct-image", "kind": "Image",
+                                                                "super_kind": "Image", "relative_path": "images/ct"}}]))
+    capsys.readouterr()
+    assert main(["--model", MODEL, "gc", "--input", str(root), "--output", str(tmp_path / "o3"), "--interface",
+                 str(tmp_path / "phase.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ct-image" in err and "match none" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o3").exists() or not list((tmp_path / "o3").iterdir())
+    # the pack context's phase format, and a whole pack with the phase named
+    pack = {"challenge": {"slug": "c", "url": "u", "archives": [], "phases": [
+        {"slug": "p1", "archive": {"slug": "a", "url": "u"}, "algorithm_interfaces":
+         PHASE["algorithm"]["algorithm_interfaces"], "evaluation_additional_inputs": [],
+         "evaluation_additional_outputs": []}]}}
+    (tmp_path / "pack.json").write_text(json.dumps(pack))
+    assert len(load_interfaces(tmp_path / "pack.json")) == 2
+    (tmp_path / "phase-part.json").write_text(json.dumps(pack["challenge"]["phases"][0]))
+    ifaces = load_interfaces(tmp_path / "phase-part.json")
+    assert choose_interface(ifaces, ["chest-x-ray", "patient-age"])["outputs"][1]["slug"] == "cardiomegaly-likelihood"
+
+
+def test_the_platforms_own_schema_accepts_the_test_phase():
+    """The phase used above is valid under grand-challenge-forge's own context schema (its
+    INTERFACE_SCHEMA / ALGORITHM_TEMPLATE_CONTEXT_SCHEMA, copied from the 2025 source)."""
+    import jsonschema
+
+    socket = {"type": "object", "properties": {"slug": {"type": "string"}, "relative_path": {"type": "string"},
+                                               "kind": {"type": "string"}, "super_kind": {"type": "string"}},
+              "required": ["slug", "relative_path", "kind", "super_kind"]}
+    interface = {"type": "object", "properties": {"inputs": {"type": "array", "items": socket},
+                                                  "outputs": {"type": "array", "items": socket}},
+                 "required": ["inputs", "outputs"]}
+    schema = {"type": "object", "properties": {"algorithm": {"type": "object", "properties": {
+        "title": {"type": "string"}, "slug": {"type": "string"}, "url": {"type": "string"},
+        "algorithm_interfaces": {"type": "array", "items": interface}},
+        "required": ["title", "url", "slug", "algorithm_interfaces"]}}, "required": ["algorithm"]}
+    jsonschema.validate(PHASE, schema)
+
+
+def _build_copy(tmp_path):
+    """challenge/'s scripts in a scratch checkout (the repo's venv linked in), so that staging
+    writes there and not into this checkout's challenge/build."""
+    root = tmp_path / "checkout"
+    (root / "challenge").mkdir(parents=True)
+    for f in (REPO / "challenge").glob("*.sh"):
+        shutil.copy(f, root / "challenge" / f.name)
+    (root / ".venv").symlink_to(Path(sys.prefix))  # the venv running the tests
+    return root
+
+
+def test_do_build_stages_the_model_and_the_phase(trained_model, tmp_path):
+    """The build's steps as the leaderboard guide gives them: the phase file is checked, the
+    model exported to ONNX and staged (the container build itself is challenge/do_test_run.sh's)."""
+    root = _build_copy(tmp_path)
+    (tmp_path / "phase.json").write_text(json.dumps(PHASE))
+    env = dict(os.environ, CXRKIT_STAGE_ONLY="1", CXRKIT_CONTAINER_SH=str(tmp_path / "none.sh"))
+    (tmp_path / "none.sh").write_text("exit 0\n")
+    r = subprocess.run(["bash", str(root / "challenge" / "do_build.sh"), str(trained_model), str(tmp_path / "phase.json")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "2 algorithm interface(s)" in r.stdout
+    staged = root / "challenge" / "build"
+    assert (staged / "model" / "model.onnx").is_file() and (staged / "interface" / "interface.json").is_file()
+    assert not list((staged / "model").rglob("model.safetensors"))
+
+
+def test_do_build_without_onnx_says_what_to_install(trained_model, tmp_path):
+    """After the plain install (pip install -e ., no onnx) the build stopped with a traceback;
+    now one line naming the packages and the extra, exit 2."""
+    root = _build_copy(tmp_path)
+    fake = tmp_path / "no-onnx"
+    (fake / "onnx").mkdir(parents=True)
+    (fake / "onnx" / "__init__.py").write_text("raise ImportError('onnx is not installed')\n")
+    env = dict(os.environ, CXRKIT_STAGE_ONLY="1", PYTHONPATH=str(fake), CXRKIT_CONTAINER_SH=str(tmp_path / "none.sh"))
+    (tmp_path / "none.sh").write_text("exit 0\n")
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.json"))
+    r = subprocess.run(["bash", str(root / "challenge" / "do_build.sh"), str(model)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.strip().startswith("error: ONNX export needs") and '.[onnx]' in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_chexpert_paths_as_codalab_lays_them_out(tmp_path, monkeypatch, capsys):
+    """The real valid.csv paths (CheXpert-v1.0/valid/patient/study/view) found whether the
+    image bundle is mounted as CheXpert-v1.0/ or as valid/ (cl run ... valid:valid), next to
+    the working folder or the CSV; the rule used is reported on stdout (stderr stays empty);
+    a layout that matches nothing says what layout the paths need."""
+    src = sorted((T / "chexpert").rglob("*.png")) + sorted((T / "chexpert").rglob("*.jpg"))
+    assert src
+    rows = []
+    for layout in ("CheXpert-v1.0/valid", "valid"):
+        work = tmp_path / layout.replace("/", "_")
+        for i, f in enumerate(src[:3]):
+            d = work / layout / f"patient0000{i}" / "study1"
+            d.mkdir(parents=True)
+            shutil.copy(f, d / "view1_frontal.png")
+            if layout == "valid":
+                rows.append(f"CheXpert-v1.0/valid/patient0000{i}/study1/view1_frontal.png")
+        (work / "valid_image.csv").write_text("Path\n" + "\n".join(
+            f"CheXpert-v1.0/valid/patient0000{i}/study1/view1_frontal.png" for i in range(3)) + "\n")
+        monkeypatch.chdir(work)
+        capsys.readouterr()
+        assert main(["--model", MODEL, "chexpert", "valid_image.csv", "predictions.csv"]) == 0
+        out = capsys.readouterr()
+        assert out.err == "" and "resolved against the working folder" in out.out
+        assert ("without their first 1 folder(s) (CheXpert-v1.0/)" in out.out) == (layout == "valid")
+        got = list(csv.reader(open(work / "predictions.csv")))
+        assert [r[0] for r in got[1:]] == [f"CheXpert-v1.0/valid/patient0000{i}/study1" for i in range(3)]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.csv").write_text("Path\nCheXpert-v1.0/valid/patient1/study1/view1_frontal.jpg\n")
+    assert main(["--model", MODEL, "chexpert", "bad.csv", "o.csv"]) == 2
+    err = capsys.readouterr().err
+    assert "could not be used" in err and "lay the images out so that CheXpert-v1.0/valid/patient1" in err

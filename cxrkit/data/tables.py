@@ -27,7 +27,7 @@ from ..labels import CHEXPERT_14, COCO_80, CXR_LT_26, NIH_14, head_medium_tail
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("chexpert", "nih", "cxr-lt", "coco", "openimages", "generic")
+FORMATS = ("chexpert", "nih", "cxr-lt", "padchest", "coco", "openimages", "generic")
 
 #: Column names recognised as the id / image path of a generic table, in order of preference.
 GENERIC_ID_COLUMNS = ("Path", "path", "id", "image", "image_id", "ImageID", "Image Index", "dicom_id",
@@ -219,6 +219,8 @@ _VIEW_ALIASES = {
     "LATERAL": "LATERAL", "LAT": "LATERAL", "LL": "LL", "RL": "RL", "LLD": "LL", "RLD": "RL",
     "LEFT LATERAL": "LL", "RIGHT LATERAL": "RL", "LAO": "LAO", "RAO": "RAO", "LPO": "LPO", "RPO": "RPO",
     "XTABLE LATERAL": "LATERAL", "CROSS-TABLE LATERAL": "LATERAL", "SWIMMERS": "SWIMMERS",
+    # PadChest's Projection: L lateral, AP_horizontal a supine AP, COSTAL a rib view (not a chest film)
+    "L": "LATERAL", "AP HORIZONTAL": "AP", "COSTAL": "COSTAL",
 }
 
 
@@ -337,6 +339,94 @@ def read_cxrlt(path: str | Path, df: pd.DataFrame | None = None) -> LabelTable:
         if c in df.columns:
             meta[c] = df[c].astype(str).to_numpy()
     return LabelTable(ids, labels, CXR_LT_26, "cxr-lt", paths=paths, meta=meta, source=path)
+
+
+#: PadChest ``Labels`` entries that are not findings: ``exclude`` marks a film the
+#: annotators excluded (the row is left out), ``suboptimal study`` a technically poor one
+#: (kept, flagged in ``meta["suboptimal"]``)
+PADCHEST_EXCLUDE = "exclude"
+PADCHEST_SUBOPTIMAL = "suboptimal study"
+
+
+def _padchest_labels(value: Any, line: int, path: Path) -> list[str]:
+    """One ``Labels`` cell (a Python list as text: ``['pleural effusion', 'cardiomegaly']``,
+    possibly nested, possibly empty) -> its lowercase findings."""
+    import ast
+
+    if value is None or (isinstance(value, float) and np.isnan(value)) or not str(value).strip():
+        return []
+    try:
+        parsed = ast.literal_eval(str(value).strip())
+    except (ValueError, SyntaxError):
+        raise _err(path, f"line {line}: 'Labels' is not a list of findings ({str(value)[:80]!r})") from None
+
+    def flat(x: Any) -> list[str]:
+        if isinstance(x, (list, tuple)):
+            return [t for y in x for t in flat(y)]
+        if isinstance(x, str):
+            return [x]
+        raise _err(path, f"line {line}: 'Labels' holds {type(x).__name__} {x!r}, not finding names")
+
+    out = []
+    for t in flat(parsed):
+        t = re.sub(r"\s+", " ", t).strip().lower()
+        if t and t not in out:
+            out.append(t)
+    return out
+
+
+def read_padchest(path: str | Path, df: pd.DataFrame | None = None,
+                  classes: str | Path | Sequence[str] | None = None) -> LabelTable:
+    """PadChest's CSV as published (``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv``):
+    ``ImageID``, ``ImageDir`` (the image's folder), ``Projection`` (PA, AP, AP_horizontal, L,
+    COSTAL; mapped to views), ``PatientID``, ``StudyID``, ``MethodLabel`` and ``Labels``, a
+    Python list as text of lowercase findings (``['pleural effusion', 'cardiomegaly']``).
+    Every listed finding is positive, every other class negative (PadChest labels are all
+    known); ``normal`` is a class like the others; rows labelled ``exclude`` are left out
+    (counted in ``extra["excluded"]``), ``suboptimal study`` is a flag, not a class. The
+    classes are every finding of the table, most frequent first, or ``classes`` (a list or
+    a file with one per line, matched case-insensitively: ``Normal`` is ``normal``)."""
+    path = Path(path)
+    df = _read_csv(path, dtype={"ImageID": str, "ImageDir": str}) if df is None else df
+    _require(df, ["ImageID", "Labels"], path, "PadChest")
+    _check_unique(df["ImageID"].astype(str), path, "ImageID")
+    found = [_padchest_labels(v, i + 2, path) for i, v in enumerate(df["Labels"].tolist())]
+    keep = np.array([PADCHEST_EXCLUDE not in f for f in found], dtype=bool)
+    df = df.loc[keep].reset_index(drop=True)
+    found = [f for f, k in zip(found, keep) if k]
+    suboptimal = np.array([PADCHEST_SUBOPTIMAL in f for f in found])
+    found = [[t for t in f if t != PADCHEST_SUBOPTIMAL] for f in found]
+    if isinstance(classes, (str, Path)):
+        classes = [ln.strip() for ln in Path(classes).read_text().splitlines() if ln.strip()]
+    if classes is None:
+        from collections import Counter
+
+        counts = Counter(t for f in found for t in f)
+        names = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    else:
+        names = list(classes)
+    col = {n.strip().lower(): j for j, n in enumerate(names)}
+    labels = np.zeros((len(df), len(names)), dtype=np.float32)
+    for i, f in enumerate(found):
+        for t in f:
+            if t in col:
+                labels[i, col[t]] = 1.0
+    ids = df["ImageID"].astype(str).to_numpy(dtype=object)
+    paths = ids
+    if "ImageDir" in df.columns:
+        d = df["ImageDir"].fillna("").astype(str).str.replace(r"\.0$", "", regex=True)
+        paths = np.array([f"{a}/{b}" if a else b for a, b in zip(d, ids)], dtype=object)
+    meta = pd.DataFrame({
+        "study": df["StudyID"].astype(str).to_numpy() if "StudyID" in df.columns else ids,
+        "patient": df["PatientID"].astype(str).to_numpy() if "PatientID" in df.columns else "",
+        "view": [normalise_view(v) for v in df["Projection"]] if "Projection" in df.columns else "",
+        "suboptimal": suboptimal,
+    })
+    for c in ("MethodLabel", "split"):
+        if c in df.columns:
+            meta["method_label" if c == "MethodLabel" else c] = df[c].astype(str).to_numpy()
+    return LabelTable(ids, labels, tuple(names), "padchest", paths=paths, meta=meta, source=path,
+                      extra={"excluded": int((~keep).sum()), "suboptimal": int(suboptimal.sum())})
 
 
 def read_coco(path: str | Path) -> LabelTable:
@@ -511,6 +601,8 @@ def detect_format(path: str | Path, columns: Sequence[str] | None = None) -> str
         return "generic"  # written by LabelTable.to_csv
     if {"ImageID", "LabelName", "Confidence"} <= cols:
         return "openimages"
+    if {"ImageID", "Labels"} <= cols and ({"Projection", "ImageDir", "MethodLabel", "Localizations"} & cols):
+        return "padchest"
     if "Image Index" in cols and ("Finding Labels" in cols or not any(c in cols for c in NIH_14)):
         return "nih"  # without Finding Labels the NIH reader names the missing column
     if "dicom_id" in cols and sum(c in cols for c in CXR_LT_26) >= 20:
@@ -557,7 +649,8 @@ def load_table(path: str | Path, format: str | None = None, classes: str | Path 
     if format == "coco" or (format is None and path.suffix.lower() == ".json"):
         return read_coco(path)
     df = _read_csv(path, dtype={"ImageID": str, "LabelName": str, "Image Index": str, "dicom_id": str,
-                                "Path": str, "path": str, "Finding Labels": str, "id": str})
+                                "Path": str, "path": str, "Finding Labels": str, "id": str, "ImageDir": str,
+                                "Labels": str})
     df = _canonical_columns(df)
     fmt = format or detect_format(path, list(df.columns))
     log.debug("%s: format %s", path, fmt)
@@ -569,6 +662,8 @@ def load_table(path: str | Path, format: str | None = None, classes: str | Path 
         return read_cxrlt(path, df)
     if fmt == "openimages":
         return read_openimages(path, classes=classes, df=df)
+    if fmt == "padchest":
+        return read_padchest(path, df, classes=classes)
     if isinstance(classes, (str, Path)):
         classes = [ln.strip() for ln in Path(classes).read_text().splitlines() if ln.strip()]
     return read_generic(path, df, classes=classes)

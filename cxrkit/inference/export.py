@@ -95,12 +95,9 @@ def _check(onnx_file: str, net: torch.nn.Module, member: MemberSpec) -> float:
 
 def ensure_onnx(spec: ModelSpec, force: bool = False) -> list[Path]:
     """Export every member that has no up-to-date ONNX file."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        from ..extras import install_hint
+    from ..extras import require
 
-        raise CxrkitError(f"ONNX export needs onnx, onnxruntime and onnxscript: {install_hint('onnx')}") from None
+    require("onnx", "ONNX export")  # onnx, onnxruntime and onnxscript: one line naming the missing ones
     out = []
     for m in spec.members:
         if force or not is_fresh(m):

@@ -56,6 +56,46 @@ def _resolve(p: str, table_dir: Path) -> Path:
     return alt if alt.exists() else q
 
 
+def _rules(p: str, table_dir: Path) -> list[tuple[Path, int]]:
+    """Where a table's relative path may be: (base folder, leading parts dropped), the working
+    folder first, then the table's folder, each with the whole path, then without its first
+    part(s) (``CheXpert-v1.0/valid/...`` found as ``valid/...`` where the bundle is ``valid``)."""
+    n = len(Path(p).parts)
+    return [(base, k) for k in range(n) for base in dict.fromkeys([Path("."), table_dir])]
+
+
+def resolve_table_paths(paths: list[str], table_dir: Path, what: str) -> tuple[list[Path], str]:
+    """Every path of an input table resolved by one rule (see :func:`_rules`), found on its
+    first findable image; returns the paths and the rule in words (none found: where it
+    looked and the layout the paths need)."""
+    if not paths:
+        return [], ""
+    rule = None
+    for p in paths[:50]:
+        if Path(p).is_absolute():
+            continue
+        rule = next(((b, k) for b, k in _rules(p, table_dir) if b.joinpath(*Path(p).parts[k:]).exists()), None)
+        if rule:
+            break
+    if rule is None:
+        if all(Path(p).is_absolute() for p in paths):
+            return [Path(p) for p in paths], "absolute paths"
+        first = paths[0]
+        return [_resolve(p, table_dir) for p in paths], (
+            f"no image found for {first!r} under the working folder ({Path.cwd()}) or the table's folder "
+            f"({table_dir.resolve()}), whole or without leading folders: lay the images out so that {first} "
+            f"exists under one of them (e.g. mount the image bundle as {Path(first).parts[0]}/)")
+    base, k = rule
+    out = []
+    for p in paths:
+        q = Path(p)
+        cand = q if q.is_absolute() else base.joinpath(*q.parts[k:])
+        out.append(cand if cand.exists() else _resolve(p, table_dir))
+    where = "the working folder" if base == Path(".") else f"the table's folder ({table_dir})"
+    dropped = f", without their first {k} folder(s) ({'/'.join(Path(paths[0]).parts[:k])}/)" if k else ""
+    return out, f"image paths resolved against {where}{dropped}"
+
+
 def _predict_all(pred: Any, paths: list[Path], args: argparse.Namespace) -> np.ndarray:
     from ..inference.predict import predict_paths
 
@@ -102,7 +142,13 @@ def chexpert(args: argparse.Namespace) -> None:
     rows = _read_rows(inp)
     if "Path" not in rows[0]:
         raise CxrkitError(f"{inp}: needs a Path column (CheXpert CodaLab input)")
-    paths = [_resolve(r["Path"], inp.parent) for r in rows]
+    paths, how = resolve_table_paths([r["Path"] for r in rows], inp.parent, str(inp))
+    if how.startswith("no image found"):
+        try:
+            _predict_all(pred, paths, args)
+        except CxrkitError as e:
+            raise CxrkitError(f"{e}; {how}") from None
+    print(how)  # stdout: CodaLab keeps it; stderr stays empty on a good run
     probs = _predict_all(pred, paths, args)[:, cols]
     from ..inference.runtime import aggregate_studies
 
@@ -147,7 +193,13 @@ def map_classes(wanted: list[str], available: list[str], what: str) -> list[int]
         index.setdefault(class_key(c), i)
     missing = [w for w in wanted if class_key(w) not in index]
     if missing:
-        raise CxrkitError(f"the model cannot produce {len(missing)} class(es) {what} asks for: {', '.join(missing)}")
+        from ..labels import CXR_LT_2026_TASK2
+
+        unseen = {class_key(c) for c in CXR_LT_2026_TASK2}
+        why = (" (unseen classes of a zero-shot task: cxrkit has no zero-shot model yet)"
+               if all(class_key(m) in unseen for m in missing) else "")
+        raise CxrkitError(f"the model cannot produce {len(missing)} class(es) {what} asks for: "
+                          f"{', '.join(missing)}{why}")
     return [index[class_key(w)] for w in wanted]
 
 
@@ -224,7 +276,8 @@ def cxr_lt(args: argparse.Namespace) -> None:
         raise CxrkitError(f"{inp}: needs an id ({id_name}) and/or a path column")
     if path_col is None:
         path_col = id_col
-    paths = [_resolve(r[path_col], inp.parent) for r in rows]
+    root = Path(args.images_root) if getattr(args, "images_root", None) else inp.parent
+    paths = [_resolve(r[path_col], root) for r in rows]
     image_ids = [r[id_col] if id_col else Path(r[path_col]).stem for r in rows]
     probs, ok = _predict_or_fill(pred, paths, args, out)
     fill = _prevalence(pred, probs, ok)[cols]
@@ -359,14 +412,7 @@ def _gc_inputs(root: Path) -> list[Path]:
 RESERVED_SLUGS = {"results-json-file", "results"}  # results.json is the platform's own
 
 
-def load_interface(path: str | Path) -> list[dict[str, Any]]:
-    """The output sockets of a phase: a JSON or YAML file holding a list of sockets, or
-    ``{"outputs": [...]}``, ``{"algorithm": {"outputs": [...]}}`` (grand-challenge-forge's
-    algorithm context) or ``{"algorithm_outputs": [...]}`` (a phase of its pack context).
-    Each socket: ``slug``, ``kind``, ``relative_path`` and optionally ``cxrkit``: what to write
-    (``{"write": "probabilities"}``, ``{"write": "probability", "finding": "Cardiomegaly"}``,
-    ``{"write": "call", "finding": ...}``, ``{"write": "positive"}``, ``{"write": "report"}``)."""
-    p = Path(path)
+def _read_phase_file(p: Path) -> Any:
     if not p.is_file():
         raise CxrkitError(f"{p}: interface file not found")
     try:
@@ -374,24 +420,105 @@ def load_interface(path: str | Path) -> list[dict[str, Any]]:
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+            return yaml.safe_load(text)
+        return json.loads(text)
     except Exception as e:
         raise CxrkitError(f"{p}: interface file is not valid JSON / YAML ({str(e).splitlines()[0]})") from None
-    if isinstance(data, dict):
-        data = (data.get("outputs") or data.get("algorithm_outputs")
-                or (data.get("algorithm") or {}).get("outputs") or [])
-    if not isinstance(data, list) or not data:
+
+
+def _interfaces_of(data: Any, p: Path) -> list[dict[str, Any]]:
+    """The interfaces a phase file describes, each ``{"inputs": [...] or None, "outputs": [...]}``
+    (``inputs`` None: the format does not say, so any job matches)."""
+    if isinstance(data, list):
+        return [{"inputs": None, "outputs": data}]
+    if not isinstance(data, dict):
+        return []
+    if isinstance(data.get("challenge"), dict):  # a whole pack context: one of its phases
+        phases = [ph for ph in data["challenge"].get("phases") or [] if isinstance(ph, dict)]
+        want = os.environ.get("CXRKIT_GC_PHASE")
+        chosen = [ph for ph in phases if not want or ph.get("slug") == want]
+        if len(chosen) != 1:
+            names = ", ".join(str(ph.get("slug")) for ph in phases)
+            raise CxrkitError(f"{p}: a challenge pack with phases {names or 'none'}; set CXRKIT_GC_PHASE to one of them"
+                              if not want else f"{p}: no phase {want!r} (phases: {names})")
+        data = chosen[0]
+    alg = data.get("algorithm") if isinstance(data.get("algorithm"), dict) else data
+    listed = alg.get("algorithm_interfaces") or data.get("algorithm_interfaces")
+    if listed:  # grand-challenge-forge >= 0.7: a phase / algorithm offers one or more interfaces
+        return [{"inputs": list(i.get("inputs") or []), "outputs": list(i.get("outputs") or [])}
+                for i in listed if isinstance(i, dict)]
+    outputs = alg.get("outputs") or alg.get("algorithm_outputs") or data.get("algorithm_outputs") or []
+    inputs = alg.get("inputs") or alg.get("algorithm_inputs") or data.get("algorithm_inputs")
+    return [{"inputs": list(inputs) if inputs else None, "outputs": list(outputs)}] if outputs else []
+
+
+def load_interfaces(path: str | Path) -> list[dict[str, Any]]:
+    """A phase's algorithm interfaces (checked): grand-challenge-forge's current format,
+    ``{"algorithm": {"algorithm_interfaces": [{"inputs": [...], "outputs": [...]}, ...]}}`` or a
+    pack phase's ``"algorithm_interfaces"`` (a whole pack: the phase ``$CXRKIT_GC_PHASE``), and
+    the older ones: a list of output sockets, ``{"outputs": [...]}``, ``{"algorithm":
+    {"inputs": [...], "outputs": [...]}}``, ``{"algorithm_outputs": [...]}``. Each output
+    socket: ``slug``, ``kind``, ``relative_path`` and optionally ``cxrkit``: what to write
+    (``{"write": "probabilities"}``, ``{"write": "probability", "finding": "Cardiomegaly"}``,
+    ``{"write": "call", "finding": ...}``, ``{"write": "positive"}``, ``{"write": "report"}``)."""
+    p = Path(path)
+    ifaces = _interfaces_of(_read_phase_file(p), p)
+    if not ifaces or not any(i["outputs"] for i in ifaces):
         raise CxrkitError(f"{p}: lists no output sockets")
-    for s in data:
-        if not isinstance(s, dict) or not s.get("relative_path"):
-            raise CxrkitError(f"{p}: every output socket needs a relative_path ({s!r})")
-        if not _inside(str(s["relative_path"])):
-            raise CxrkitError(f"{p}: output relative_path {s['relative_path']!r} leaves /output")
-        if s.get("slug") in RESERVED_SLUGS or str(s["relative_path"]) == "results.json":
-            raise CxrkitError(f"{p}: results.json is reserved by grand-challenge; choose another socket")
-    return data
+    for i in ifaces:
+        for s in i["outputs"]:
+            if not isinstance(s, dict) or not s.get("relative_path"):
+                raise CxrkitError(f"{p}: every output socket needs a relative_path ({s!r})")
+            if not _inside(str(s["relative_path"])):
+                raise CxrkitError(f"{p}: output relative_path {s['relative_path']!r} leaves /output")
+            if s.get("slug") in RESERVED_SLUGS or str(s["relative_path"]) == "results.json":
+                raise CxrkitError(f"{p}: results.json is reserved by grand-challenge; choose another socket")
+        for s in i["inputs"] or []:
+            if not isinstance(s, dict) or not s.get("slug"):
+                raise CxrkitError(f"{p}: every input socket needs a slug ({s!r})")
+    return ifaces
+
+
+def load_interface(path: str | Path) -> list[dict[str, Any]]:
+    """The output sockets of a phase with one interface (see :func:`load_interfaces`)."""
+    ifaces = load_interfaces(path)
+    if len(ifaces) > 1:
+        raise CxrkitError(f"{path}: the phase has {len(ifaces)} interfaces; the job's inputs choose one "
+                          "(load_interfaces / choose_interface)")
+    return ifaces[0]["outputs"]
+
+
+def job_sockets(root: Path) -> list[str] | None:
+    """The slugs of the job's input sockets (``/input/inputs.json``), or None without it."""
+    listing = root / "inputs.json"
+    if not listing.is_file():
+        return None
+    try:
+        entries = json.loads(listing.read_text())
+    except json.JSONDecodeError as e:
+        raise CxrkitError(f"{listing}: not valid JSON ({e})") from None
+    entries = entries if isinstance(entries, list) else [entries]
+    return sorted({str((e.get("interface") or {}).get("slug")) for e in entries
+                   if isinstance(e, dict) and (e.get("interface") or {}).get("slug")})
+
+
+def choose_interface(ifaces: list[dict[str, Any]], job: list[str] | None) -> dict[str, Any]:
+    """The interface whose input sockets are the job's (as the platform chose it); a format
+    that lists no inputs matches any job. None matching: one line, the job fails."""
+    if job is not None:
+        for i in ifaces:
+            if i["inputs"] is not None and sorted({str(s["slug"]) for s in i["inputs"]}) == job:
+                return i
+    wild = [i for i in ifaces if i["inputs"] is None]
+    if wild:
+        return wild[0]
+    if job is None:
+        if len(ifaces) == 1:
+            return ifaces[0]
+        raise CxrkitError(f"no /input/inputs.json to choose among the phase's {len(ifaces)} interfaces")
+    offered = "; ".join(", ".join(sorted(str(s["slug"]) for s in i["inputs"])) for i in ifaces)
+    raise CxrkitError(f"the job's input sockets ({', '.join(job) or 'none'}) match none of the phase's "
+                      f"{len(ifaces)} interface(s) ({offered})")
 
 
 def socket_value(socket: dict[str, Any], classes: list[str], probs: np.ndarray, thresholds: np.ndarray,
@@ -440,10 +567,12 @@ def _interface_path(args: argparse.Namespace) -> str | None:
 def grand_challenge(args: argparse.Namespace) -> None:
     root, out = Path(args.input), Path(args.output)
     iface = _interface_path(args)
-    sockets = load_interface(iface) if iface else None  # checked before the model is loaded
-    pred = _predictor(args.model, args.threads)
+    ifaces = load_interfaces(iface) if iface else None  # checked before the model is loaded
     if not root.is_dir():
         raise CxrkitError(f"{root}: input folder not found")
+    # the interface of this job: the one whose inputs are the job's sockets
+    sockets = choose_interface(ifaces, job_sockets(root))["outputs"] if ifaces else None
+    pred = _predictor(args.model, args.threads)
     paths = _gc_inputs(root)
     if not paths:
         raise CxrkitError(f"{root}: no input images (PNG / JPEG / TIFF / MHA / DICOM)")
@@ -491,6 +620,8 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--aggregate", choices=["image", "study", "study-view"], default="image",
                    help="one row per image (default), per study or per study and view (max over images)")
     x.add_argument("--csv-only", action="store_true", help="submission.zip holds only submission.csv (no code/)")
+    x.add_argument("--images-root", default=None,
+                   help="folder the table's image paths / ids are relative to (default: the table's folder)")
     x.add_argument("--strict", action="store_true", help="fail when an image is missing instead of filling its row")
     g = sub.add_parser("gc", help="grand-challenge: /input -> /output")
     g.add_argument("--input", default="/input")
