@@ -29,6 +29,31 @@ from pathlib import Path
 import numpy as np
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def _engines() -> list[tuple[str, str]]:
+    out = [("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8")]
+    try:
+        import openvino  # noqa: F401
+
+        out += [("openvino", "fp32"), ("openvino", "bf16")]
+    except ImportError:
+        print("(openvino not installed: pip install -e \".[openvino]\" for its rows)")
+    return out
+
+
+ENGINES = _engines()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -79,10 +104,11 @@ def main() -> None:
         workers = [int(w) for w in str(args.workers).split(",")]
         from cxrkit.export import export_member_int8
         from cxrkit.inference import cpu_has_bf16
-        from cxrkit.runtime import cpu_int8_units
+        from cxrkit.runtime import cpu_int8_units, cpu_vendor
 
         spec = read_spec(model_dir)
         export_member_int8(spec.members[0], files[:32], {"table": "benchmark inputs", "images": min(32, len(files))})
+        print(f"CPU: {cpu_name()} ({len(__import__('os').sched_getaffinity(0))} cores), vendor {cpu_vendor()}")
         print(f"{args.images} inputs ({', '.join(p.name for p in src)}), model {args.backbone if not args.model else model_dir} "
               f"at {args.size} px, batch {args.batch}, {torch.get_num_threads()} threads; CPU bf16 units: "
               f"{cpu_has_bf16()}, int8 units (VNNI / AMX): {cpu_int8_units()}")
@@ -94,7 +120,7 @@ def main() -> None:
         cores = len(__import__("os").sched_getaffinity(0))
         print(f"read + decode + preprocess alone: {decode_ms:.1f} ms per image on one core")
         rows = []
-        for engine, prec in (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8")):
+        for engine, prec in ENGINES:
             pred = load_predictor(model_dir, engine=engine, precision=prec)
             pre = pred.preprocessings[0]
             h, w = pre.hw
@@ -124,8 +150,8 @@ def main() -> None:
                   + f" {best / alone:16.0%} {ceiling:11.0%}")
         print(f"(CPU ceiling: end to end / alone if decoding ran perfectly in parallel on {cores} cores that the "
               "model alone already saturates)")
-        base = rows[0][1]
-        print("model alone vs PyTorch fp32: " + ", ".join(f"{name} {alone / base:.2f}x" for name, alone, _ in rows))
+        base = next(alone for name, alone, _ in rows if name == "onnx fp32")
+        print("model alone vs onnxruntime fp32: " + ", ".join(f"{name} {alone / base:.2f}x" for name, alone, _ in rows))
         if args.auc_model:
             from cxrkit.evaluate import evaluate_table
             from cxrkit.export import export_int8, int8_is_fresh
@@ -134,7 +160,7 @@ def main() -> None:
             if not all(int8_is_fresh(m) for m in aspec.members):
                 export_int8(args.auc_model)
             res = {}
-            for engine, prec in (("onnx", "fp32"), ("torch", "bf16"), ("onnx", "int8")):
+            for engine, prec in [e for e in ENGINES if e != ("torch", "fp32")]:
                 s = evaluate_table(load_predictor(args.auc_model, engine=engine, precision=prec), args.auc_table,
                                    split="valid", show_progress=False, return_scores=True)
                 res[f"{engine} {prec}"] = s

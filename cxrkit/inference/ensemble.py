@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
 import shutil
 import warnings
@@ -68,7 +69,7 @@ class TorchPredictor(Predictor):
         return p.cpu().numpy()
 
 
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = ("auto", "torch", "onnx", "openvino")
 
 
 def choose_engine(spec: ModelSpec, device: str | torch.device = "cpu") -> str:
@@ -77,13 +78,33 @@ def choose_engine(spec: ModelSpec, device: str | torch.device = "cpu") -> str:
     (1.3x PyTorch eager here, docs/results.md), else PyTorch. Nothing is exported implicitly."""
     if torch.device(device).type != "cpu":
         return "torch"
+    from .export import is_fresh
+
+    fresh = all(is_fresh(m) for m in spec.members)
+    if fresh and _openvino_preferred():
+        return "openvino"
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return "torch"
-    from .export import is_fresh
+    return "onnx" if fresh else "torch"
 
-    return "onnx" if all(is_fresh(m) for m in spec.members) else "torch"
+
+def _openvino_preferred() -> bool:
+    """OpenVINO installed and an Intel CPU (its kernels are Intel's; on AMD onnxruntime is
+    kept). ``CXRKIT_ENGINE=onnx`` / ``openvino`` overrides."""
+    from .runtime import cpu_vendor
+
+    env = os.environ.get("CXRKIT_ENGINE", "").strip().lower()
+    if env in ("onnx", "openvino", "torch"):
+        return env == "openvino"
+    if cpu_vendor() != "GenuineIntel":
+        return False
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def load_predictor(path: str | Path, engine: str = "torch", device: str | torch.device = "cpu",
@@ -104,6 +125,14 @@ def load_predictor(path: str | Path, engine: str = "torch", device: str | torch.
     if engine == "torch":
         return TorchPredictor(spec, device, precision=precision)
     from .export import ensure_onnx
+
+    if engine == "openvino":
+        from .runtime import OpenVinoPredictor
+
+        if precision == "int8":
+            raise CxrkitError("int8 runs on the ONNX engine (--engine onnx); OpenVINO runs fp32 or bf16")
+        ensure_onnx(spec)
+        return OpenVinoPredictor(read_spec(path), threads=threads, precision=precision)
 
     if precision == "bf16":
         raise CxrkitError("bf16 runs on the torch engine (--engine torch); ONNX runs fp32 or int8")

@@ -465,6 +465,83 @@ class OnnxPredictor(Predictor):
         return probs
 
 
+def cpu_vendor() -> str:
+    """``GenuineIntel`` / ``AuthenticAMD`` / ... from /proc/cpuinfo (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_bf16_units() -> bool:
+    """AMX-BF16 or AVX-512 BF16: bf16 matrix products run natively."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def choose_openvino_precision(precision: str = "auto") -> str:
+    """``bf16`` where the CPU has bf16 units (AMX / AVX-512 BF16), ``fp32`` otherwise;
+    ``fp32`` / ``bf16`` as asked (also ``CXRKIT_PRECISION``)."""
+    if precision not in ("auto", "fp32", "bf16", "int8"):
+        raise CxrkitError(f"OpenVINO precision must be auto, fp32 or bf16 (got {precision!r})")
+    if precision == "int8":
+        raise CxrkitError("int8 runs on the ONNX engine (--engine onnx after cxrkit export MODEL --onnx --int8); "
+                          "the OpenVINO engine runs fp32 or bf16")
+    if precision != "auto":
+        return precision
+    env = os.environ.get("CXRKIT_PRECISION", "").strip().lower()
+    if env in ("fp32", "bf16"):
+        return env
+    return "bf16" if cpu_bf16_units() else "fp32"
+
+
+class OpenVinoPredictor(Predictor):
+    """Members' ONNX exports compiled by OpenVINO for the CPU (optional: ``pip install
+    openvino``, or ``pip install -e ".[openvino]"``). ``precision`` bf16 (the default where
+    the CPU has AMX / AVX-512 BF16: OpenVINO's own default there) or fp32; TTA views go
+    through the network in one batch, as on the ONNX engine."""
+
+    def __init__(self, spec: ModelSpec, threads: int | None = None, precision: str = "auto") -> None:
+        super().__init__(spec)
+        self.precision = choose_openvino_precision(precision)
+        try:
+            import openvino as ov
+        except ImportError:
+            from ..extras import install_hint
+
+            raise CxrkitError(f"the OpenVINO engine needs openvino: {install_hint('openvino')}") from None
+        core = ov.Core()
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+                                  "PERFORMANCE_HINT": "THROUGHPUT"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = []
+        for m in spec.members:
+            f = onnx_location(m)
+            if not f.is_file():
+                raise ArtifactError(f"{m.path}: no {f.name}; run `cxrkit export {spec.path} --onnx` first")
+            try:
+                model = core.read_model(str(f))
+                self.compiled.append(core.compile_model(model, "CPU", config))
+            except Exception as e:  # OpenVINO raises its own types for foreign / corrupt files
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ArtifactError(f"{f}: OpenVINO cannot compile this ONNX file ({msg[:200]})") from None
+
+    def member_probs(self, i: int, x: Any, views: Sequence[TTAView]) -> np.ndarray:
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        b = x.shape[0]
+        if len(views) > 1:
+            x = np.ascontiguousarray(apply_tta_numpy(x, views))
+        out = self.compiled[i]([x])[self.compiled[i].output(0)]
+        probs = _sigmoid(np.asarray(out))
+        if len(views) > 1:
+            probs = probs.reshape(len(views), b, -1).mean(0)
+        return probs
+
+
 def aggregate_studies(probs: np.ndarray, studies: Sequence[str], views: Sequence[str] | None = None,
                       mode: str = "max", lateral_weight: float = 0.5) -> tuple[list[str], np.ndarray, list[int]]:
     """One row per study: ``max`` over its images (CheXpert's rule), ``mean``, or
