@@ -489,8 +489,19 @@ def _set_precision(run: _Run) -> None:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         run.net = DDP(model, device_ids=[run.dist.local_rank] if device.type == "cuda" else None)
-    run.precision, why = resolve_precision(cfg.train.precision if cfg.train.amp else "fp32", device)
+    requested = cfg.train.precision if cfg.train.amp else "fp32"
+    run.precision, why = resolve_precision(requested, device)
     channels_last = cfg.train.channels_last
+    if requested in ("auto", True) and device.type == "cpu" and run.precision == "bf16" and not run.dist.enabled:
+        # bf16 units are no guarantee: time this network both ways on a batch of this size
+        from ..inference.engines import fastest_cpu_precision
+
+        pre = run.pre
+        h, w = pre.hw
+        x = torch.randn(min(cfg.train.batch_size, len(run.train.rows)) or 1, pre.channels, h, w)
+        run.precision, measured_cl, why = fastest_cpu_precision(model, x)
+        if channels_last is None:
+            channels_last = measured_cl
     if channels_last is None:
         channels_last = run.precision != "fp32"
     if run.main:
