@@ -19,6 +19,7 @@ DICOM pixel pipeline, in this order (SPEC section 2):
 from __future__ import annotations
 
 import contextlib
+import os
 import logging
 import warnings
 from dataclasses import asdict, dataclass
@@ -170,11 +171,50 @@ def is_dicom_file(path: str | Path) -> bool:
         return False
 
 
-def read_image(path: str | Path, intensity: str = "auto") -> np.ndarray:
+#: JPEG files are decoded inside libjpeg-turbo at a reduced (M/8) scale when the caller gives
+#: the size it needs (``min_hw``) and the result keeps at least REDUCED_MARGIN times the model's
+#: input (simplejpeg; libjpeg-turbo scales by M/8; measured: docs/results.md). CXRKIT_JPEG_SCALED=0
+#: decodes at full size.
+REDUCED_MARGIN = 4.0
+
+
+def reduced_decode_enabled() -> bool:
+    if os.environ.get("CXRKIT_JPEG_SCALED", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _decode_jpeg_scaled(buf: np.ndarray, p: Path, min_hw: tuple[int, int]) -> np.ndarray | None:
+    """A JPEG decoded at the smallest libjpeg-turbo scale (M/8) that keeps it at least
+    ``min_hw``; grey stays 2-D, colour is BGR (as OpenCV decodes it). None: not possible here
+    (no simplejpeg, not a baseline / progressive 8-bit JPEG libjpeg-turbo reads, full size
+    needed anyway), and the caller decodes as before."""
+    import simplejpeg
+
+    data = buf.tobytes()
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if h < 2 * min_hw[0] or w < 2 * min_hw[1]:
+            return None  # no reduction would keep the margin: full decode as before
+        grey = str(colorspace).lower() == "gray"
+        arr = simplejpeg.decode_jpeg(data, colorspace="GRAY" if grey else "BGR", min_height=int(min_hw[0]),
+                                     min_width=int(min_hw[1]))
+    except (ValueError, RuntimeError):
+        return None
+    return arr[:, :, 0] if grey and arr.ndim == 3 else arr
+
+
+def read_image(path: str | Path, intensity: str = "auto", min_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Read any supported image as a 2-D float32 array in [0, 1].
 
     ``intensity``: ``auto`` (8-bit / 255; 16-bit by its estimated bit depth; DICOM by its
-    VOI window) or ``minmax`` (stretch every image to its own min..max).
+    VOI window) or ``minmax`` (stretch every image to its own min..max). ``min_hw``: the
+    smallest size the caller needs; a JPEG may then be decoded at a reduced scale that keeps
+    at least it (:data:`REDUCED_MARGIN` times the model's size, see ``Preprocessing``).
     """
     p = Path(path)
     if not p.exists():
@@ -188,29 +228,30 @@ def read_image(path: str | Path, intensity: str = "auto") -> np.ndarray:
         return img
     if p.suffix.lower() in METAIMAGE_SUFFIXES:
         return read_metaimage(p, intensity=intensity)
-    return read_raster(p, intensity=intensity)
+    return read_raster(p, intensity=intensity, min_hw=min_hw)
 
 
-def read_image_rgb(path: str | Path, intensity: str = "auto") -> np.ndarray:
+def read_image_rgb(path: str | Path, intensity: str = "auto", min_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Any supported image as H x W x 3 float32 RGB in [0, 1]: colour rasters keep their
     colour; grey images, DICOM and MetaImage are repeated over the three channels."""
     p = Path(path)
     if p.suffix.lower() in METAIMAGE_SUFFIXES or is_dicom_file(p) or not p.exists() or p.is_dir():
         return np.repeat(read_image(p, intensity)[..., None], 3, axis=2)
-    arr = _decode_raster(p)
+    arr = _decode_raster(p, min_hw)
     if arr.ndim == 3 and arr.shape[2] >= 3:
         return check_content(_scale_raster(cv2.cvtColor(arr[:, :, :3], cv2.COLOR_BGR2RGB), p, intensity), p)
     return np.repeat(check_content(_scale_raster(_raster_grey(arr, p), p, intensity), p)[..., None], 3, axis=2)
 
 
-def read_raster(path: str | Path, intensity: str = "auto") -> np.ndarray:
+def read_raster(path: str | Path, intensity: str = "auto", min_hw: tuple[int, int] | None = None) -> np.ndarray:
     """PNG / JPEG / BMP / TIFF, 8 or 16 bit, grey, grey+alpha, RGB or RGBA -> grey [0, 1]."""
     p = Path(path)
-    return check_content(_scale_raster(_raster_grey(_decode_raster(p), p), p, intensity), p)
+    return check_content(_scale_raster(_raster_grey(_decode_raster(p, min_hw), p), p, intensity), p)
 
 
-def _decode_raster(p: Path) -> np.ndarray:
-    """The file's pixels as OpenCV decodes them (BGR order, any depth), or a typed error."""
+def _decode_raster(p: Path, min_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """The file's pixels as OpenCV decodes them (BGR order, any depth), or a typed error; a
+    JPEG at a reduced scale when ``min_hw`` allows it (:func:`_decode_jpeg_scaled`)."""
     try:
         buf = np.fromfile(p, dtype=np.uint8)
     except OSError as e:
@@ -218,6 +259,10 @@ def _decode_raster(p: Path) -> np.ndarray:
     if buf.size == 0:
         raise ImageReadError(p, FailureReason.EMPTY, "file is empty (0 bytes)")
     _raster_header_size(p)
+    if min_hw and buf[:2].tobytes() == b"\xff\xd8" and reduced_decode_enabled():
+        small = _decode_jpeg_scaled(buf, p, min_hw)
+        if small is not None:
+            return small
     with _quiet_stderr():  # OpenCV prints libpng / libjpeg warnings straight to file descriptor 2
         arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if arr is None:

@@ -122,6 +122,25 @@ class Preprocessing:
             return read_image_rgb(path, intensity=self.intensity)
         return read_image(path, intensity=self.intensity)
 
+    @property
+    def decode_hw(self) -> tuple[int, int]:
+        """The smallest decoded size this input may be read at: ``REDUCED_MARGIN`` times the
+        model's size (both sides for a centre crop, which keeps the shorter one)."""
+        from .images import REDUCED_MARGIN
+
+        h, w = self.hw
+        need = (int(np.ceil(h * REDUCED_MARGIN)), int(np.ceil(w * REDUCED_MARGIN)))
+        return (max(need), max(need)) if self.resize == "center-crop" else need
+
+    def read_for_model(self, path: str | Path, need: tuple[int, int] | None = None) -> np.ndarray:
+        """Read for this model's input: like :meth:`read`, but a large JPEG may be decoded at
+        a reduced (M/8) scale inside libjpeg-turbo, never below ``need`` (default
+        :attr:`decode_hw`: the resize that follows then sees nearly the same image)."""
+        need = need or self.decode_hw
+        if self.colour == "rgb":
+            return read_image_rgb(path, intensity=self.intensity, min_hw=need)
+        return read_image(path, intensity=self.intensity, min_hw=need)
+
     def load(self, path: str | Path) -> np.ndarray:
         """Read and resize: the [0, 1] float32 image before augmentation / normalisation."""
         return self.resize_image(self.read(path))

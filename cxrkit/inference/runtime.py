@@ -219,12 +219,18 @@ def read_films(path: str | Path, pres: Sequence[Preprocessing], dicom_filter: Di
     if is_dicom_file(p) and p.exists():
         base[("auto", "grey")] = read_dicom_film(p, dicom_filter, info)
     out = []
+    # a JPEG may be decoded at a reduced scale: the largest size any member needs, once
+    # (by intensity only: an RGB member may reuse a grey member's decode)
+    need: dict[str, tuple[int, int]] = {}
+    for pre in pres:
+        need[pre.intensity] = tuple(max(a, b) for a, b in zip(need.get(pre.intensity, (0, 0)),  # type: ignore
+                                                                pre.decode_hw))
     for pre in pres:
         key = (pre.intensity, pre.colour)
         if key not in base:
             grey = base.get((pre.intensity, "grey"))
             base[key] = (np.repeat(grey[..., None], 3, axis=2) if pre.colour == "rgb" and grey is not None
-                         else pre.read(p))
+                         else pre.read_for_model(p, need[pre.intensity]))
         out.append(base[key])
     return out
 
