@@ -521,3 +521,39 @@ def test_a_late_instance_sends_a_new_version_only_when_the_result_changes(traine
     assert len(_rows(spool, study)) == 3
     nu = {(e["kind"], e["reason"]): e["count"] for e in status(spool)["not_used"]}
     assert nu == {("ignored", "not_chest_radiograph"): 1}
+
+
+def test_backpressure_refuses_what_it_cannot_keep(trained_model, films, tmp_path, monkeypatch):
+    """With --max-backlog N the SCP answers 0xA700 (out of resources) once N received instances
+    wait to be predicted, writes nothing for the refused one (the sender keeps and resends
+    it), shows the backlog in pacs status, and accepts again once the backlog is predicted;
+    --min-free-mb does the same for the spool's free space. Over real DICOM associations."""
+    import shutil as _shutil
+
+    from cxrkit.pacs import Node
+
+    pred = load_predictor(trained_model, engine="torch")
+    port = free_port()
+    spool = tmp_path / "spool"
+    lst = Listener(pred, spool, ListenerConfig(port=port, host="127.0.0.1", idle=3600, poll=0.1, max_backlog=2))
+    lst.start()
+    try:
+        assert c_store(films["a"], port) == [0x0000, 0x0000, 0xA700]  # the third waits for room
+        st = status(spool)
+        assert st["backlog"] == 2 and st["instances"] == {"received": 2}
+        assert [e["reason"] for e in st["not_used"]] == ["backlog_full"]
+        stored = list((spool / "studies").rglob("*.dcm"))
+        assert len(stored) == 2 and not list((spool / "tmp").glob("*"))
+        lst.process_study(films["study_a"])  # the worker catches up
+        assert status(spool)["backlog"] == 0
+        assert c_store(films["a"][2:], port) == [0x0000]  # the resend is accepted
+    finally:
+        lst.stop()
+    # the spool's filesystem: refused while less than --min-free-mb is free
+    node = Node(pred, tmp_path / "spool2", ListenerConfig(min_free_mb=10.0))
+    monkeypatch.setattr(_shutil, "disk_usage", lambda p: _shutil._ntuple_diskusage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))
+    assert node.store(pydicom.dcmread(films["b"][0]), "TESTPACS") == 0xA700
+    assert node.state.summary()["not_used"][0]["reason"] == "disk_full"
+    monkeypatch.undo()
+    assert node.store(pydicom.dcmread(films["b"][0]), "TESTPACS") == 0x0000
+    node.state.close()

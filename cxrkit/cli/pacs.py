@@ -38,6 +38,8 @@ def pacs_listen(
     body_parts: Annotated[Optional[str], typer.Option("--body-parts", help="BodyPartExamined values accepted when present (default CHEST,THORAX,...).")] = None,
     fhir: Annotated[bool, typer.Option("--fhir", help="Also write a FHIR R4 Bundle per study into <spool>/fhir/ (needs fhir.resources).")] = False,
     codes: Annotated[Optional[Path], typer.Option("--codes", help="CSV of your labels' codes for the SR and FHIR (see predict --codes).")] = None,
+    max_backlog: Annotated[int, typer.Option("--max-backlog", min=0, help="Refuse instances (DICOM 'out of resources', the sender retries) while this many received instances wait to be predicted; 0: no cap.")] = 0,
+    min_free_mb: Annotated[float, typer.Option("--min-free-mb", min=0.0, help="Refuse instances while the spool's filesystem has less free space than this (MB); 0: no cap.")] = 0.0,
 ) -> None:
     """Receive CR / DX studies over DICOM (a Storage SCP), predict each study once it is
     complete, write the rows and a DICOM SR per study, and optionally send the SR back.
@@ -58,7 +60,8 @@ def pacs_listen(
     pred = load_predictor(model, engine=engine, device=_device(device))
     cfg = ListenerConfig(ae_title=ae_title, host=host, port=port,
                          allow_ae=tuple(a for a in (allow_ae or "").split(",") if a.strip()), send_to=send_to, idle=idle,
-                         fhir=fhir, codes_file=str(codes) if codes else None)
+                         fhir=fhir, codes_file=str(codes) if codes else None, max_backlog=max_backlog,
+                         min_free_mb=min_free_mb)
     lst = Listener(pred, spool, cfg, dicom_filter=filt)
     console.print(f"cxrkit pacs listen: {cfg.ae_title} on {host}:{port}, spool {spool}; Ctrl-C / SIGTERM stops")
     lst.serve_forever()
@@ -121,6 +124,7 @@ def pacs_status(
         print(_json.dumps(st, indent=1))
         return
     console.print(f"spool {st['spool']}")
+    console.print(f"backlog: {st.get('backlog', 0)} instance(s) received and waiting to be predicted")
     for k in ("instances", "studies", "sends"):
         console.print(f"{k}: " + (", ".join(f"{n} {s}" for s, n in sorted(st[k].items())) or "none"))
     for f in st["failed_studies"]:

@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -137,6 +138,10 @@ class PacsState:
                        "ON CONFLICT(study_uid) DO UPDATE SET last_instance_at = excluded.last_instance_at, "
                        "status = 'open'", (study_uid, now))
 
+    def backlog(self) -> int:
+        """Instances received (durably in the spool) and not yet predicted."""
+        return int(self.query("SELECT COUNT(*) FROM instances WHERE status = 'received'")[0][0])
+
     # studies ----------------------------------------------------------------------------
     def recover(self) -> int:
         """Studies a killed process left ``processing`` are processed again."""
@@ -221,7 +226,8 @@ class PacsState:
         recent = [{"at": _iso(t), "kind": k, "reason": r, "detail": d, "study": short(u) if u else ""}
                   for t, k, r, d, u in self.query("SELECT at, kind, reason, detail, study_uid FROM events "
                                                   "WHERE kind != 'duplicate' ORDER BY id DESC LIMIT 10")]
-        return {"spool": str(self.spool), "instances": counts("instances"), "studies": counts("studies"),
+        return {"spool": str(self.spool), "backlog": self.backlog(),
+                "instances": counts("instances"), "studies": counts("studies"),
                 "sends": counts("sends"), "failed_studies": failed, "unsent": sends, "not_used": events,
                 "recent_not_used": recent}
 
@@ -262,6 +268,9 @@ class ListenerConfig:
     batch_size: int = 16
     fhir: bool = False  # also a FHIR Bundle per study in <spool>/fhir/
     codes_file: str | None = None  # the user's label codes for the SR and FHIR
+    # backpressure: answer "out of resources" (0xA700) instead of accepting what cannot be kept
+    max_backlog: int = 0  # instances received and not yet predicted (0: no cap)
+    min_free_mb: float = 0.0  # free space the spool's filesystem must keep (0: no cap)
 
 
 def _storage_classes() -> list[Any]:
@@ -322,6 +331,12 @@ class Node:
             log.info("instance %s of study %s ignored: %s (%s)", short(sop), short(study), reason, detail)
             self.state.add_event("ignored", reason, detail, study, sop)
             return 0x0000
+        full = self._over_capacity()
+        if full is not None:  # refused before anything is written: the sender keeps it and retries
+            reason, detail = full
+            log.warning("instance %s of study %s refused: %s", short(sop), short(study), detail)
+            self.state.add_event("refused", reason, detail, study, sop)
+            return 0xA700  # Refused: Out of Resources
         folder = _private_dir(self.spool / "studies" / study_key(study))
         target = folder / f"{hashlib.sha256(sop.encode()).hexdigest()[:32]}.dcm"
         tmp = self.spool / "tmp" / f"{target.name}.{os.getpid()}.{threading.get_ident()}.part"
@@ -339,6 +354,21 @@ class Node:
         self.state.add_instance(sop, study, target, source)
         log.info("stored instance %s of study %s", short(sop), short(study))
         return 0x0000
+
+    def _over_capacity(self) -> tuple[str, str] | None:
+        """(reason, detail) when a cap of the configuration is reached, else None."""
+        cfg = getattr(self, "cfg", None)
+        if cfg is None:
+            return None
+        if cfg.max_backlog:
+            n = self.state.backlog()
+            if n >= cfg.max_backlog:
+                return "backlog_full", f"{n} instance(s) wait to be predicted (--max-backlog {cfg.max_backlog})"
+        if cfg.min_free_mb:
+            free = shutil.disk_usage(self.spool).free / 1e6
+            if free < cfg.min_free_mb:
+                return "disk_full", f"{free:.0f} MB free in the spool (--min-free-mb {cfg.min_free_mb:g})"
+        return None
 
     def _not_a_film(self, ds: Any) -> tuple[str, str] | None:
         """(reason, detail) for an instance that is not kept, or None: cxrkit's own report,
