@@ -549,6 +549,15 @@ def test_backpressure_refuses_what_it_cannot_keep(trained_model, films, tmp_path
         assert c_store(films["a"][2:], port) == [0x0000]  # the resend is accepted
     finally:
         lst.stop()
+    # the audit log: who sent what when, what was refused and reported; no patient data
+    text = (spool / "audit.jsonl").read_text()
+    lines = [json.loads(ln) for ln in text.splitlines()]
+    assert [x["event"] for x in lines] == ["received", "received", "refused", "reported", "received"]
+    assert lines[2]["reason"] == "backlog_full" and lines[3]["rows"] == 2
+    assert all(x["calling_ae"] == "TESTPACS" and x["address"] == "127.0.0.1" for x in lines if "calling_ae" in x)
+    assert all(len(x["study"]) == 10 for x in lines) and films["study_a"] not in text
+    assert "SECRET" not in text and "PATIENT" not in text
+    assert (spool / "audit.jsonl").stat().st_mode & 0o077 == 0
     # the spool's filesystem: refused while less than --min-free-mb is free
     node = Node(pred, tmp_path / "spool2", ListenerConfig(min_free_mb=10.0))
     monkeypatch.setattr(_shutil, "disk_usage", lambda p: _shutil._ntuple_diskusage(10**9, 10**9 - 5 * 10**6, 5 * 10**6))

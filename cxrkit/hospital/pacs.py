@@ -290,6 +290,7 @@ class Node:
     def __init__(self, predictor: Any, spool: str | Path, cfg: ListenerConfig, dicom_filter: Any = None) -> None:
         self.pred = predictor
         self.cfg = cfg
+        self._audit_lock = threading.Lock()
         if cfg.send_to and not cfg.send_to.startswith("stow:"):
             parse_target(cfg.send_to)
         self.state = PacsState(spool)
@@ -307,7 +308,25 @@ class Node:
         for name in ("pynetdicom", "pydicom"):  # their INFO / DEBUG lines can carry header values
             logging.getLogger(name).setLevel(logging.WARNING)
 
-    def store(self, ds: Any, source: str) -> int:
+    def audit(self, event: str, **fields: Any) -> None:
+        """One line of ``<spool>/audit.jsonl``: who sent which study when, what was refused or
+        reported, what was sent back where (IHE ATNA in spirit). Studies and instances by a
+        hash of their UID, never a header value; appended and flushed line by line."""
+        import json as _json
+
+        rec = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event,
+               **{k: v for k, v in fields.items() if v not in (None, "")}}
+        line = _json.dumps(rec, sort_keys=False) + "\n"
+        with self._audit_lock:
+            with open(self.spool / "audit.jsonl", "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+        try:
+            os.chmod(self.spool / "audit.jsonl", 0o600)
+        except OSError:
+            pass
+
+    def store(self, ds: Any, source: str, address: str = "") -> int:
         """Write one received dataset to the spool and record it; a DIMSE status code."""
         from .sr import valid_uid
 
@@ -320,22 +339,28 @@ class Node:
         if not valid_uid(sop) or not valid_uid(study):
             log.warning("an instance without valid SOP / Study Instance UIDs was refused")
             self.state.add_event("refused", "invalid_uid", "SOP or Study Instance UID is not a valid DICOM UID")
+            self.audit("refused", calling_ae=source, address=address, reason="invalid_uid")
             return 0xA900
         if self.state.has_instance(sop):
             log.info("instance %s of study %s received again; it is processed once", short(sop), short(study))
             self.state.add_event("duplicate", "received_again", "", study, sop)
+            self.audit("duplicate", calling_ae=source, address=address, study=short(study), instance=short(sop))
             return 0x0000
         skip = self._not_a_film(ds)
         if skip is not None:  # answered stored (the PACS must not resend it), not kept
             reason, detail = skip
             log.info("instance %s of study %s ignored: %s (%s)", short(sop), short(study), reason, detail)
             self.state.add_event("ignored", reason, detail, study, sop)
+            self.audit("ignored", calling_ae=source, address=address, study=short(study), instance=short(sop),
+                       reason=reason)
             return 0x0000
         full = self._over_capacity()
         if full is not None:  # refused before anything is written: the sender keeps it and retries
             reason, detail = full
             log.warning("instance %s of study %s refused: %s", short(sop), short(study), detail)
             self.state.add_event("refused", reason, detail, study, sop)
+            self.audit("refused", calling_ae=source, address=address, study=short(study), instance=short(sop),
+                       reason=reason)
             return 0xA700  # Refused: Out of Resources
         folder = _private_dir(self.spool / "studies" / study_key(study))
         target = folder / f"{hashlib.sha256(sop.encode()).hexdigest()[:32]}.dcm"
@@ -350,9 +375,12 @@ class Node:
             log.warning("instance %s could not be written to the spool (%s)", short(sop), type(e).__name__)
             tmp.unlink(missing_ok=True)
             self.state.add_event("refused", "spool_write_failed", type(e).__name__, study, sop)
+            self.audit("refused", calling_ae=source, address=address, study=short(study), instance=short(sop),
+                       reason="spool_write_failed")
             return 0xA700  # out of resources
         self.state.add_instance(sop, study, target, source)
         log.info("stored instance %s of study %s", short(sop), short(study))
+        self.audit("received", calling_ae=source, address=address, study=short(study), instance=short(sop))
         return 0x0000
 
     def _over_capacity(self) -> tuple[str, str] | None:
@@ -419,6 +447,8 @@ class Node:
         changed = res.get("sr_changed") or []
         log.info("study %s: %d row(s), %d failure(s), report %s", key, res["predicted"] + res["already_done"],
                  res["failed"], "written" if changed else "unchanged" if srs else "none")
+        self.audit("reported", study=key, rows=res["predicted"] + res["already_done"], failed=res["failed"],
+                   report="written" if changed else "unchanged" if srs else "none")
         if self.cfg.send_to and changed:  # one current report: the same result is not sent again
             for p in srs:
                 self.state.queue_send(study, p, self.cfg.send_to)
@@ -459,6 +489,7 @@ class Node:
             log.warning("report of study %s not sent to %s (%s); retried with back-off", short(study), where, err)
         else:
             log.info("report of study %s sent to %s", short(study), where)
+        self.audit("send_failed" if err else "sent", study=short(study), target=target, error=err[:200])
         return not err
 
     def _cstore(self, sr_path: str, target: str) -> str:
@@ -515,7 +546,8 @@ class Listener(Node):
         except Exception:  # a dataset pydicom cannot parse
             log.warning("an instance could not be parsed; refused")
             return 0xC000
-        return self.store(ds, str(getattr(event.assoc.requestor, "ae_title", "")).strip())
+        req = event.assoc.requestor
+        return self.store(ds, str(getattr(req, "ae_title", "")).strip(), str(getattr(req, "address", "")))
 
     def start(self) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
