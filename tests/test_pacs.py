@@ -566,3 +566,34 @@ def test_backpressure_refuses_what_it_cannot_keep(trained_model, films, tmp_path
     monkeypatch.undo()
     assert node.store(pydicom.dcmread(films["b"][0]), "TESTPACS") == 0x0000
     node.state.close()
+
+
+def test_allow_peer_pairs_ae_title_and_address(trained_model, films, tmp_path, capsys):
+    """An AE title is no proof: --allow-peer AE@ADDRESS (or a network) lets only those pairs
+    store; the right AE from another address is refused (0x0124, counted, audited)."""
+    from conftest import run_cli_inprocess
+
+    from cxrkit.pacs import parse_peer, peer_allowed
+
+    assert parse_peer("PACS@10.1.2.0/24") == ("PACS", "10.1.2.0/24")
+    assert peer_allowed((("PACS", "10.1.2.0/24"),), "PACS", "10.1.2.77")
+    assert not peer_allowed((("PACS", "10.1.2.0/24"),), "PACS", "10.1.3.1")
+    assert not peer_allowed((("PACS", "10.1.2.0/24"),), "OTHER", "10.1.2.77")
+    assert peer_allowed((), "ANY", "1.2.3.4")
+    r = run_cli_inprocess(capsys, "pacs", "listen", str(trained_model), "--spool", str(tmp_path / "x"),
+                          "--allow-peer", "PACS-at-nowhere")
+    assert r.returncode == 2 and "AE@ADDRESS" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    pred = load_predictor(trained_model, engine="torch")
+    for peers, want in (((("TESTPACS", "127.0.0.2"),), 0x0124), ((("TESTPACS", "127.0.0.0/8"),), 0x0000)):
+        port = free_port()
+        spool = tmp_path / f"spool-{want}"
+        lst = Listener(pred, spool, ListenerConfig(port=port, host="127.0.0.1", idle=3600, allow_peers=peers))
+        lst.start()
+        try:
+            assert c_store(films["a"][:1], port) == [want]
+        finally:
+            lst.stop()
+        if want:
+            assert status(spool)["not_used"][0]["reason"] == "peer_not_allowed"
+            assert not list((spool / "studies").rglob("*.dcm"))
+            assert '"reason": "peer_not_allowed"' in (spool / "audit.jsonl").read_text()

@@ -38,6 +38,7 @@ def pacs_listen(
     body_parts: Annotated[Optional[str], typer.Option("--body-parts", help="BodyPartExamined values accepted when present (default CHEST,THORAX,...).")] = None,
     fhir: Annotated[bool, typer.Option("--fhir", help="Also write a FHIR R4 Bundle per study into <spool>/fhir/ (needs fhir.resources).")] = False,
     codes: Annotated[Optional[Path], typer.Option("--codes", help="CSV of your labels' codes for the SR and FHIR (see predict --codes).")] = None,
+    allow_peer: Annotated[Optional[list[str]], typer.Option("--allow-peer", help="AE@ADDRESS (an IP or a network, e.g. PACS@10.1.2.0/24) allowed to store, repeatable; others are refused (0x0124). An AE title alone is no authentication.")] = None,
     max_backlog: Annotated[int, typer.Option("--max-backlog", min=0, help="Refuse instances (DICOM 'out of resources', the sender retries) while this many received instances wait to be predicted; 0: no cap.")] = 0,
     min_free_mb: Annotated[float, typer.Option("--min-free-mb", min=0.0, help="Refuse instances while the spool's filesystem has less free space than this (MB); 0: no cap.")] = 0.0,
 ) -> None:
@@ -46,11 +47,12 @@ def pacs_listen(
 
     Example: cxrkit pacs listen runs/nih_hires/model --spool /var/spool/cxrkit --allow-ae PACS --send-to PACS@pacs.local:104"""
     from ..inference.ensemble import load_predictor
-    from ..hospital.pacs import Listener, ListenerConfig, parse_target
+    from ..hospital.pacs import Listener, ListenerConfig, parse_peer, parse_target
     from ..inference.runtime import DicomFilter
 
     if send_to:
         parse_target(send_to)  # checked before the model is loaded
+    peers = tuple(parse_peer(p) for p in allow_peer or [])
     from ..extras import require
 
     require("pacs", "cxrkit pacs listen")
@@ -61,7 +63,7 @@ def pacs_listen(
     cfg = ListenerConfig(ae_title=ae_title, host=host, port=port,
                          allow_ae=tuple(a for a in (allow_ae or "").split(",") if a.strip()), send_to=send_to, idle=idle,
                          fhir=fhir, codes_file=str(codes) if codes else None, max_backlog=max_backlog,
-                         min_free_mb=min_free_mb)
+                         min_free_mb=min_free_mb, allow_peers=peers)
     lst = Listener(pred, spool, cfg, dicom_filter=filt)
     console.print(f"cxrkit pacs listen: {cfg.ae_title} on {host}:{port}, spool {spool}; Ctrl-C / SIGTERM stops")
     lst.serve_forever()

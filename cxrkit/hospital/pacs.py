@@ -249,6 +249,33 @@ def parse_target(spec: str) -> tuple[str, str, int]:
     return ae, host, p
 
 
+def parse_peer(spec: str) -> tuple[str, str]:
+    """``AE@ADDRESS`` (an IP address or a network such as ``10.1.2.0/24``) -> (AE, network)."""
+    import ipaddress
+
+    ae, sep, addr = str(spec).rpartition("@")
+    if not sep or not ae or not addr:
+        raise CxrkitError(f"--allow-peer must be AE@ADDRESS, e.g. PACS@10.1.2.3 or PACS@10.1.2.0/24 (got {spec!r})")
+    try:
+        net = str(ipaddress.ip_network(addr.strip(), strict=False))
+    except ValueError:
+        raise CxrkitError(f"--allow-peer {spec!r}: {addr!r} is not an IP address or network") from None
+    return _check_ae(ae, "--allow-peer's AE title"), net
+
+
+def peer_allowed(peers: tuple[tuple[str, str], ...], ae: str, address: str) -> bool:
+    """Whether (calling AE title, address) is one of the allowed pairs (none given: all are)."""
+    import ipaddress
+
+    if not peers:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ae == a and ip in ipaddress.ip_network(net) for a, net in peers)
+
+
 def _check_ae(title: str, what: str) -> str:
     t = title.strip()
     if not t or len(t) > 16 or any(ord(c) < 32 or c == "\\" for c in t):
@@ -270,6 +297,8 @@ class ListenerConfig:
     codes_file: str | None = None  # the user's label codes for the SR and FHIR
     # backpressure: answer "out of resources" (0xA700) instead of accepting what cannot be kept
     max_backlog: int = 0  # instances received and not yet predicted (0: no cap)
+    # (calling AE title, address or network) pairs allowed to store; empty: any peer
+    allow_peers: tuple[tuple[str, str], ...] = ()
     min_free_mb: float = 0.0  # free space the spool's filesystem must keep (0: no cap)
 
 
@@ -547,7 +576,13 @@ class Listener(Node):
             log.warning("an instance could not be parsed; refused")
             return 0xC000
         req = event.assoc.requestor
-        return self.store(ds, str(getattr(req, "ae_title", "")).strip(), str(getattr(req, "address", "")))
+        ae, address = str(getattr(req, "ae_title", "")).strip(), str(getattr(req, "address", ""))
+        if not peer_allowed(self.cfg.allow_peers, ae, address):  # an AE title alone is no proof
+            log.warning("a store from an AE title / address pair not on --allow-peer was refused")
+            self.state.add_event("refused", "peer_not_allowed", f"calling AE {ae} from {address}")
+            self.audit("refused", calling_ae=ae, address=address, reason="peer_not_allowed")
+            return 0x0124  # Refused: Not authorized
+        return self.store(ds, ae, address)
 
     def start(self) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
