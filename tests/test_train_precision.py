@@ -35,12 +35,28 @@ def test_auto_trains_in_the_faster_precision(faster: str, demo_data: Path, tmp_p
     from cxrkit.inference import engines
     from cxrkit.train.trainer import fit
 
+    monkeypatch.setenv("CXRKIT_CACHE_DIR", str(tmp_path / "cache" / "images"))  # a fresh cache
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
-    monkeypatch.setattr(engines, "time_train_steps",
-                        lambda model, x, precision, cl, steps=2: 0.01 if precision == faster else 0.03)
-    fit(tiny_config(demo_data, **{"train.epochs": 1}), tmp_path / "run", show_progress=False)
+    calls = []
+
+    def timed(model, x, precision, cl, steps=2):
+        calls.append(precision)
+        return 0.01 if precision == faster else 0.03
+
+    monkeypatch.setattr(engines, "time_train_steps", timed)
+    cfg = tiny_config(demo_data, **{"train.epochs": 2})
+    fit(cfg, tmp_path / "run", show_progress=False, stop_after_epochs=1)
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"precision {faster} on cpu (measured at start-up" in log and "channels_last=True" in log
+    assert sorted(calls) == ["bf16", "fp32"]
+    # a resumed run keeps the choice (not measured again); another run on this machine reuses it
+    monkeypatch.setattr(engines, "time_train_steps",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured again")))
+    fit(cfg, tmp_path / "run", resume=True, show_progress=False)
+    assert "kept from the run being resumed" in (tmp_path / "run" / "train.log").read_text()
+    fit(tiny_config(demo_data, **{"train.epochs": 1}), tmp_path / "run2", show_progress=False)
+    assert f"precision {faster} on cpu" in (tmp_path / "run2" / "train.log").read_text()
+    assert "measured earlier on this machine" in (tmp_path / "run2" / "train.log").read_text()
 
 
 def test_without_bf16_units_nothing_is_timed(demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

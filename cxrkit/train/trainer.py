@@ -494,12 +494,9 @@ def _set_precision(run: _Run) -> None:
     channels_last = cfg.train.channels_last
     if requested in ("auto", True) and device.type == "cpu" and run.precision == "bf16" and not run.dist.enabled:
         # bf16 units are no guarantee: time this network both ways on a batch of this size
-        from ..inference.engines import fastest_cpu_precision
-
-        pre = run.pre
-        h, w = pre.hw
-        x = torch.randn(min(cfg.train.batch_size, len(run.train.rows)) or 1, pre.channels, h, w)
-        run.precision, measured_cl, why = fastest_cpu_precision(model, x)
+        # (once per network, batch and CPU: remembered in the cache and in the checkpoint, so
+        # that a resumed or repeated run trains in the same precision)
+        run.precision, measured_cl, why = _measured_precision(run, model)
         if channels_last is None:
             channels_last = measured_cl
     if channels_last is None:
@@ -512,6 +509,53 @@ def _set_precision(run: _Run) -> None:
         model.to(memory_format=torch.channels_last)
     run.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and run.precision == "fp16")
     run.subsets = subsets_for(list(run.classes), cfg.label_space)
+
+
+def _measured_precision(run: _Run, model: nn.Module) -> tuple[str, bool, str]:
+    """(precision, channels_last, why) for ``precision: auto`` on a CPU with bf16 units: the
+    resumed run's own choice, else this machine's cached measurement for this network and
+    batch, else a measurement (:func:`cxrkit.inference.engines.fastest_cpu_precision`)."""
+    import hashlib
+    import platform
+
+    from ..inference.engines import fastest_cpu_precision
+    from ..utils import cache_root
+
+    if run.state.get("precision_choice"):
+        p, cl, why = run.state["precision_choice"]
+        return str(p), bool(cl), f"{why}; kept from the run being resumed"
+    cfg, pre = run.cfg, run.pre
+    h, w = pre.hw
+    batch = min(cfg.train.batch_size, len(run.train.rows)) or 1
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    key = hashlib.sha256(json.dumps([cfg.model_config.to_dict(), batch, h, w, pre.channels, cpu,
+                                     torch.__version__, platform.machine()], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:32]
+    cache = cache_root() / "train_precision.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        p, cl, why = known[key]
+        choice = (str(p), bool(cl), f"{why}; measured earlier on this machine")
+    else:
+        x = torch.randn(batch, pre.channels, h, w, generator=torch.Generator().manual_seed(0))
+        choice = fastest_cpu_precision(model, x)
+        known[key] = list(choice)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(cache) as tmp:
+                tmp.write_text(json.dumps(known, indent=1))
+        except OSError:  # a read-only cache only costs a measurement next time
+            pass
+    run.state["precision_choice"] = list(choice)
+    return choice
 
 
 def _train_one_epoch(run: _Run, epoch: int) -> tuple[list[float], float]:
