@@ -22,11 +22,9 @@ Observation and Device are R4's), which validate every element; written to
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ import numpy as np
 from .codes import FHIR_SYSTEMS
 from ..errors import CxrkitError, FailureReason
 from .sr import (ReportResult, calibration_text, device_uid, model_serial, operating_point_text, quiet_dicom_libraries,
-                 valid_uid)
+                 rows_by_study, valid_uid)
 
 log = logging.getLogger(__name__)
 
@@ -155,19 +153,13 @@ def write_study_fhir(out_csv: str | Path, fhir_dir: str | Path, predictor: Any,
         raise CxrkitError(f"FHIR output needs fhir.resources: {install_hint('fhir')}") from None
     from .codes import codes_for
     from .dicom_out import clean_reference, read_source
-    from ..utils import CSV_ENCODING
     from ..utils import atomic_write
 
     fhir_dir = Path(fhir_dir)
     fhir_dir.mkdir(parents=True, exist_ok=True)
     codes = codes_for(list(predictor.classes), codes_file)
     res = ReportResult(folder=str(fhir_dir))
-    by_study: dict[str, list[dict[str, str]]] = defaultdict(list)
-    with open(out_csv, newline="", **CSV_ENCODING) as f:
-        for row in csv.DictReader(f):
-            if row.get("study_instance_uid"):
-                by_study[row["study_instance_uid"]].append(row)
-    for study_uid, rows in by_study.items():
+    for study_uid, rows in rows_by_study(out_csv).items():
         if not valid_uid(study_uid):
             res.failed += 1
             res.failures += [(r["path"], FailureReason.INVALID_UID.value,

@@ -263,6 +263,19 @@ def read_report(path_or_ds: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def rows_by_study(out_csv: str | Path) -> dict[str, list[dict[str, str]]]:
+    """The rows of ``predict``'s CSV grouped by ``study_instance_uid``, in file order (rows
+    without one, e.g. PNG films, are left out): one report per study, for SR and FHIR alike."""
+    from ..utils import CSV_ENCODING
+
+    by_study: dict[str, list[dict[str, str]]] = defaultdict(list)
+    with open(out_csv, newline="", **CSV_ENCODING) as f:
+        for row in csv.DictReader(f):
+            if row.get("study_instance_uid"):
+                by_study[row["study_instance_uid"]].append(row)
+    return by_study
+
+
 def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any,
                         codes_file: str | Path | None = None) -> ReportResult:
     """One TID 1500 report per study of the rows in ``out_csv``; a study whose UID is not a
@@ -278,7 +291,6 @@ def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any,
         raise CxrkitError(f"DICOM SR output needs highdicom: {install_hint('sr')}") from None
     from .codes import codes_for
     from .dicom_out import clean_reference, read_source
-    from ..utils import CSV_ENCODING
     from ..utils import atomic_write
 
     sr_dir = Path(sr_dir)
@@ -286,12 +298,7 @@ def write_study_reports(out_csv: str | Path, sr_dir: str | Path, predictor: Any,
     root_dir = sr_dir.resolve()
     codes = codes_for(list(predictor.classes), codes_file)
     res = ReportResult(folder=str(sr_dir))
-    by_study: dict[str, list[dict[str, str]]] = defaultdict(list)
-    with open(out_csv, newline="", **CSV_ENCODING) as f:
-        for row in csv.DictReader(f):
-            if row.get("study_instance_uid"):
-                by_study[row["study_instance_uid"]].append(row)
-    for study_uid, rows in by_study.items():
+    for study_uid, rows in rows_by_study(out_csv).items():
         target = sr_dir / f"{study_uid}.dcm"
         if not valid_uid(study_uid) or target.resolve().parent != root_dir:
             res.failed += 1
