@@ -23,18 +23,8 @@ from cxrkit.calibration import (apply_calibration, calibration_summary, fit_cali
                                 operating_points_at)
 from cxrkit.ensemble import load_predictor
 from cxrkit.evaluate import evaluate_table
+from cxrkit.inference.runtime import cpu_model_name
 from cxrkit.metrics import roc_auc
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -58,7 +48,7 @@ def main() -> None:
         ev = evaluate_table(pred, a.table, split=a.split, return_scores=True, show_progress=False)
     p, y = ev.pop("_scores").astype(np.float64), ev.pop("_targets").astype(np.float64)
     classes = [c["name"] for c in ev["classes"]]
-    print(f"{a.model} on {a.table} ({a.split}): {len(p)} films, {len(classes)} classes; CPU: {cpu_name()}")
+    print(f"{a.model} on {a.table} ({a.split}): {len(p)} films, {len(classes)} classes; CPU: {cpu_model_name() or platform.processor() or 'unknown CPU'}")
     print(f"halves: fit {1 - a.holdout:.0%} / check {a.holdout:.0%} of the films, seeds {a.seeds}\n")
     seeds = [int(s) for s in a.seeds.split(",")]
     n_pos = np.nansum(y == 1, axis=0)

@@ -21,17 +21,6 @@ import cv2
 import numpy as np
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -46,6 +35,7 @@ def main() -> None:
         images.REDUCED_MARGIN = a.margin
 
     from cxrkit.data.images import read_dicom
+    from cxrkit.inference.runtime import cpu_model_name
     from cxrkit.ensemble import load_predictor
     from cxrkit.predict import predict_paths
 
@@ -72,7 +62,7 @@ def main() -> None:
                              model=cfg.to_dict(), thresholds=[0.5] * 14))
         pred = load_predictor(tmp / "m", engine="torch")
     pre = pred.preprocessings[0]
-    print(f"CPU: {cpu_name()}; model input {pre.hw[0]} x {pre.hw[1]} ({a.model or 'random DenseNet-121'}); "
+    print(f"CPU: {cpu_model_name() or 'unknown CPU'}; model input {pre.hw[0]} x {pre.hw[1]} ({a.model or 'random DenseNet-121'}); "
           f"decode margin {pre.decode_hw[0] / pre.hw[0]:.0f}x")
     print(f"\n{'film':44} {'full ms':>8} {'scaled ms':>10} {'ratio':>6} {'decoded at':>11} {'max |dx|':>9} "
           f"{'max |dp|':>9}")

@@ -29,17 +29,6 @@ from pathlib import Path
 import numpy as np
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def _engines() -> list[tuple[str, str]]:
     out = [("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8")]
     try:
@@ -104,11 +93,11 @@ def main() -> None:
         workers = [int(w) for w in str(args.workers).split(",")]
         from cxrkit.export import export_member_int8
         from cxrkit.inference import cpu_has_bf16
-        from cxrkit.runtime import cpu_int8_units, cpu_vendor
+        from cxrkit.runtime import cpu_int8_units, cpu_model_name, cpu_vendor
 
         spec = read_spec(model_dir)
         export_member_int8(spec.members[0], files[:32], {"table": "benchmark inputs", "images": min(32, len(files))})
-        print(f"CPU: {cpu_name()} ({len(__import__('os').sched_getaffinity(0))} cores), vendor {cpu_vendor()}")
+        print(f"CPU: {cpu_model_name() or 'unknown CPU'} ({len(__import__('os').sched_getaffinity(0))} cores), vendor {cpu_vendor()}")
         print(f"{args.images} inputs ({', '.join(p.name for p in src)}), model {args.backbone if not args.model else model_dir} "
               f"at {args.size} px, batch {args.batch}, {torch.get_num_threads()} threads; CPU bf16 units: "
               f"{cpu_has_bf16()}, int8 units (VNNI / AMX): {cpu_int8_units()}")

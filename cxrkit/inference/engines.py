@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..data.augment import TTAView, apply_tta
-from . import runtime
+from .runtime import cpu_has_bf16  # also cxrkit.inference.cpu_has_bf16
 from ..utils import progress
 
 
@@ -27,11 +27,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def cpu_has_bf16() -> bool:
-    """Hardware bfloat16 matrix units: AMX-BF16 (Sapphire Rapids on) or AVX-512 BF16."""
-    return bool({"amx_bf16", "avx512_bf16"} & runtime.cpu_flags())
 
 
 def resolve_precision(requested: str | bool, device: torch.device) -> tuple[str, str]:

@@ -374,22 +374,43 @@ def int8_location(member: MemberSpec) -> Path:
     return f.with_name(INT8_FILE) if f.name == ONNX_FILE else f.with_suffix(".int8.onnx")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere). Torch-free, for
-    the container; ``cxrkit.inference`` uses it too."""
+def _cpuinfo(field: str) -> str:
+    """The value of the first ``field`` line of Linux ``/proc/cpuinfo`` ("" elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere). Torch-free, for
+    the container; ``cxrkit.inference`` uses it too."""
+    return set(_cpuinfo("flags").split())
+
+
+def cpu_vendor() -> str:
+    """``GenuineIntel`` / ``AuthenticAMD`` / ... from /proc/cpuinfo (empty elsewhere)."""
+    return _cpuinfo("vendor_id")
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, e.g. ``AMD EPYC 9R14`` (empty elsewhere):
+    benchmarks name the CPU behind each figure, training keys its precision cache by it."""
+    return _cpuinfo("model name")
 
 
 def cpu_int8_units() -> bool:
     """AMX-INT8 / AVX-512 VNNI / AVX-VNNI: int8 models beat fp32 on them."""
     return bool({"amx_int8", "avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
+def cpu_has_bf16() -> bool:
+    """Hardware bfloat16 matrix units: AMX-BF16 (Sapphire Rapids on) or AVX-512 BF16."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 def int8_usable(member: MemberSpec) -> bool:
@@ -471,23 +492,6 @@ class OnnxPredictor(Predictor):
         return probs
 
 
-def cpu_vendor() -> str:
-    """``GenuineIntel`` / ``AuthenticAMD`` / ... from /proc/cpuinfo (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def cpu_bf16_units() -> bool:
-    """AMX-BF16 or AVX-512 BF16: bf16 matrix products run natively."""
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
-
-
 def choose_openvino_precision(precision: str = "auto") -> str:
     """``bf16`` where the CPU has bf16 units (AMX / AVX-512 BF16), ``fp32`` otherwise;
     ``fp32`` / ``bf16`` as asked (also ``CXRKIT_PRECISION``)."""
@@ -501,7 +505,7 @@ def choose_openvino_precision(precision: str = "auto") -> str:
     env = os.environ.get("CXRKIT_PRECISION", "").strip().lower()
     if env in ("fp32", "bf16"):
         return env
-    return "bf16" if cpu_bf16_units() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 class OpenVinoPredictor(Predictor):

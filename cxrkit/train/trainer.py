@@ -519,6 +519,7 @@ def _measured_precision(run: _Run, model: nn.Module) -> tuple[str, bool, str]:
     import platform
 
     from ..inference.engines import fastest_cpu_precision
+    from ..inference.runtime import cpu_model_name
     from ..utils import cache_root
 
     if run.state.get("precision_choice"):
@@ -527,13 +528,7 @@ def _measured_precision(run: _Run, model: nn.Module) -> tuple[str, bool, str]:
     cfg, pre = run.cfg, run.pre
     h, w = pre.hw
     batch = min(cfg.train.batch_size, len(run.train.rows)) or 1
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    key = hashlib.sha256(json.dumps([cfg.model_config.to_dict(), batch, h, w, pre.channels, cpu,
+    key = hashlib.sha256(json.dumps([cfg.model_config.to_dict(), batch, h, w, pre.channels, cpu_model_name(),
                                      torch.__version__, platform.machine()], sort_keys=True,
                                     default=str).encode()).hexdigest()[:32]
     cache = cache_root() / "train_precision.json"
