@@ -56,6 +56,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
     sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, path TEXT NOT NULL, calling_ae TEXT,
     received_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'received');
+CREATE INDEX IF NOT EXISTS instances_status ON instances (status);
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY, status TEXT NOT NULL, last_instance_at REAL NOT NULL,
     processed_at REAL, rows INTEGER DEFAULT 0, failed INTEGER DEFAULT 0, sr_path TEXT,
