@@ -292,3 +292,30 @@ def test_pesg_follows_libauc_update_rule():
         for got, want in zip((w, loss.a, loss.b), v):
             torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(loss.alpha.detach(), alpha, rtol=1e-6, atol=1e-7)
+
+
+def test_cft_bp_batched_over_categories_equals_one_at_a_time(trained_model, demo_data, monkeypatch):
+    """run_categories fits bp-asl for the categories that know most rows in one pass; the
+    rows equal those fitted one category at a time to 1e-6, and shards would get the same
+    since each category's result depends only on its own labels."""
+    from cxrkit.cft import runner as cft_runner
+
+    model, train, valid, w, b = _demo_features(trained_model, demo_data)
+    cfg = CFTConfig(method="bp-asl", bp={"epochs": 40, "lr": 0.01}, min_val_positives=1).validate()
+    batched = cft_runner.run_categories(train, valid, None, w, b, cfg, show_progress=False)
+    pre = cft_runner.batched_bp(train, valid, list(range(len(model.classes))), w, b, cfg)
+    assert len(pre) >= 2
+    one = cft_runner.batched_bp(train, valid, [next(iter(pre))], w, b, cfg)  # alone in the pass: same row
+    c0 = next(iter(pre))
+    np.testing.assert_array_equal(one[c0][("bp-asl", "ignore")].w, pre[c0][("bp-asl", "ignore")].w)
+    monkeypatch.setattr(cft_runner, "BATCH_MIN_SHARE", 1.01)  # nobody batched
+    assert cft_runner.batched_bp(train, valid, list(range(len(model.classes))), w, b, cfg) == {}
+    single = cft_runner.run_categories(train, valid, None, w, b, cfg, show_progress=False)
+    assert [r.chosen for r in batched] == [r.chosen for r in single]
+    changed = 0
+    for rb, rs in zip(batched, single):
+        np.testing.assert_allclose(rb.w, rs.w, atol=1e-6, rtol=0)
+        assert rb.b == pytest.approx(rs.b, abs=1e-6)
+        assert [c["best_step"] for c in rb.candidates] == [c["best_step"] for c in rs.candidates]
+        changed += rb.chosen != "original"
+    assert changed >= 1

@@ -234,3 +234,68 @@ def test_bp_autograd_loop_runs_on_a_torch_device_argument():
     cfg = bp_preset("bp-aucm", "chexpert").with_overrides(epochs=20, device="cpu")
     r = fit_row_bp(x, y, xv, yv, w0, 0.0, cfg)
     assert r.stats["device"] == "cpu" and r.steps == 20
+
+
+def _multi_problem(n=2003, z=48, k=5, seed=3):
+    rng = np.random.default_rng(seed)
+    wt = rng.standard_normal((k, z))
+    x = rng.standard_normal((n, z)).astype(np.float32)
+    y = (x @ wt.T + rng.standard_normal((n, k)) * 2.0 > 0.5).astype(np.float32)
+    y[rng.random((n, k)) < 0.25] = np.nan  # unknown labels, different rows per category
+    y[:, -1] = np.where(np.isnan(y[:, -1]), np.nan, 0.0)  # one category without positives
+    xv = rng.standard_normal((600, z)).astype(np.float32)
+    yv = (xv @ wt.T + rng.standard_normal((600, k)) * 2.0 > 0.5).astype(np.float32)
+    yv[rng.random((600, k)) < 0.1] = np.nan
+    w0 = (wt * 0.1 + rng.standard_normal((k, z)) * 0.1).astype(np.float32)
+    return x, y, xv, yv, w0, (rng.standard_normal(k) * 0.1).astype(np.float32)
+
+
+@pytest.mark.parametrize("params", [(0.0, 0.0, 0.0), (0.0, 4.0, 0.05), (1.0, 2.0, 0.0)])
+def test_asl_gradient_of_many_rows_equals_one_row_at_a_time(params):
+    """One pass for K categories (unknown labels NaN, n not a multiple of 4) gives each
+    category the gradient of its own known rows."""
+    x, y, _, _, w, b = _multi_problem()
+    g, gb, loss = kernels.asl_grad_rows(x, y, w, b, *params, 1e-8)
+    assert g.shape == w.shape and gb.shape == loss.shape == (w.shape[0],)
+    for k in range(w.shape[0]):
+        known = ~np.isnan(y[:, k])
+        g1, gb1, loss1 = kernels.asl_grad(np.ascontiguousarray(x[known]), y[known, k], w[k], float(b[k]), *params,
+                                          1e-8)
+        np.testing.assert_allclose(g[k], g1, rtol=1e-5, atol=1e-6 * np.abs(g1).max())
+        assert gb[k] == pytest.approx(gb1, rel=1e-6, abs=1e-6)
+        assert loss[k] == pytest.approx(loss1, rel=1e-9)
+        assert np.abs(g[k]).max() > 1.0  # a real gradient, not zeros
+
+
+@pytest.mark.parametrize("preset", ["chexpert", "coco"])
+def test_bp_of_many_categories_together_equals_one_at_a_time(preset):
+    """The issue's bar for batched CFT-BP: the same best epoch and the row within 1e-6."""
+    from cxrkit.cft.bp import fit_rows_bp
+
+    x, y, xv, yv, w0, b0 = _multi_problem()
+    cfg = bp_preset("bp-asl", preset).with_overrides(epochs=120, patience=40, lr=3e-3, metric="auc")
+    together = fit_rows_bp(x, y, xv, yv, w0, b0, cfg)
+    assert len(together) == w0.shape[0]
+    improved = 0
+    for k, fit in enumerate(together):
+        kt, kv = ~np.isnan(y[:, k]), ~np.isnan(yv[:, k])
+        alone = fit_row_bp(x[kt], y[kt, k].astype(int), xv[kv], yv[kv, k].astype(int), w0[k], float(b0[k]), cfg)
+        assert fit.improved == alone.improved and fit.best_step == alone.best_step and fit.steps == alone.steps
+        np.testing.assert_allclose(fit.w, alone.w, atol=1e-6, rtol=0)
+        assert fit.b == pytest.approx(alone.b, abs=1e-6)
+        assert fit.val_after == pytest.approx(alone.val_after, abs=1e-4)
+        improved += fit.improved
+    assert improved >= 2
+    assert together[-1].stats.get("skipped") and np.array_equal(together[-1].w, w0[-1])  # no positives: kept
+
+
+def test_bp_of_many_categories_falls_back_where_the_fused_path_does_not_apply():
+    from cxrkit.cft.bp import fit_rows_bp
+
+    x, y, xv, yv, w0, b0 = _multi_problem(n=600, k=3)
+    cfg = bp_preset("bp-wmw", "chexpert").with_overrides(epochs=5, batch_size=None)
+    fits = fit_rows_bp(x, y, xv, yv, w0, b0, cfg)
+    kt, kv = ~np.isnan(y[:, 0]), ~np.isnan(yv[:, 0])
+    alone = fit_row_bp(x[kt], y[kt, 0].astype(int), xv[kv], yv[kv, 0].astype(int), w0[0], float(b0[0]), cfg)
+    np.testing.assert_array_equal(fits[0].w, alone.w)
+    assert "batched" not in fits[0].stats

@@ -244,6 +244,94 @@ def _fit_row_fused(x: np.ndarray, y: np.ndarray, xv: np.ndarray, val_scorer: Bin
                   improved, epoch, int(best["epoch"]), time.perf_counter() - t0, curves, stats={"fused": True})
 
 
+def fit_rows_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                w0: np.ndarray, b0: np.ndarray, cfg: BPConfig) -> list[RowFit]:
+    """:func:`fit_row_bp` for K categories that share the feature rows: ``y_train`` (n x K)
+    and ``y_val`` (n_val x K) hold each category's 0 / 1 labels, NaN where its label is
+    unknown; ``w0`` K x Z, ``b0`` K. Each category gets the result :func:`fit_row_bp` gives
+    on its own known rows (same losses, Adam steps, validation scores, early stop, kept
+    original), but full-batch Adam on ASL runs as one pass over the features per epoch for
+    all categories still training (:func:`kernels.asl_grad_rows`). Other losses and
+    optimisers, or no numba: one :func:`fit_row_bp` per category."""
+    from . import kernels
+
+    t0 = time.perf_counter()
+    x = np.ascontiguousarray(x_train, dtype=np.float32)
+    xv = np.ascontiguousarray(x_val, dtype=np.float32)
+    y = np.asarray(y_train, np.float32).reshape(len(x), -1)
+    yv = np.asarray(y_val, np.float32).reshape(len(xv), -1)
+    w0 = np.asarray(w0, np.float32).reshape(y.shape[1], -1)
+    b0 = np.asarray(b0, np.float32).reshape(-1)
+    k_n = y.shape[1]
+    known_t = [np.flatnonzero(~np.isnan(y[:, k])) for k in range(k_n)]
+    known_v = [np.flatnonzero(~np.isnan(yv[:, k])) for k in range(k_n)]
+    asl = fused_asl_params(cfg)
+    if asl is None:
+        return [fit_row_bp(x[known_t[k]], y[known_t[k], k].astype(int), xv[known_v[k]], yv[known_v[k], k].astype(int),
+                           w0[k], float(b0[k]), cfg) for k in range(k_n)]
+    out: list[RowFit | None] = [None] * k_n
+    live: list[int] = []
+    xvk, scorers, w, b, opts, best, curves, before = {}, {}, {}, {}, {}, {}, {}, {}
+    for k in range(k_n):
+        yk = y[known_t[k], k]
+        xvk[k] = np.ascontiguousarray(xv[known_v[k]])
+        scorers[k] = BinaryScorer(yv[known_v[k], k].astype(int), cfg.metric)
+        if not scorers[k].defined or yk.size == 0 or yk.min() == yk.max():
+            v0 = float(scorers[k](xvk[k] @ w0[k] + np.float32(b0[k]))[0])
+            out[k] = RowFit(w0[k].copy(), float(b0[k]), v0, v0, False, 0, 0, 0.0,
+                            stats={"skipped": "no positives / negatives"})
+            continue
+        live.append(k)
+        w[k], b[k] = w0[k].copy(), np.array([b0[k]], np.float32)
+        opts[k] = _Adam([w[k], b[k]], cfg.lr, cfg.weight_decay)
+        # the starting score by the same matrix-vector product as every epoch's (as fit_row_bp)
+        before[k] = float(scorers[k](kernels.scores(xvk[k], w[k], float(b[k][0])))[0])
+        best[k] = {"val": before[k], "w": w[k].copy(), "b": float(b[k][0]), "epoch": 0, "stale": 0, "last": 0}
+        curves[k] = {"train_loss": [], "val": []}
+    scale = {k: (1.0 / max(len(known_t[k]), 1) if asl["mean"] else 1.0) for k in live}
+    n_batched = len(live)
+    active = list(live)
+    y_act = np.ascontiguousarray(y[:, active])
+    for epoch in range(1, cfg.epochs + 1):
+        if not active:
+            break
+        wa = np.stack([w[k] for k in active])
+        ba = np.array([b[k][0] for k in active], np.float32)
+        g, gb, loss = kernels.asl_grad_rows(x, y_act, wa, ba, asl["gamma_pos"], asl["gamma_neg"], asl["clip"],
+                                            asl["eps"])
+        stopped = []
+        for i, k in enumerate(active):
+            opts[k].step([g[i] * scale[k], np.array([gb[i] * scale[k]])])
+            curves[k]["train_loss"].append(float(loss[i]) * scale[k])
+            best[k]["last"] = epoch
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            # all categories' validation scores in one pass (each column the sums kernels.scores gives)
+            sv = kernels.scores_rows(xv, np.stack([w[k] for k in active]), np.array([b[k][0] for k in active]))
+        for i, k in enumerate(active):
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                v = float(scorers[k](np.ascontiguousarray(sv[known_v[k], i]))[0])
+                curves[k]["val"].append(v)
+                bk = best[k]
+                if v > bk["val"] + 1e-12:
+                    bk.update(val=v, w=w[k].copy(), b=float(b[k][0]), epoch=epoch, stale=0)
+                else:
+                    bk["stale"] += cfg.eval_every
+                if cfg.patience is not None and bk["stale"] >= cfg.patience:
+                    stopped.append(k)
+        if stopped:
+            active = [k for k in active if k not in stopped]
+            y_act = np.ascontiguousarray(y[:, active])
+    seconds = (time.perf_counter() - t0) / max(n_batched, 1)
+    for k in live:
+        bk = best[k]
+        improved = bk["val"] > before[k] + 1e-12
+        out[k] = RowFit((bk["w"] if improved else w0[k].copy()).astype(np.float32),
+                        float(bk["b"] if improved else b0[k]), before[k], bk["val"] if improved else before[k],
+                        improved, int(bk["last"]), int(bk["epoch"]), seconds, curves[k],
+                        stats={"fused": True, "batched": n_batched})
+    return [r for r in out if r is not None]
+
+
 def fit_row_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                w0: np.ndarray, b0: float, cfg: BPConfig) -> RowFit:
     """Fine-tune ``(w0, b0)`` on the known labels (x_train, y_train); early stop per category

@@ -10,6 +10,9 @@
   logit ``x_i . w + b``, the ASL derivative (the same clamps, clips and detached focal
   weights as :class:`cxrkit.losses.AsymmetricLoss`) and ``g += d_i x_i`` while ``x_i`` is
   still in L1 cache, so the matrix is read from memory once per epoch instead of twice.
+* :func:`asl_grad_rows`: the same for K categories that share the feature rows (CFT-BP of
+  all categories together): one pass over the matrix serves all K rows, four samples at a
+  time, each row of the weights read once per four samples.
 
 numba compiles these on first use (cached on disk when the package folder, or numba's
 user cache, is writable). Without numba (``pip install numba`` is part of cxrkit's
@@ -42,7 +45,7 @@ except ImportError:  # pragma: no cover - exercised with CXRKIT_NO_NUMBA=1
     numba = None
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "auc_rows", "ap_rows", "asl_grad", "default_threads", "scores", "set_threads"]
+__all__ = ["AVAILABLE", "auc_rows", "ap_rows", "asl_grad", "asl_grad_rows", "default_threads", "scores", "set_threads"]
 
 _LOCK = threading.Lock()
 _FAST = {"reassoc", "contract"}  # let the dot products vectorise; no finite-math assumptions
@@ -219,6 +222,76 @@ if AVAILABLE:
         return part.sum(axis=0)
 
 
+
+if AVAILABLE:
+
+    @njit(cache=True, parallel=True, fastmath=_FAST)
+    def _asl_grad_rows(x, y, w, b, gamma_pos, gamma_neg, clip, log_eps, n_chunks):  # pragma: no cover - compiled
+        """:func:`_asl_grad` for K rows at once (y: n x K, NaN = unknown): four samples at a time,
+        so each row of ``w`` is read once per four samples and ``g`` updated once per four."""
+        n, z = x.shape
+        k_n = w.shape[0]
+        part = np.zeros((n_chunks, k_n, z + 2), np.float64)
+        nb = (n + 3) // 4
+        step = ((nb + n_chunks - 1) // n_chunks) * 4
+        for c in prange(n_chunks):
+            g = np.zeros((k_n, z), np.float32)
+            d = np.zeros((k_n, 4), np.float32)
+            lo = c * step
+            hi = min(n, (c + 1) * step)
+            i = lo
+            while i < hi:
+                m = min(4, hi - i)
+                for k in range(k_n):
+                    s0 = np.float32(0.0)
+                    s1 = np.float32(0.0)
+                    s2 = np.float32(0.0)
+                    s3 = np.float32(0.0)
+                    if m == 4:
+                        for j in range(z):
+                            wkj = w[k, j]
+                            s0 += x[i, j] * wkj
+                            s1 += x[i + 1, j] * wkj
+                            s2 += x[i + 2, j] * wkj
+                            s3 += x[i + 3, j] * wkj
+                        ss = (s0, s1, s2, s3)
+                    else:
+                        for j in range(z):
+                            s0 += x[i, j] * w[k, j]
+                        if m > 1:
+                            for j in range(z):
+                                s1 += x[i + 1, j] * w[k, j]
+                        if m > 2:
+                            for j in range(z):
+                                s2 += x[i + 2, j] * w[k, j]
+                        ss = (s0, s1, s2, s3)
+                    for q in range(4):
+                        d[k, q] = 0.0
+                    for q in range(m):
+                        yi = y[i + q, k]
+                        if yi != yi:
+                            continue
+                        li, di = _asl_term(np.float64(ss[q] + b[k]), np.float64(yi), gamma_pos, gamma_neg, clip, log_eps)
+                        part[c, k, z + 1] += li
+                        part[c, k, z] += di
+                        d[k, q] = np.float32(di)
+                if m == 4:
+                    for k in range(k_n):
+                        d0, d1, d2, d3 = d[k, 0], d[k, 1], d[k, 2], d[k, 3]
+                        for j in range(z):
+                            g[k, j] += d0 * x[i, j] + d1 * x[i + 1, j] + d2 * x[i + 2, j] + d3 * x[i + 3, j]
+                else:
+                    for q in range(m):
+                        for k in range(k_n):
+                            dk = d[k, q]
+                            for j in range(z):
+                                g[k, j] += dk * x[i + q, j]
+                i += 4
+            for k in range(k_n):
+                for j in range(z):
+                    part[c, k, j] = g[k, j]
+        return part.sum(axis=0)
+
 if AVAILABLE:
 
     @njit(cache=True, parallel=True, fastmath=_FAST)
@@ -231,6 +304,29 @@ if AVAILABLE:
                 s += x[i, j] * w[j]
             out[i] = s + b
         return out
+
+
+if AVAILABLE:
+
+    @njit(cache=True, parallel=True, fastmath=_FAST)
+    def _matvec_rows(x, w, b):  # pragma: no cover - compiled
+        n, z = x.shape
+        out = np.empty((n, w.shape[0]), np.float32)
+        for i in prange(n):
+            for k in range(w.shape[0]):
+                s = np.float32(0.0)
+                for j in range(z):
+                    s += x[i, j] * w[k, j]
+                out[i, k] = s + b[k]
+        return out
+
+
+def scores_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``x @ w.T + b`` (n x K) for K rows ``w``, each column the same sums as
+    :func:`scores` gives for that row alone."""
+    with _LOCK:
+        return _matvec_rows(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(w, np.float32),
+                            np.ascontiguousarray(b, np.float32))
 
 
 def scores(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
@@ -305,3 +401,18 @@ def asl_grad(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, gamma_pos: f
                         float(gamma_neg), float(clip), math.log(eps), _chunks(x.shape[0]))
     z = x.shape[1]
     return out[:z], float(out[z]), float(out[z + 1])
+
+
+def asl_grad_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray, gamma_pos: float, gamma_neg: float,
+                  clip: float, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`asl_grad` for K rows ``w`` (K x Z) over one feature matrix ``x`` (n x Z) with
+    labels ``y`` (n x K, NaN = not known for that row's category): (gradients K x Z, bias
+    gradients K, losses K), one pass over ``x`` for all K. The logits are the same sums
+    as :func:`asl_grad`'s; the gradients are summed four samples at a time, so they differ
+    from its by float32 rounding (relative 1e-6)."""
+    with _LOCK:
+        out = _asl_grad_rows(x, np.ascontiguousarray(y, np.float32), np.ascontiguousarray(w, np.float32),
+                             np.ascontiguousarray(b, np.float32), float(gamma_pos), float(gamma_neg), float(clip),
+                             math.log(eps), _chunks(x.shape[0]))
+    z = x.shape[1]
+    return out[:, :z], out[:, z].copy(), out[:, z + 1].copy()

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..labels import UncertaintyPolicy, apply_uncertainty
-from .bp import BPConfig, bp_preset, fit_layer_bp, fit_row_bp
+from .bp import BPConfig, bp_preset, fit_layer_bp, fit_row_bp, fit_rows_bp, fused_asl_params
 from .features import FeatureSet
 from .fitness import BinaryScorer
 from .ga import GA_PRESETS, GAConfig, RowFit, fit_row_ga
@@ -150,8 +150,10 @@ def _downsample(values: list[float], n: int = 400) -> list[float]:
 
 
 def fit_category(c: int, name: str, train: FeatureSet, valid: FeatureSet, test: FeatureSet | None,
-                 w0: np.ndarray, b0: float, cfg: CFTConfig) -> CategoryResult:
-    """All candidates for one category; the best on validation wins."""
+                 w0: np.ndarray, b0: float, cfg: CFTConfig,
+                 pre: dict[tuple[str, str], RowFit] | None = None) -> CategoryResult:
+    """All candidates for one category; the best on validation wins. ``pre``: candidates
+    already fitted (by :func:`batched_bp`), by (method, policy)."""
     t0 = time.perf_counter()
     metric = cfg.choice_metric
     yv = eval_labels(valid.labels[:, c])
@@ -177,7 +179,9 @@ def fit_category(c: int, name: str, train: FeatureSet, valid: FeatureSet, test: 
         yt_known = yt[kt].astype(int)
         for mi, method in enumerate(cfg.row_methods):
             seed = cfg.seed * 1_000_003 + c * 101 + pi * 11 + mi
-            if method.startswith("ga-"):
+            if pre and (method, policy) in pre:
+                fit = pre[(method, policy)]
+            elif method.startswith("ga-"):
                 fit = fit_row_ga(xt, yt_known, xv, yv_known, w0, b0,
                                  cfg.ga_config(method[3:]).with_overrides(seed=seed))
             else:
@@ -225,7 +229,81 @@ def _init_worker() -> None:
 
 def _worker(c: int) -> CategoryResult:
     s = _STATE
-    return fit_category(c, s["classes"][c], s["train"], s["valid"], s["test"], s["W"][c], float(s["b"][c]), s["cfg"])
+    return fit_category(c, s["classes"][c], s["train"], s["valid"], s["test"], s["W"][c], float(s["b"][c]), s["cfg"],
+                        s.get("pre", {}).get(c))
+
+
+BATCH_MIN_SHARE = 0.35  # a category joins the batched BP pass when it knows >= this share of the training rows:
+#                         per known row the shared pass costs about a third of the one-category pass (measured
+#                         in benchmarks/cft_speed.py), so below about a third of the rows alone is faster
+
+
+def batched_bp(train: FeatureSet, valid: FeatureSet, todo: list[int], w: np.ndarray, b: np.ndarray,
+               cfg: CFTConfig) -> dict[int, dict[tuple[str, str], RowFit]]:
+    """CFT-BP candidates fitted for many categories together: per BP method and policy, the
+    categories that would run it (the same conditions as :func:`fit_category`) and know at
+    least :data:`BATCH_MIN_SHARE` of the training rows share one pass over the training
+    features per epoch (:func:`fit_rows_bp`: each category's result is the one it gets
+    alone to float32 rounding, and depends only on its own labels, not on which categories
+    share the pass: shards, workers and one process give identical rows). Only for shared
+    features and the fused path (full-batch Adam on ASL); the rest run one category at a
+    time in :func:`fit_category`."""
+    pre: dict[int, dict[tuple[str, str], RowFit]] = {}
+    methods = [m for m in cfg.row_methods if m.startswith("bp-") and fused_asl_params(cfg.bp_config(m)) is not None]
+    if train.per_class or not methods or not todo:
+        return pre
+    metric = cfg.choice_metric
+    yv = np.stack([eval_labels(valid.labels[:, c]) for c in todo], axis=1)
+    ok = []
+    for i in range(len(todo)):
+        sc = BinaryScorer(yv[~np.isnan(yv[:, i]), i].astype(int), metric)
+        if sc.defined and min(sc.n_pos, sc.n_neg) >= cfg.min_val_positives:
+            ok.append(i)
+    x = xv = None
+    for policy in cfg.policies:
+        yt = np.stack([train_targets(train.labels[:, c], policy) for c in todo], axis=1)
+        share = (~np.isnan(yt)).mean(axis=0) if len(yt) else np.zeros(len(todo))
+        group = [i for i in ok if share[i] >= BATCH_MIN_SHARE]
+        if not group:
+            continue
+        if x is None:
+            x = np.ascontiguousarray(np.asarray(train.z), dtype=np.float32)
+            xv = np.ascontiguousarray(np.asarray(valid.z), dtype=np.float32)
+        cats = [todo[i] for i in group]
+        for method in methods:
+            fits = fit_rows_bp(x, yt[:, group], xv, yv[:, group], w[cats], b[cats], cfg.bp_config(method))
+            for c, fit in zip(cats, fits):
+                pre.setdefault(c, {})[(method, policy)] = fit
+            log.info("CFT %s/%s: %d categories in one batched pass", method, policy, len(cats))
+    return pre
+    metric = cfg.choice_metric
+    yv = np.stack([eval_labels(valid.labels[:, c]) for c in todo], axis=1)
+    ok = []
+    for i, c in enumerate(todo):
+        sc = BinaryScorer(yv[~np.isnan(yv[:, i]), i].astype(int), metric)
+        if sc.defined and min(sc.n_pos, sc.n_neg) >= cfg.min_val_positives:
+            ok.append(i)
+    for policy in cfg.policies:
+        yt = np.stack([train_targets(train.labels[:, c], policy) for c in todo], axis=1)
+        known = ~np.isnan(yt)
+        cand = [i for i in ok if known[:, i].any()]
+        if len(cand) < 2:
+            continue
+        rows = np.flatnonzero(known[:, cand].any(axis=1))
+        share = known[rows][:, cand].mean(axis=0)
+        group = [i for i, f in zip(cand, share) if f >= BATCH_MIN_SHARE]
+        if len(group) < 2:
+            continue
+        rows = np.flatnonzero(known[:, group].any(axis=1))
+        x = np.ascontiguousarray(np.asarray(train.z[rows]), dtype=np.float32)
+        xv = np.ascontiguousarray(np.asarray(valid.z), dtype=np.float32)
+        cats = [todo[i] for i in group]
+        for method in methods:
+            fits = fit_rows_bp(x, yt[rows][:, group], xv, yv[:, group], w[cats], b[cats], cfg.bp_config(method))
+            for c, fit in zip(cats, fits):
+                pre.setdefault(c, {})[(method, policy)] = fit
+            log.info("CFT %s/%s: %d categories in one batched pass", method, policy, len(cats))
+    return pre
 
 
 def run_categories(train: FeatureSet, valid: FeatureSet, test: FeatureSet | None, w: np.ndarray, b: np.ndarray,
@@ -243,7 +321,8 @@ def run_categories(train: FeatureSet, valid: FeatureSet, test: FeatureSet | None
         wanted = [classes.index(c) for c in cfg.classes]
     i, n = cfg.shard
     todo = [c for c in wanted if c % n == i]
-    _STATE.update(train=train, valid=valid, test=test, W=w, b=b, cfg=cfg, classes=classes)
+    _STATE.update(train=train, valid=valid, test=test, W=w, b=b, cfg=cfg, classes=classes,
+                  pre=batched_bp(train, valid, todo, w, b, cfg))
     results: list[CategoryResult] = []
     try:
         if cfg.workers > 1 and len(todo) > 1:
