@@ -16,7 +16,6 @@ import argparse
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import shared
