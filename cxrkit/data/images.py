@@ -171,7 +171,7 @@ def is_dicom_file(path: str | Path) -> bool:
         return False
 
 
-#: JPEG files are decoded inside libjpeg-turbo at a reduced (M/8) scale when the caller gives
+#: JPEG files (and JPEG-baseline DICOM frames) are decoded inside libjpeg-turbo at a reduced (M/8) scale when the caller gives
 #: the size it needs (``min_hw``) and the result keeps at least REDUCED_MARGIN times the model's
 #: input (simplejpeg; libjpeg-turbo scales by M/8; measured: docs/results.md). CXRKIT_JPEG_SCALED=0
 #: decodes at full size.
@@ -222,7 +222,7 @@ def read_image(path: str | Path, intensity: str = "auto", min_hw: tuple[int, int
     if p.is_dir():
         raise ImageReadError(p, FailureReason.UNREADABLE, "is a folder, not an image")
     if is_dicom_file(p):
-        img, _ = read_dicom(p)
+        img, _ = read_dicom(p, min_hw)
         if intensity == "minmax":
             img = _minmax(img, p)
         return img
@@ -236,7 +236,7 @@ def read_image_rgb(path: str | Path, intensity: str = "auto", min_hw: tuple[int,
     colour; grey images, DICOM and MetaImage are repeated over the three channels."""
     p = Path(path)
     if p.suffix.lower() in METAIMAGE_SUFFIXES or is_dicom_file(p) or not p.exists() or p.is_dir():
-        return np.repeat(read_image(p, intensity)[..., None], 3, axis=2)
+        return np.repeat(read_image(p, intensity, min_hw)[..., None], 3, axis=2)
     arr = _decode_raster(p, min_hw)
     if arr.ndim == 3 and arr.shape[2] >= 3:
         return check_content(_scale_raster(cv2.cvtColor(arr[:, :, :3], cv2.COLOR_BGR2RGB), p, intensity), p)
@@ -739,13 +739,52 @@ def apply_dicom_pipeline(arr: np.ndarray, ds: Any, path: str | Path = "<dataset>
     return out, voi
 
 
-def read_dicom(path: str | Path) -> tuple[np.ndarray, DicomInfo]:
-    """Read one DICOM radiograph through the full pixel pipeline -> ([0, 1] float32, info)."""
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+
+
+def _decode_dicom_jpeg_scaled(ds: Any, info: DicomInfo, min_hw: tuple[int, int]) -> np.ndarray | None:
+    """A JPEG-baseline (8-bit, one grey frame) DICOM's stored values decoded inside
+    libjpeg-turbo at the smallest M/8 scale that keeps ``min_hw`` (as JPEG files are, see
+    :func:`_decode_jpeg_scaled`); the pixel pipeline that follows (rescale, VOI window,
+    MONOCHROME1) is pointwise, so it applies unchanged. None: not such a file, or no
+    reduction possible: the caller decodes in full."""
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if (not reduced_decode_enabled() or ts != JPEG_BASELINE or info.frames != 1
+            or _int(ds.get("SamplesPerPixel", 1)) != 1 or _int(ds.get("BitsAllocated", 8)) != 8):
+        return None
+    import simplejpeg
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(frame)
+    except Exception:  # not a readable encapsulated JPEG: the full decoder reports it
+        return None
+    if (h, w) != (info.rows, info.columns) or str(colorspace).lower() != "gray":
+        return None
+    arr = _decode_jpeg_scaled(np.frombuffer(frame, np.uint8), Path("<dicom frame>"), min_hw)
+    return None if arr is None or arr.ndim != 2 else arr
+
+
+def decode_dicom(ds: Any, path: Path, info: DicomInfo, min_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """The stored values of one checked DICOM image; a JPEG-baseline frame at a reduced
+    scale when ``min_hw`` allows it."""
+    if min_hw is not None:
+        arr = _decode_dicom_jpeg_scaled(ds, info, min_hw)
+        if arr is not None:
+            return arr
+    return _decode(ds, path, info)
+
+
+def read_dicom(path: str | Path, min_hw: tuple[int, int] | None = None) -> tuple[np.ndarray, DicomInfo]:
+    """Read one DICOM radiograph through the full pixel pipeline -> ([0, 1] float32, info).
+    ``min_hw``: the smallest size the caller needs (a JPEG-baseline frame may then be
+    decoded at a reduced scale, see :func:`decode_dicom`)."""
     p = Path(path)
     if not p.exists():
         raise ImageReadError(p, FailureReason.MISSING, "file not found")
     ds = _dcmread(p)
     info = check_dicom_image(ds, p)
-    arr = _decode(ds, p, info)
+    arr = decode_dicom(ds, p, info, min_hw)
     img, _ = apply_dicom_pipeline(arr, ds, p)
     return img, info

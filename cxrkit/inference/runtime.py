@@ -189,11 +189,13 @@ class Prepared:
     detail: str = ""
 
 
-def read_dicom_film(p: Path, dicom_filter: DicomFilter | None = None, info: dict[str, str] | None = None) -> np.ndarray:
+def read_dicom_film(p: Path, dicom_filter: DicomFilter | None = None, info: dict[str, str] | None = None,
+                    min_hw: tuple[int, int] | None = None) -> np.ndarray:
     """A DICOM file through the header filter and the full pixel pipeline (modality LUT, VOI
     LUT / window, MONOCHROME1): H x W float32 in [0, 1]. ``info`` (when given) receives the
-    identifiers and view as soon as the header is read, so a failure can still name them."""
-    from ..data.images import _dcmread, _decode, apply_dicom_pipeline, check_dicom_image
+    identifiers and view as soon as the header is read, so a failure can still name them.
+    ``min_hw``: a JPEG-baseline frame may be decoded at a reduced scale keeping this size."""
+    from ..data.images import _dcmread, apply_dicom_pipeline, check_dicom_image, decode_dicom
 
     info = {} if info is None else info
     ds = _dcmread(p)
@@ -204,7 +206,7 @@ def read_dicom_film(p: Path, dicom_filter: DicomFilter | None = None, info: dict
     if dicom_filter is not None:
         info["view"] = dicom_filter.check(dinfo, p)
     check_dicom_image(ds, p, dinfo)
-    img, _ = apply_dicom_pipeline(_decode(ds, p, dinfo), ds, p)
+    img, _ = apply_dicom_pipeline(decode_dicom(ds, p, dinfo, min_hw), ds, p)
     return img
 
 
@@ -216,15 +218,17 @@ def read_films(path: str | Path, pres: Sequence[Preprocessing], dicom_filter: Di
     ``info`` receives the DICOM identifiers as soon as the header is read."""
     p = Path(path)
     base: dict[tuple[str, str], np.ndarray] = {}
-    if is_dicom_file(p) and p.exists():
-        base[("auto", "grey")] = read_dicom_film(p, dicom_filter, info)
-    out = []
-    # a JPEG may be decoded at a reduced scale: the largest size any member needs, once
-    # (by intensity only: an RGB member may reuse a grey member's decode)
+    # a JPEG (file or JPEG-baseline DICOM frame) may be decoded at a reduced scale: the
+    # largest size any member needs, once (by intensity only: an RGB member may reuse a grey
+    # member's decode; a DICOM is decoded once for all, at the largest need of any)
     need: dict[str, tuple[int, int]] = {}
     for pre in pres:
         need[pre.intensity] = tuple(max(a, b) for a, b in zip(need.get(pre.intensity, (0, 0)),  # type: ignore
                                                                 pre.decode_hw))
+    if is_dicom_file(p) and p.exists():
+        most = tuple(max(v[i] for v in need.values()) for i in range(2)) if need else None
+        base[("auto", "grey")] = read_dicom_film(p, dicom_filter, info, most)  # type: ignore[arg-type]
+    out = []
     for pre in pres:
         key = (pre.intensity, pre.colour)
         if key not in base:
