@@ -11,6 +11,11 @@ for the category (so n = N * known samples per category), 1,000 epochs / generat
                     what ``cxrkit cft`` does for categories knowing >= 35 % of the rows): seconds
                     per category, and against one category at a time the best epochs compared and
                     the largest row difference (categories 1 and 2 refitted alone)
+* ``GA together``   the coco-preset GA of ``--together`` categories knowing the same rows, run
+                    side by side with one population product per round (fit_rows_ga, what
+                    ``cxrkit cft`` does for such categories), ``--together-generations``
+                    generations scaled to ``--generations``; against one category at a time:
+                    fitness curves and rows compared (categories 1 and 2 rerun alone)
 * ``CFT-GA``        cxrkit's GA: PyGAD + batched fitness with incremental scores and the
                     compiled radix-sort AUC (COCO preset for 50 individuals, as Table XIII's
                     #p=50; CheXpert preset too), against the same GA with NumPy's sort-based
@@ -48,9 +53,11 @@ def main() -> None:
     ap.add_argument("--obvious-generations", type=int, default=3)
     ap.add_argument("--batched-generations", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2, help="threads for the fitness of a batch")
-    ap.add_argument("--together", type=int, default=14, help="categories fitted together by CFT-BP")
+    ap.add_argument("--together", type=int, default=14, help="categories fitted together by CFT-BP and the GA")
+    ap.add_argument("--together-generations", type=int, default=200,
+                    help="generations of the side-by-side GA run (scaled to --generations)")
     ap.add_argument("--skip", default="",
-                    help="comma-separated methods to skip: bp, bp-old, together, ga, ga-old, chexpert, batched, obvious")
+                    help="comma-separated methods to skip: bp, bp-old, together, ga, ga-together, ga-old, chexpert, batched, obvious")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -144,6 +151,29 @@ def main() -> None:
             dv = float(np.abs(np.subtract(r.curves["val"], r_old.curves["val"])).max())
             notes.append(f"GA compiled vs plain: largest fitness difference over {g} generations {dt:.1e} "
                          f"(validation {dv:.1e}), rows {float(np.abs(r.w - r_old.w).max()):.1e} apart")
+    if "ga-together" not in skip and args.together > 1:
+        from cxrkit.cft.ga import fit_rows_ga
+
+        k, gt = args.together, args.together_generations
+        yk = (rng.random((n, k)) < 0.5).astype(int)
+        yvk = (rng.random((args.valid, k)) < 0.5).astype(float)
+        wk = (rng.standard_normal((k, z)) * 0.05).astype(np.float32)
+        cfgs = [GA_PRESETS["coco"].with_overrides(generations=gt, patience=None, metric="auc", seed=c,
+                                                  individuals=args.individuals, threads=args.threads)
+                for c in range(k)]
+        t0 = time.perf_counter()
+        together = fit_rows_ga(x, yk, xv, yvk, wk, np.zeros(k, np.float32), cfgs)
+        rows.append((f"CFT-GA (coco, {k} categories side by side, per category, x{g / gt:.0f} scaled)",
+                     (time.perf_counter() - t0) / k * g / gt, paper_ga))
+        same, t_alone = 0, 0.0
+        for c in range(2):
+            t0 = time.perf_counter()
+            alone = fit_row_ga(x, yk[:, c], xv, yvk[:, c].astype(int), wk[c], 0.0, cfgs[c])
+            t_alone += time.perf_counter() - t0
+            same += (alone.curves["train"] == together[c].curves["train"] and np.array_equal(alone.w, together[c].w))
+        rows.append((f"CFT-GA (coco, the same categories one at a time, x{g / gt:.0f} scaled)", t_alone / 2 * g / gt,
+                     paper_ga))
+        notes.append(f"GA {k} side by side vs alone (categories 1-2): identical fitness curves and rows in {same} of 2")
     if "chexpert" not in skip:
         cfg = GA_PRESETS["chexpert"].with_overrides(generations=g, patience=None, individuals=args.individuals,
                                                     parents_mating=min(14, args.individuals),

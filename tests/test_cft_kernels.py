@@ -299,3 +299,52 @@ def test_bp_of_many_categories_falls_back_where_the_fused_path_does_not_apply():
     alone = fit_row_bp(x[kt], y[kt, 0].astype(int), xv[kv], yv[kv, 0].astype(int), w0[0], float(b0[0]), cfg)
     np.testing.assert_array_equal(fits[0].w, alone.w)
     assert "batched" not in fits[0].stats
+
+
+@pytest.mark.parametrize("preset", ["chexpert", "coco"])
+def test_ga_of_many_categories_side_by_side_equals_one_at_a_time(preset):
+    """GAs sharing one population product per round give each category bitwise the run it
+    gets alone: same fitness curve, best generation and row."""
+    from cxrkit.cft.ga import fit_rows_ga
+
+    rng = np.random.default_rng(5)
+    n, z, k = 1500, 24, 4
+    x = rng.standard_normal((n, z)).astype(np.float32)
+    wt = rng.standard_normal((k, z))
+    y = (x @ wt.T + rng.standard_normal((n, k)) * 2 > 0.5).astype(int)
+    xv = rng.standard_normal((400, z)).astype(np.float32)
+    yv = (xv @ wt.T + rng.standard_normal((400, k)) * 2 > 0.5).astype(float)
+    yv[rng.random((400, k)) < 0.1] = np.nan
+    w0 = (wt * 0.1 + rng.standard_normal((k, z)) * 0.2).astype(np.float32)
+    b0 = np.zeros(k, np.float32)
+    cfgs = [GA_PRESETS[preset].with_overrides(generations=25, patience=None, metric="auc", seed=100 + c, threads=2)
+            for c in range(k)]
+    together = fit_rows_ga(x, y, xv, yv, w0, b0, cfgs)
+    assert together[0].stats["shared_product"]["categories"] == k
+    for c in range(k):
+        kv = ~np.isnan(yv[:, c])
+        alone = fit_row_ga(x, y[:, c], xv[kv], yv[kv, c].astype(int), w0[c], 0.0, cfgs[c])
+        assert together[c].curves["train"] == alone.curves["train"] and together[c].best_step == alone.best_step
+        np.testing.assert_array_equal(together[c].w, alone.w)
+        assert together[c].improved == alone.improved
+    assert any(r.improved for r in together)
+
+
+def test_ga_side_by_side_reports_a_failure_instead_of_hanging(monkeypatch):
+    import cxrkit.cft.ga as ga_mod
+
+    real = ga_mod.fit_row_ga
+
+    def broken(x, y, xv, yv, w0, b0, cfg, **kw):
+        if cfg.seed == 1:
+            raise RuntimeError("category 1 failed")
+        return real(x, y, xv, yv, w0, b0, cfg, **kw)
+
+    monkeypatch.setattr(ga_mod, "fit_row_ga", broken)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    y = (rng.random((300, 3)) < 0.5).astype(int)
+    yv = (rng.random((100, 3)) < 0.5).astype(float)
+    cfgs = [GA_PRESETS["chexpert"].with_overrides(generations=5, seed=s) for s in range(3)]
+    with pytest.raises(RuntimeError, match="category 1 failed"):
+        ga_mod.fit_rows_ga(x, y, x[:100], yv, np.zeros((3, 8), np.float32), np.zeros(3, np.float32), cfgs)

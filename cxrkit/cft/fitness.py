@@ -166,7 +166,9 @@ class PopulationScorer:
     lets the cache drop the dead."""
 
     def __init__(self, xt: np.ndarray, y: np.ndarray, metric: str = "auc", refresh: int = 25,
-                 sparse_fraction: float = 0.06, threads: int = 0, torch_device: str | None = None) -> None:
+                 sparse_fraction: float = 0.06, threads: int = 0, torch_device: str | None = None,
+                 product: Any = None) -> None:
+        self.product = product  # computes exact scores together with other GAs (ga.SharedProduct)
         self.torch_device = torch_device
         if torch_device is not None:  # scores and AUC / AP with torch there (a GPU), every solution exactly
             import torch
@@ -186,6 +188,8 @@ class PopulationScorer:
 
     def exact_scores(self, sols: np.ndarray) -> np.ndarray:
         sols = np.atleast_2d(np.asarray(sols, dtype=np.float32))
+        if self.product is not None:
+            return self.product(sols)
         pool = self.scorer.pool()
         if pool is None or len(sols) < 2:
             return sols[:, :-1] @ self.xt + sols[:, -1:]

@@ -27,7 +27,7 @@ from ..labels import UncertaintyPolicy, apply_uncertainty
 from .bp import BPConfig, bp_preset, fit_layer_bp, fit_row_bp, fit_rows_bp, fused_asl_params
 from .features import FeatureSet
 from .fitness import BinaryScorer
-from .ga import GA_PRESETS, GAConfig, RowFit, fit_row_ga
+from .ga import GA_PRESETS, GAConfig, RowFit, fit_row_ga, fit_rows_ga
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +238,56 @@ BATCH_MIN_SHARE = 0.35  # a category joins the batched BP pass when it knows >= 
 #                         in benchmarks/cft_speed.py), so below about a third of the rows alone is faster
 
 
+def _runnable(valid: FeatureSet, todo: list[int], cfg: CFTConfig) -> tuple[np.ndarray, list[int]]:
+    """Validation labels of ``todo`` (n_val x len(todo), NaN unknown) and the positions of
+    the categories :func:`fit_category` would fine-tune (enough validation labels)."""
+    yv = np.stack([eval_labels(valid.labels[:, c]) for c in todo], axis=1)
+    ok = []
+    for i in range(len(todo)):
+        sc = BinaryScorer(yv[~np.isnan(yv[:, i]), i].astype(int), cfg.choice_metric)
+        if sc.defined and min(sc.n_pos, sc.n_neg) >= cfg.min_val_positives:
+            ok.append(i)
+    return yv, ok
+
+
+def batched_ga(train: FeatureSet, valid: FeatureSet, todo: list[int], w: np.ndarray, b: np.ndarray,
+               cfg: CFTConfig) -> dict[int, dict[tuple[str, str], RowFit]]:
+    """CFT-GA candidates of categories that know exactly the same training rows (fully
+    labelled tables), run side by side with one population product per round
+    (:func:`fit_rows_ga`): each category's GA is the one :func:`fit_category` runs (same
+    seed, same best generation, bitwise the same row), only faster. Shared features and
+    the CPU only; workers > 1 keep one category per process."""
+    pre: dict[int, dict[tuple[str, str], RowFit]] = {}
+    methods = [(mi, m) for mi, m in enumerate(cfg.row_methods) if m.startswith("ga-")]
+    if train.per_class or not methods or len(todo) < 2 or cfg.workers > 1:
+        return pre
+    if any(cfg.ga_config(m[3:]).device != "cpu" for _, m in methods):
+        return pre
+    yv, ok = _runnable(valid, todo, cfg)
+    xv = np.ascontiguousarray(np.asarray(valid.z), dtype=np.float32)
+    for pi, policy in enumerate(cfg.policies):
+        yt = np.stack([train_targets(train.labels[:, c], policy) for c in todo], axis=1)
+        groups: dict[bytes, list[int]] = {}
+        for i in ok:
+            known = ~np.isnan(yt[:, i])
+            if known.any():
+                groups.setdefault(np.packbits(known).tobytes(), []).append(i)
+        for group in groups.values():
+            if len(group) < 2:
+                continue
+            rows = np.flatnonzero(~np.isnan(yt[:, group[0]]))
+            x = np.ascontiguousarray(np.asarray(train.z[rows]), dtype=np.float32)
+            cats = [todo[i] for i in group]
+            for mi, method in methods:
+                cfgs = [cfg.ga_config(method[3:]).with_overrides(seed=cfg.seed * 1_000_003 + c * 101 + pi * 11 + mi)
+                        for c in cats]
+                fits = fit_rows_ga(x, yt[rows][:, group].astype(int), xv, yv[:, group], w[cats], b[cats], cfgs)
+                for c, fit in zip(cats, fits):
+                    pre.setdefault(c, {})[(method, policy)] = fit
+                log.info("CFT %s/%s: %d categories side by side, one population product", method, policy, len(cats))
+    return pre
+
+
 def batched_bp(train: FeatureSet, valid: FeatureSet, todo: list[int], w: np.ndarray, b: np.ndarray,
                cfg: CFTConfig) -> dict[int, dict[tuple[str, str], RowFit]]:
     """CFT-BP candidates fitted for many categories together: per BP method and policy, the
@@ -252,13 +302,7 @@ def batched_bp(train: FeatureSet, valid: FeatureSet, todo: list[int], w: np.ndar
     methods = [m for m in cfg.row_methods if m.startswith("bp-") and fused_asl_params(cfg.bp_config(m)) is not None]
     if train.per_class or not methods or not todo:
         return pre
-    metric = cfg.choice_metric
-    yv = np.stack([eval_labels(valid.labels[:, c]) for c in todo], axis=1)
-    ok = []
-    for i in range(len(todo)):
-        sc = BinaryScorer(yv[~np.isnan(yv[:, i]), i].astype(int), metric)
-        if sc.defined and min(sc.n_pos, sc.n_neg) >= cfg.min_val_positives:
-            ok.append(i)
+    yv, ok = _runnable(valid, todo, cfg)
     x = xv = None
     for policy in cfg.policies:
         yt = np.stack([train_targets(train.labels[:, c], policy) for c in todo], axis=1)
@@ -321,8 +365,10 @@ def run_categories(train: FeatureSet, valid: FeatureSet, test: FeatureSet | None
         wanted = [classes.index(c) for c in cfg.classes]
     i, n = cfg.shard
     todo = [c for c in wanted if c % n == i]
-    _STATE.update(train=train, valid=valid, test=test, W=w, b=b, cfg=cfg, classes=classes,
-                  pre=batched_bp(train, valid, todo, w, b, cfg))
+    pre = batched_bp(train, valid, todo, w, b, cfg)
+    for c, fits in batched_ga(train, valid, todo, w, b, cfg).items():
+        pre.setdefault(c, {}).update(fits)
+    _STATE.update(train=train, valid=valid, test=test, W=w, b=b, cfg=cfg, classes=classes, pre=pre)
     results: list[CategoryResult] = []
     try:
         if cfg.workers > 1 and len(todo) > 1:
