@@ -41,6 +41,11 @@ def pacs_listen(
     allow_peer: Annotated[Optional[list[str]], typer.Option("--allow-peer", help="AE@ADDRESS (an IP or a network, e.g. PACS@10.1.2.0/24) allowed to store, repeatable; others are refused (0x0124). An AE title alone is no authentication.")] = None,
     max_backlog: Annotated[int, typer.Option("--max-backlog", min=0, help="Refuse instances (DICOM 'out of resources', the sender retries) while this many received instances wait to be predicted; 0: no cap.")] = 0,
     min_free_mb: Annotated[float, typer.Option("--min-free-mb", min=0.0, help="Refuse instances while the spool's filesystem has less free space than this (MB); 0: no cap.")] = 0.0,
+    tls_cert: Annotated[Optional[Path], typer.Option("--tls-cert", help="Listen over TLS (DICOM BCP 195 profile: TLS 1.2+, AEAD suites) with this certificate (PEM); plain associations are then refused.")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option("--tls-key", help="The private key of --tls-cert (PEM), if not in the same file.")] = None,
+    tls_ca: Annotated[Optional[Path], typer.Option("--tls-ca", help="CA (PEM) whose certificates senders must present (client certificates are required and verified); with --send-tls, the CA the receiving node's certificate must chain to.")] = None,
+    send_tls: Annotated[bool, typer.Option("--send-tls", help="Send the SRs (--send-to) over TLS, presenting --tls-cert and verifying the receiver against --tls-ca.")] = False,
+    max_associations: Annotated[int, typer.Option("--max-associations", min=1, help="Associations served at once (senders beyond it are rejected and retry).")] = 32,
 ) -> None:
     """Receive CR / DX studies over DICOM (a Storage SCP), predict each study once it is
     complete, write the rows and a DICOM SR per study, and optionally send the SR back.
@@ -52,7 +57,19 @@ def pacs_listen(
 
     if send_to:
         parse_target(send_to)  # checked before the model is loaded
+    if send_tls and not send_to:
+        raise CxrkitError("--send-tls needs --send-to")
     peers = tuple(parse_peer(p) for p in allow_peer or [])
+    tls = dict(tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None,
+               tls_ca=str(tls_ca) if tls_ca else None)
+    if tls_cert or tls_key:
+        from ..hospital.transport import server_context
+
+        server_context(tls["tls_cert"], tls["tls_key"], tls["tls_ca"])  # bad files: one line, before the model loads
+    if send_tls:
+        from ..hospital.transport import client_context
+
+        client_context(tls["tls_cert"], tls["tls_key"], tls["tls_ca"])
     from ..extras import require
 
     require("pacs", "cxrkit pacs listen")
@@ -63,7 +80,8 @@ def pacs_listen(
     cfg = ListenerConfig(ae_title=ae_title, host=host, port=port,
                          allow_ae=tuple(a for a in (allow_ae or "").split(",") if a.strip()), send_to=send_to, idle=idle,
                          fhir=fhir, codes_file=str(codes) if codes else None, max_backlog=max_backlog,
-                         min_free_mb=min_free_mb, allow_peers=peers)
+                         min_free_mb=min_free_mb, allow_peers=peers, send_tls=send_tls,
+                         max_associations=max_associations, **tls)
     lst = Listener(pred, spool, cfg, dicom_filter=filt)
     console.print(f"cxrkit pacs listen: {cfg.ae_title} on {host}:{port}, spool {spool}; Ctrl-C / SIGTERM stops")
     lst.serve_forever()
@@ -81,6 +99,7 @@ def pacs_pull(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, ...")] = "auto",
     fhir: Annotated[bool, typer.Option("--fhir", help="Also write a FHIR R4 Bundle per study into <spool>/fhir/ (needs fhir.resources).")] = False,
     codes: Annotated[Optional[Path], typer.Option("--codes", help="CSV of your labels' codes for the SR and FHIR (see predict --codes).")] = None,
+    dicomweb_ca: Annotated[Optional[Path], typer.Option("--dicomweb-ca", help="CA (PEM) the server's HTTPS certificate must chain to (default: the system's CAs; verification is always on). Also CXRKIT_DICOMWEB_CA.")] = None,
 ) -> None:
     """Find CR / DX studies on a DICOMweb server not yet processed in this spool, retrieve
     them, predict, and optionally store the SR back. Credentials from the environment only:
@@ -92,7 +111,7 @@ def pacs_pull(
     from ..inference.ensemble import load_predictor
     from ..hospital.pacs import DicomWeb, pull
 
-    DicomWeb(dicomweb)  # the URL is checked before the model is loaded
+    DicomWeb(dicomweb, ca=dicomweb_ca)  # the URL and CA are checked before the model is loaded
     if since and not re.fullmatch(r"\d{4}-?\d{2}-?\d{2}", since):
         raise CxrkitError(f"--since must be a date, YYYY-MM-DD (got {since!r})")
     from ..extras import require
@@ -101,7 +120,7 @@ def pacs_pull(
     _check_node_outputs(fhir, codes)
     pred = load_predictor(model, engine=engine, device=_device(device))
     res = pull(pred, spool, dicomweb, since=since, studies=study, stow=stow, fhir=fhir,
-               codes_file=str(codes) if codes else None)
+               codes_file=str(codes) if codes else None, ca=str(dicomweb_ca) if dicomweb_ca else None)
     console.print(f"{res['found']} study / studies found, {res['processed']} processed, {res['skipped']} already "
                   f"done, {res['failed']} failed; {res['instances']} instance(s) retrieved"
                   + (f"; reports sent: {res['sent']}" if stow else ""))

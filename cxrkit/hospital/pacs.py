@@ -301,6 +301,16 @@ class ListenerConfig:
     # (calling AE title, address or network) pairs allowed to store; empty: any peer
     allow_peers: tuple[tuple[str, str], ...] = ()
     min_free_mb: float = 0.0  # free space the spool's filesystem must keep (0: no cap)
+    # TLS (PS3.15 BCP 195 profiles): the listener's certificate / key, and the CA senders'
+    # client certificates must chain to (required with a certificate); send_tls: C-STORE the
+    # reports over TLS too (the receiving node's certificate verified against tls_ca)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    send_tls: bool = False
+    max_associations: int = 32  # associations at once (several modalities and a PACS at peak)
+    max_pending: int = 16  # connections without an association request yet (oldest idle one closed)
+    dicomweb_ca: str | None = None  # CA (PEM) the DICOMweb server's HTTPS certificate must chain to
 
 
 def _storage_classes() -> list[Any]:
@@ -531,7 +541,12 @@ class Node:
         try:
             ds = pydicom.dcmread(sr_path)
             ae.add_requested_context(ds.SOPClassUID)
-            assoc = ae.associate(host, port, ae_title=ae_title)
+            tls = None
+            if self.cfg.send_tls:
+                from .transport import client_context
+
+                tls = (client_context(self.cfg.tls_cert, self.cfg.tls_key, self.cfg.tls_ca), host)
+            assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls)
             if not assoc.is_established:
                 return "association rejected or no answer"
             try:
@@ -549,7 +564,7 @@ class Node:
 
     def _stow(self, sr_path: str, url: str) -> str:
         try:
-            DicomWeb(url).stow([Path(sr_path).read_bytes()])
+            DicomWeb(url, ca=self.cfg.dicomweb_ca).stow([Path(sr_path).read_bytes()])
             return ""
         except CxrkitError as e:
             return str(e)[:200]
@@ -567,6 +582,16 @@ class Listener(Node):
             raise CxrkitError(f"the DICOM listener needs pynetdicom: {install_hint('pacs', ['pynetdicom'])}") from None
         cfg.ae_title = _check_ae(cfg.ae_title, "--ae-title")
         cfg.allow_ae = tuple(_check_ae(a, "--allow-ae") for a in cfg.allow_ae)
+        self._tls = None
+        if cfg.tls_cert or cfg.tls_key:
+            from .transport import server_context
+
+            self._tls = server_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)  # checked before anything starts
+        if cfg.send_tls:
+            from .transport import client_context
+
+            client_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+        self.guard: Any = None
         super().__init__(predictor, spool, cfg, dicom_filter)
 
     def _on_store(self, event: Any) -> int:
@@ -585,6 +610,12 @@ class Listener(Node):
             return 0x0124  # Refused: Not authorized
         return self.store(ds, ae, address)
 
+    def _on_evict(self, address: str) -> None:
+        log.warning("closed an idle connection from %s: no association request while %d others waited",
+                    address or "?", self.cfg.max_pending)
+        self.state.add_event("refused", "idle_connection", f"from {address}")
+        self.audit("refused", address=address, reason="idle_connection")
+
     def start(self) -> None:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 
@@ -597,11 +628,17 @@ class Listener(Node):
         ae.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
         if self.cfg.allow_ae:
             ae.require_calling_aet = list(self.cfg.allow_ae)
-        self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False,
+        # pynetdicom counts connections that have not asked for an association yet: room for them
+        ae.maximum_associations = self.cfg.max_associations + 2 * self.cfg.max_pending
+        self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False, ssl_context=self._tls,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        from .transport import ConnectionGuard
+
+        self.guard = ConnectionGuard(self._server, self._tls, self.cfg.max_pending, on_evict=self._on_evict)
         self._worker = threading.Thread(target=self._work, name="cxrkit-pacs-worker", daemon=True)
         self._worker.start()
-        log.info("listening as %s on %s:%d (spool %s)", self.cfg.ae_title, self.cfg.host, self.cfg.port, self.spool)
+        log.info("listening as %s on %s:%d%s (spool %s)", self.cfg.ae_title, self.cfg.host, self.cfg.port,
+                 " over TLS" if self._tls else "", self.spool)
 
     def stop(self) -> None:
         self._stop.set()
@@ -646,11 +683,24 @@ class DicomWeb:
     ``CXRKIT_DICOMWEB_TOKEN`` (bearer) or ``CXRKIT_DICOMWEB_USER`` +
     ``CXRKIT_DICOMWEB_PASSWORD`` (basic)."""
 
-    def __init__(self, url: str, timeout: float = 120.0) -> None:
+    def __init__(self, url: str, timeout: float = 120.0, ca: str | Path | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise CxrkitError(f"--dicomweb must be an http(s) URL (got {url[:80]!r})")
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # HTTPS certificates are always verified: against the system's CAs, or ``ca`` (a PEM
+        # file, e.g. the hospital's own CA; also CXRKIT_DICOMWEB_CA)
+        ca = ca or os.environ.get("CXRKIT_DICOMWEB_CA") or None
+        self.ssl_context = None
+        if ca:
+            import ssl
+
+            if not Path(ca).is_file():
+                raise CxrkitError(f"--dicomweb-ca {ca} is not a file")
+            try:
+                self.ssl_context = ssl.create_default_context(cafile=str(ca))
+            except (ssl.SSLError, OSError) as e:
+                raise CxrkitError(f"--dicomweb-ca {ca} is not a PEM CA certificate ({e})") from None
         token = os.environ.get("CXRKIT_DICOMWEB_TOKEN")
         user, pw = os.environ.get("CXRKIT_DICOMWEB_USER"), os.environ.get("CXRKIT_DICOMWEB_PASSWORD")
         self.auth = None
@@ -671,13 +721,19 @@ class DicomWeb:
             h["Authorization"] = self.auth
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=h)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.ssl_context) as r:
                 return r.read(), r.headers.get("Content-Type", "")
         except urllib.error.HTTPError as e:
             if e.code == 204:
                 return b"", ""
             raise CxrkitError(f"DICOMweb {method} {path.split('?')[0][:60]}: HTTP {e.code}") from None
         except (urllib.error.URLError, OSError) as e:
+            import ssl
+
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise CxrkitError(f"DICOMweb server's certificate not trusted ({reason.verify_message}); give the "
+                                  "CA that signed it with --dicomweb-ca (verification stays on)") from None
             raise CxrkitError(f"DICOMweb server not reachable ({type(e).__name__})") from None
 
     def studies(self, modalities: tuple[str, ...] = ("CR", "DX"), since: str | None = None) -> list[str]:
@@ -739,7 +795,7 @@ def _multipart_parts(raw: bytes, ctype: str) -> list[bytes]:
 
 def pull(predictor: Any, spool: str | Path, url: str, since: str | None = None, studies: list[str] | None = None,
          stow: bool = False, dicom_filter: Any = None, modalities: tuple[str, ...] = ("CR", "DX"),
-         fhir: bool = False, codes_file: str | None = None) -> dict[str, Any]:
+         fhir: bool = False, codes_file: str | None = None, ca: str | None = None) -> dict[str, Any]:
     """``cxrkit pacs pull``: find CR / DX studies on a DICOMweb server that this spool has not
     processed (or the given ones), retrieve, predict, and with ``stow`` store each SR back.
     Every state change is in the spool's database, so a killed pull resumes where it was."""
@@ -747,8 +803,9 @@ def pull(predictor: Any, spool: str | Path, url: str, since: str | None = None, 
 
     import pydicom
 
-    web = DicomWeb(url)
-    cfg = ListenerConfig(idle=0.0, send_to=f"stow:{web.url}" if stow else None, fhir=fhir, codes_file=codes_file)
+    web = DicomWeb(url, ca=ca)
+    cfg = ListenerConfig(idle=0.0, send_to=f"stow:{web.url}" if stow else None, fhir=fhir, codes_file=codes_file,
+                         dicomweb_ca=ca)
     node = Node(predictor, spool, cfg, dicom_filter)
     node.state.recover()
     todo = list(studies) if studies else web.studies(modalities, since)
