@@ -51,9 +51,12 @@ def wait_for(cond, timeout=60.0, step=0.2, what="condition"):
 
 @pytest.fixture(scope="module")
 def films(tmp_path_factory):
+    return make_films(tmp_path_factory.mktemp("films"))
+
+
+def make_films(out: Path) -> dict:
     """Two studies of real films: the shared chest DICOMs (one study each would be one
     instance), and DICOMs made from nih_hires PNGs, 3 in one study, 2 in another."""
-    out = tmp_path_factory.mktemp("films")
     pngs = sorted(shared("nih_hires", "images").glob("*.png"))[:5]
     study_a, study_b = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
     files = []

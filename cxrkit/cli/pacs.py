@@ -128,6 +128,25 @@ def pacs_pull(
         console.print(f"report of study {u['study']} not stored yet: {u['error']} (attempt {u['attempts']})")
 
 
+@pacs_app.command("rebuild")
+def pacs_rebuild(
+    spool: Annotated[Path, typer.Option("--spool", help="The listener's spool folder.")],
+    send_to: Annotated[Optional[str], typer.Option("--send-to", help="Queue the newest report of every done study again for AE@host:port (the send queue cannot be recovered from files).")] = None,
+) -> None:
+    """Rebuild a spool's state database from its files after it was damaged or deleted (the
+    old file is kept beside it). Done instances and studies are recognised by their rows and
+    reports; the rest are predicted by the next listener run, none twice.
+
+    Example: cxrkit pacs rebuild --spool /var/spool/cxrkit"""
+    from ..hospital.pacs import rebuild_state
+
+    r = rebuild_state(spool, send_to)
+    console.print(f"rebuilt {spool}/state.sqlite: {r['instances']} instance(s) ({r['done']} done), {r['studies']} "
+                  f"study / studies ({r['studies_done']} done), {r['unreadable']} unreadable file(s) left; "
+                  f"{r['queued']} report(s) queued to send"
+                  + (f"; the old database kept as {', '.join(r['moved_aside'])}" if r["moved_aside"] else ""))
+
+
 @pacs_app.command("status")
 def pacs_status(
     spool: Annotated[Path, typer.Option("--spool", help="The listener's spool folder.")],

@@ -95,11 +95,21 @@ class PacsState:
         self.spool = _private_dir(Path(spool))
         self.path = self.spool / STATE_FILE
         self._lock = threading.RLock()
-        self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        os.chmod(self.path, 0o600)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+        self.created = not self.path.exists()
+        try:
+            self.db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+            os.chmod(self.path, 0o600)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+            bad = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if bad != "ok":
+                raise sqlite3.DatabaseError(str(bad)[:80])
+        except sqlite3.DatabaseError as e:
+            with contextlib.suppress(Exception):
+                self.db.close()
+            raise CxrkitError(f"the spool's state database {self.path} is damaged ({str(e).splitlines()[0][:80]}); "
+                              f"rebuild it from the spool: cxrkit pacs rebuild --spool {self.spool}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -335,6 +345,14 @@ class Node:
             parse_target(cfg.send_to)
         self.state = PacsState(spool)
         self.spool = self.state.spool
+        if self.state.created and any((self.spool / "studies").glob("*/*.dcm")):
+            # the state database was deleted while the spool holds instances: rebuilt from them
+            self.state.close()
+            (self.spool / STATE_FILE).unlink(missing_ok=True)
+            res = rebuild_state(self.spool, cfg.send_to if cfg.send_to else None)
+            log.warning("the spool's state database was missing: rebuilt from %d instance(s) in %d study / studies "
+                        "(%d to predict)", res["instances"], res["studies"], res["instances"] - res["done"])
+            self.state = PacsState(spool)
         for sub in ("studies", "results", "sr", "tmp"):
             _private_dir(self.spool / sub)
         if dicom_filter is None:  # predict's default: CR / DX chest films, PA / AP / lateral
@@ -382,9 +400,14 @@ class Node:
             self.audit("refused", calling_ae=source, address=address, reason="invalid_uid")
             return 0xA900
         if self.state.has_instance(sop):
-            log.info("instance %s of study %s received again; it is processed once", short(sop), short(study))
-            self.state.add_event("duplicate", "received_again", "", study, sop)
-            self.audit("duplicate", calling_ae=source, address=address, study=short(study), instance=short(sop))
+            # one SOP Instance UID is one object (PS3.3): the first copy is kept, a resend with
+            # other content (a corrected header under the same UID) is recorded as such
+            reason = "received_again" if self._same_as_kept(sop, ds) else "received_again_different"
+            log.info("instance %s of study %s received again%s; the first copy is kept and processed once",
+                     short(sop), short(study), " with different content" if reason.endswith("different") else "")
+            self.state.add_event("duplicate", reason, "", study, sop)
+            self.audit("duplicate", calling_ae=source, address=address, study=short(study), instance=short(sop),
+                       reason=reason)
             return 0x0000
         skip = self._not_a_film(ds)
         if skip is not None:  # answered stored (the PACS must not resend it), not kept
@@ -422,6 +445,17 @@ class Node:
         log.info("stored instance %s of study %s", short(sop), short(study))
         self.audit("received", calling_ae=source, address=address, study=short(study), instance=short(sop))
         return 0x0000
+
+    def _same_as_kept(self, sop: str, ds: Any) -> bool:
+        """Whether ``ds`` holds the same elements as the copy of ``sop`` in the spool (True
+        when that copy cannot be read: not kept, e.g. an ignored instance)."""
+        import pydicom
+
+        rows = self.state.query("SELECT path FROM instances WHERE sop_uid = ?", (sop,))
+        try:
+            return bool(pydicom.dcmread(rows[0][0]) == ds) if rows else True
+        except Exception:  # noqa: BLE001 - unreadable: nothing to compare with
+            return True
 
     def _over_capacity(self) -> tuple[str, str] | None:
         """(reason, detail) when a cap of the configuration is reached, else None."""
@@ -851,6 +885,77 @@ def _sop_name(ds: Any) -> str:
         return UID(str(ds.get("SOPClassUID", ""))).name or "unknown SOP class"
     except Exception:
         return "unknown SOP class"
+
+
+def rebuild_state(spool: str | Path, send_to: str | None = None) -> dict[str, Any]:
+    """A new state database from what the spool holds, after the old one was damaged or
+    deleted (the old file is kept beside it as ``state.sqlite.damaged-<time>``).
+
+    Every instance file in ``studies/`` is recorded again; one that already has its row (or
+    failure row) in ``results/`` is done, and a study with every instance done and a report
+    is done; the rest are open and the worker predicts them (``predict --resume``: no row is
+    written twice, and an unchanged report is not sent again). The send queue cannot be
+    recovered from files: with ``send_to``, the newest report of every done study is queued
+    again (the same SOP Instance UID: a PACS that already has it keeps one copy)."""
+    import csv
+
+    import pydicom
+
+    from ..utils import CSV_ENCODING
+
+    p = Path(spool)
+    if not (p / "studies").is_dir():
+        raise CxrkitError(f"{spool}: no studies/ folder; not a cxrkit pacs spool")
+    if send_to and not send_to.startswith("stow:"):
+        parse_target(send_to)
+    moved = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        f = p / f"{STATE_FILE}{suffix}"
+        if f.exists():
+            dest = p / f"{STATE_FILE}{suffix}.damaged-{stamp}"
+            os.replace(f, dest)
+            moved.append(dest.name)
+    done: set[str] = set()
+    for f in (p / "results").glob("*.csv") if (p / "results").is_dir() else []:
+        with contextlib.suppress(OSError, csv.Error, UnicodeDecodeError):
+            with open(f, newline="", **CSV_ENCODING) as fh:
+                done.update(Path(r.get("path") or "").name for r in csv.DictReader(fh))
+    st = PacsState(p)
+    counts = {"instances": 0, "done": 0, "unreadable": 0, "studies": 0, "studies_done": 0, "queued": 0}
+    try:
+        studies: dict[str, list[bool]] = {}
+        for f in sorted((p / "studies").glob("*/*.dcm")):
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+                sop, study = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+            except Exception:  # a file that is not DICOM: left where it is, counted
+                counts["unreadable"] += 1
+                continue
+            is_done = f.name in done
+            with st._transaction() as db:
+                db.execute("INSERT OR IGNORE INTO instances (sop_uid, study_uid, path, calling_ae, received_at, status) "
+                           "VALUES (?, ?, ?, '', ?, ?)", (sop, study, str(f), f.stat().st_mtime,
+                                                          "done" if is_done else "received"))
+            studies.setdefault(study, []).append(is_done)
+            counts["instances"] += 1
+            counts["done"] += is_done
+        for study, flags in studies.items():
+            srs = sorted((p / "sr" / study_key(study)).glob("*.dcm"), key=lambda q: q.stat().st_mtime)
+            complete = all(flags) and bool(srs)
+            now = time.time()
+            st._tx("INSERT OR REPLACE INTO studies (study_uid, status, last_instance_at, processed_at, rows, sr_path) "
+                   "VALUES (?, ?, ?, ?, ?, ?)", (study, "done" if complete else "open", now if not complete else 0.0,
+                                                 now if complete else None, sum(flags), str(srs[-1]) if srs else None))
+            counts["studies"] += 1
+            counts["studies_done"] += complete
+            if complete and send_to:
+                st.queue_send(study, str(srs[-1]), send_to)
+                counts["queued"] += 1
+    finally:
+        st.close()
+    counts["moved_aside"] = moved
+    return counts
 
 
 def status(spool: str | Path) -> dict[str, Any]:
