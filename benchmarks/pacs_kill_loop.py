@@ -3,15 +3,16 @@ anything?
 
 One spool, one real Orthanc (the PACS the reports go to). ``--runs`` times (default 20):
 start ``cxrkit pacs listen`` (a subprocess, ``--send-to`` Orthanc), let two senders push
-their next studies (each instance until acknowledged, resending what was not: a modality's
-retry), and SIGKILL the node at a random moment (seeded): while receiving, predicting,
+that run's share of the studies after whatever earlier runs did not get acknowledged (a
+modality's retry), and SIGKILL the node at a random moment (seeded, 0.2 to 4 s): while receiving, predicting,
 writing reports or sending them. Then one last run without a kill until everything is done
 and sent. Printed: instances acknowledged, instances in the state / predicted, rows per
 instance (exactly once?), studies reported, report versions the node wrote, SR instances in
-Orthanc, SRs duplicated (an SR object in Orthanc the node has no version of, or two
-versions with the same findings), and the kills by what the node was doing.
+Orthanc, SRs duplicated (an SR in Orthanc that is neither the study's current report nor a
+version it supersedes through its Predecessor Documents Sequence, a version saying the same
+as the one before, the same SOP Instance twice), and the kills by what the node was doing.
 
-    python benchmarks/pacs_kill_loop.py [--runs 20] [--studies 12] [--per-study 3] [--seed 0]
+    python benchmarks/pacs_kill_loop.py [--runs 20] [--studies 40] [--per-study 3] [--seed 0]
 """
 
 from __future__ import annotations
@@ -37,19 +38,16 @@ from pacs_load import free_port, make_studies  # noqa: E402
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
 
-def orthanc_srs(http: int) -> list[str]:
-    """SOP Instance UIDs of the SR instances Orthanc holds."""
-    def get(method: str, path: str, body: object = None) -> object:
+def orthanc_srs(http: int) -> list[bytes]:
+    """The SR instances Orthanc holds, as DICOM files."""
+    def get(method: str, path: str, body: object = None) -> bytes:
         req = urllib.request.Request(f"http://127.0.0.1:{http}{path}", method=method,
                                      data=None if body is None else json.dumps(body).encode())
         with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
+            return r.read()
 
-    out = []
-    for series in get("POST", "/tools/find", {"Level": "Series", "Query": {"Modality": "SR"}, "Expand": True}):
-        for inst in series.get("Instances", []):
-            out.append(get("GET", f"/instances/{inst}")["MainDicomTags"]["SOPInstanceUID"])
-    return out
+    found = json.loads(get("POST", "/tools/find", {"Level": "Series", "Query": {"Modality": "SR"}, "Expand": True}))
+    return [get("GET", f"/instances/{inst}/file") for series in found for inst in series.get("Instances", [])]
 
 
 def answers(port: int) -> bool:
@@ -91,7 +89,7 @@ def push(port: int, files: list[Path], acked: set[str], stop: threading.Event, n
                 break
             if st and int(st.Status) == 0:
                 acked.add(ds.SOPInstanceUID)
-            time.sleep(0.05)
+            time.sleep(0.15)
         if assoc.is_established:
             assoc.release()
     except Exception:  # noqa: BLE001
@@ -101,7 +99,7 @@ def push(port: int, files: list[Path], acked: set[str], stop: threading.Event, n
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--studies", type=int, default=12)
+    ap.add_argument("--studies", type=int, default=40)
     ap.add_argument("--per-study", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -148,12 +146,15 @@ def main() -> None:
                     raise SystemExit("the node did not start")
                 time.sleep(0.2)
             stop = threading.Event()
-            senders = [threading.Thread(target=push, args=(port, files[i::2], acked, stop, f"MOD{i}"))
+            # this run's studies, after anything earlier runs did not get acknowledged (the retry)
+            share = max(1, len(studies) // max(args.runs, 1))
+            todo = [f for s in studies[:share * (run + 1) if run < args.runs else len(studies)] for f in s]
+            senders = [threading.Thread(target=push, args=(port, todo[i::2], acked, stop, f"MOD{i}"))
                        for i in range(2)]
             for s in senders:
                 s.start()
             if run < args.runs:
-                time.sleep(rnd.uniform(0.2, 6.0))
+                time.sleep(rnd.uniform(0.2, 4.0))
                 st = PacsState(spool)
                 doing = st.query("SELECT status, COUNT(*) FROM studies GROUP BY status")
                 pend = st.query("SELECT COUNT(*) FROM sends WHERE status = 'pending'")[0][0]
@@ -187,30 +188,42 @@ def main() -> None:
             with open(f, newline="") as fh:
                 for r in csv.DictReader(fh):
                     rows[r["sop_instance_uid"]] = rows.get(r["sop_instance_uid"], 0) + 1
+        import io
+
         import pydicom
 
-        versions, same_as_previous = {}, 0
-        for d in (spool / "sr").iterdir():
-            vs = sorted((pydicom.dcmread(f) for f in d.glob("*.dcm")), key=lambda ds: int(ds.InstanceNumber))
-            versions[d.name] = [str(ds.SOPInstanceUID) for ds in vs]
-            from cxrkit.hospital.sr import read_report
+        from cxrkit.hospital.sr import report_content
 
-            found = [json.dumps(read_report(ds), sort_keys=True, default=str) for ds in vs]
+        # one current report per study (a file in sr/); a new result replaced it as a new version
+        # naming the earlier ones in its Predecessor Documents Sequence
+        current = {str(pydicom.dcmread(f).SOPInstanceUID) for f in (spool / "sr").rglob("*.dcm")}
+        in_pacs = [pydicom.dcmread(io.BytesIO(b)) for b in orthanc_srs(http)]
+        by_study: dict[str, list] = {}
+        for ds in in_pacs:
+            by_study.setdefault(str(ds.StudyInstanceUID), []).append(ds)
+        chained, same_as_previous, multi = set(), 0, 0
+        for docs in by_study.values():
+            docs.sort(key=lambda d: int(d.InstanceNumber))
+            multi += len(docs) > 1
+            for d in docs:
+                for series in getattr(d, "PredecessorDocumentsSequence", [{}])[0].get("ReferencedSeriesSequence", []):
+                    chained.update(str(r.ReferencedSOPInstanceUID) for r in series.ReferencedSOPSequence)
+            found = [report_content(d) for d in docs]  # what a version says: images and findings
             same_as_previous += sum(a == b for a, b in zip(found, found[1:]))
-        in_pacs = orthanc_srs(http)
-        ours = {u for v in versions.values() for u in v}
+        uids = [str(d.SOPInstanceUID) for d in in_pacs]
+        stray = [u for u in uids if u not in current and u not in chained]
+        dup_uid = len(uids) - len(set(uids))
         print(f"\nkills by what the node was doing: {json.dumps(kills, sort_keys=True)}")
         print(f"instances acknowledged                 {len(acked)} of {len(files)}")
         print(f"instances in the state / predicted     {sum(st['instances'].values())} / "
               f"{st['instances'].get('done', 0)}")
         print(f"rows per instance                      {'exactly once' if all(v == 1 for v in rows.values()) and len(rows) == len(acked) else rows}")
         print(f"studies reported                       {st['studies'].get('done', 0)} of {len(studies)}")
-        print(f"report versions written by the node    {sum(len(v) for v in versions.values())} "
-              f"({sum(len(v) > 1 for v in versions.values())} studies with more than one)")
-        print(f"SR instances in Orthanc                {len(in_pacs)}")
-        print(f"SRs duplicated                         {len(set(in_pacs) - ours) + same_as_previous} "
-              f"(in Orthanc but not a version of ours: {len(set(in_pacs) - ours)}, versions equal to the one "
-              f"before: {same_as_previous})")
+        print(f"SR instances in Orthanc                {len(in_pacs)} for {len(by_study)} studies "
+              f"({multi} with an earlier version it supersedes)")
+        print(f"SRs duplicated                         {len(stray) + same_as_previous + dup_uid} (neither current "
+              f"nor a superseded version: {len(stray)}; a version with the same findings as the one before: "
+              f"{same_as_previous}; the same SOP Instance twice: {dup_uid})")
         print(f"sends                                  {st['sends']}")
         lost = set(acked) - set(rows)
         print(f"acknowledged but not predicted (lost)  {len(lost)}")

@@ -34,7 +34,7 @@ def _engines() -> list[tuple[str, str]]:
     try:
         import openvino  # noqa: F401
 
-        out += [("openvino", "fp32"), ("openvino", "bf16")]
+        out += [("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
     except ImportError:
         print("(openvino not installed: pip install -e \".[openvino]\" for its rows)")
     return out

@@ -115,3 +115,42 @@ def test_deployment_copy_carries_the_int8_export(int8_model, tmp_path):
     assert not (out / "model.safetensors").exists()
     p = load_predictor(out, engine="onnx", precision="int8")
     assert p.precision == "int8"
+
+
+def test_openvino_runs_the_calibrated_int8_export(int8_model, demo_data, monkeypatch):
+    """OpenVINO compiles the same calibrated QDQ export the ONNX engine runs: its int8
+    probabilities follow onnxruntime's int8 ones and fp32 within the export's tolerance."""
+    pytest.importorskip("openvino")
+    m, res = int8_model
+    paths = sorted(demo_data.rglob("*.png"))[:24]
+    fp32, _, _ = predict_paths(load_predictor(m, engine="onnx", precision="fp32"), paths, show_progress=False)
+    ort_q, _, _ = predict_paths(load_predictor(m, engine="onnx", precision="int8"), paths, show_progress=False)
+    ov = load_predictor(m, engine="openvino", precision="int8")
+    assert ov.precision == "int8"
+    ov_q, _, _ = predict_paths(ov, paths, show_progress=False)
+    assert float(np.abs(ov_q - fp32).max()) <= max(INT8_TOLERANCE, res["max_prob_diff"][0] + 0.02)
+    assert float(np.abs(ov_q - ort_q).max()) < 0.05
+    assert np.corrcoef(fp32.ravel(), ov_q.ravel())[0, 1] > 0.99
+    assert float(np.abs(ov_q - fp32).max()) > 0  # the int8 file, not the fp32 one
+
+
+def test_openvino_precision_auto_takes_int8_only_when_accurate_and_the_cpu_has_the_units(int8_model, monkeypatch,
+                                                                                          tmp_path):
+    m, _ = int8_model
+    spec = read_spec(m)
+    monkeypatch.delenv("CXRKIT_PRECISION", raising=False)
+    side = m / "model.int8.onnx.json"
+    accurate = json.loads(side.read_text())["accurate"]
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_vnni", "amx_int8", "amx_bf16", "avx512_bf16"})
+    monkeypatch.setattr(runtime, "cpu_int8_units", lambda: True)
+    assert runtime.choose_openvino_precision("auto", spec) == ("int8" if accurate else "bf16")
+    monkeypatch.setattr(runtime, "int8_usable", lambda member: False)  # the export failed its check
+    assert runtime.choose_openvino_precision("auto", spec) == "bf16"
+    monkeypatch.setattr(runtime, "int8_usable", lambda member: True)
+    monkeypatch.setattr(runtime, "cpu_int8_units", lambda: False)  # no VNNI / AMX
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
+    assert runtime.choose_openvino_precision("auto", spec) == "fp32"
+    bare = tmp_path / "bare"
+    shutil.copytree(m, bare, ignore=shutil.ignore_patterns("*.int8.onnx*"))
+    with pytest.raises(CxrkitError, match="export .* --onnx --int8"):
+        runtime.choose_openvino_precision("int8", read_spec(bare))

@@ -110,8 +110,9 @@ def _openvino_preferred() -> bool:
 def load_predictor(path: str | Path, engine: str = "torch", device: str | torch.device = "cpu",
                    threads: int | None = None, precision: str = "auto") -> Predictor:
     """A model or ensemble folder as a predictor: ``engine`` torch, onnx (exported on first
-    use) or auto (:func:`choose_engine`); ``precision`` auto / fp32 / bf16 (torch) / int8
-    (onnx, after ``export --int8``); auto picks int8 / bf16 only where the CPU has the units."""
+    use) or auto (:func:`choose_engine`); ``precision`` auto / fp32 / bf16 (torch, openvino) /
+    int8 (onnx, openvino: after ``export --int8``); auto picks int8 / bf16 only where the CPU
+    has the units (and int8 only where the export passed its accuracy check)."""
     if engine not in ENGINES:
         raise CxrkitError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if precision not in ("auto", "fp32", "int8", "bf16", "fp16"):
@@ -129,8 +130,6 @@ def load_predictor(path: str | Path, engine: str = "torch", device: str | torch.
     if engine == "openvino":
         from .runtime import OpenVinoPredictor
 
-        if precision == "int8":
-            raise CxrkitError("int8 runs on the ONNX engine (--engine onnx); OpenVINO runs fp32 or bf16")
         ensure_onnx(spec)
         return OpenVinoPredictor(read_spec(path), threads=threads, precision=precision)
 

@@ -496,31 +496,42 @@ class OnnxPredictor(Predictor):
         return probs
 
 
-def choose_openvino_precision(precision: str = "auto") -> str:
-    """``bf16`` where the CPU has bf16 units (AMX / AVX-512 BF16), ``fp32`` otherwise;
-    ``fp32`` / ``bf16`` as asked (also ``CXRKIT_PRECISION``)."""
+def choose_openvino_precision(precision: str = "auto", spec: ModelSpec | None = None) -> str:
+    """The OpenVINO engine's precision. ``auto`` (also ``CXRKIT_PRECISION``): ``int8`` where
+    every member has an accurate int8 export (``cxrkit export MODEL --onnx --int8``: static
+    QDQ quantisation calibrated on the model's validation films, checked against fp32 within
+    ``INT8_TOLERANCE``) and the CPU has int8 units (VNNI / AMX), else ``bf16`` where it has
+    bf16 units (AMX / AVX-512 BF16), else ``fp32``. ``int8`` / ``fp32`` / ``bf16`` as asked."""
     if precision not in ("auto", "fp32", "bf16", "int8"):
-        raise CxrkitError(f"OpenVINO precision must be auto, fp32 or bf16 (got {precision!r})")
+        raise CxrkitError(f"OpenVINO precision must be auto, fp32, bf16 or int8 (got {precision!r})")
     if precision == "int8":
-        raise CxrkitError("int8 runs on the ONNX engine (--engine onnx after cxrkit export MODEL --onnx --int8); "
-                          "the OpenVINO engine runs fp32 or bf16")
+        if spec is not None and not all(int8_location(m).is_file() for m in spec.members):
+            raise CxrkitError(f"no int8 export: run cxrkit export {spec.path} --onnx --int8 first")
+        return "int8"
     if precision != "auto":
         return precision
     env = os.environ.get("CXRKIT_PRECISION", "").strip().lower()
+    have_int8 = spec is not None and all(int8_usable(m) for m in spec.members)
     if env in ("fp32", "bf16"):
         return env
+    if env == "int8":
+        return "int8" if have_int8 else "fp32"
+    if have_int8 and cpu_int8_units():
+        return "int8"
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
 class OpenVinoPredictor(Predictor):
     """Members' ONNX exports compiled by OpenVINO for the CPU (optional: ``pip install
-    openvino``, or ``pip install -e ".[openvino]"``). ``precision`` bf16 (the default where
-    the CPU has AMX / AVX-512 BF16: OpenVINO's own default there) or fp32; TTA views go
-    through the network in one batch, as on the ONNX engine."""
+    openvino``, or ``pip install -e ".[openvino]"``). ``precision`` (see
+    :func:`choose_openvino_precision`): int8 (the calibrated QDQ export, ``model.int8.onnx``,
+    which OpenVINO runs with its int8 kernels), bf16 (the default where the CPU has AMX /
+    AVX-512 BF16: OpenVINO's own default there) or fp32; TTA views go through the network in
+    one batch, as on the ONNX engine."""
 
     def __init__(self, spec: ModelSpec, threads: int | None = None, precision: str = "auto") -> None:
         super().__init__(spec)
-        self.precision = choose_openvino_precision(precision)
+        self.precision = choose_openvino_precision(precision, spec)
         try:
             import openvino as ov
         except ImportError:
@@ -528,15 +539,17 @@ class OpenVinoPredictor(Predictor):
 
             raise CxrkitError(f"the OpenVINO engine needs openvino: {install_hint('openvino')}") from None
         core = ov.Core()
+        # int8: the QDQ export's quantised layers run in int8 (VNNI / AMX), the rest in fp32
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
                                   "PERFORMANCE_HINT": "THROUGHPUT"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = []
         for m in spec.members:
-            f = onnx_location(m)
+            f = int8_location(m) if self.precision == "int8" else onnx_location(m)
             if not f.is_file():
-                raise ArtifactError(f"{m.path}: no {f.name}; run `cxrkit export {spec.path} --onnx` first")
+                flag = "--onnx --int8" if self.precision == "int8" else "--onnx"
+                raise ArtifactError(f"{m.path}: no {f.name}; run `cxrkit export {spec.path} {flag}` first")
             try:
                 model = core.read_model(str(f))
                 self.compiled.append(core.compile_model(model, "CPU", config))
