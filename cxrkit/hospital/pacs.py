@@ -645,8 +645,14 @@ class Listener(Node):
         return self.store(ds, ae, address)
 
     def _on_evict(self, address: str) -> None:
-        log.warning("closed an idle connection from %s: no association request while %d others waited",
-                    address or "?", self.cfg.max_pending)
+        # a flood of idle connections is one log line every 10 s, not one per connection; each
+        # is still counted (pacs status) and audited
+        now = time.monotonic()
+        self._evicted_quiet = getattr(self, "_evicted_quiet", 0) + 1
+        if now - getattr(self, "_evicted_logged", -1e9) >= 10.0:
+            log.warning("closed %d idle connection(s) (latest from %s): no association request while %d others "
+                        "waited", self._evicted_quiet, address or "?", self.cfg.max_pending)
+            self._evicted_logged, self._evicted_quiet = now, 0
         self.state.add_event("refused", "idle_connection", f"from {address}")
         self.audit("refused", address=address, reason="idle_connection")
 
