@@ -162,7 +162,13 @@ def check_model_config(cfg: ModelConfig) -> None:
     config is read, before any image is decoded. Weight files are checked for existence."""
     from .registry import BackboneSpec, build_backbone, resolve_weights_path
 
-    if cfg.weights is not None:
+    from .registry import FOLDER_WEIGHTS
+
+    if cfg.weights is not None and cfg.backbone in FOLDER_WEIGHTS:
+        from .foundation import read_hf_config
+
+        read_hf_config(cfg.weights)  # a folder: the published checkpoint's files
+    elif cfg.weights is not None:
         resolve_weights_path(cfg.weights)
     ckpt = cfg.backbone_kwargs.get("checkpoint_path")
     if ckpt is not None and not Path(str(ckpt)).expanduser().is_file():

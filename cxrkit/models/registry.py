@@ -96,8 +96,15 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
+#: backbones whose ``weights`` is a folder (a Hugging Face checkpoint), not a file
+FOLDER_WEIGHTS = ("rad-dino",)
+
+
 def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
-    if spec.weights is not None:
+    if spec.weights is not None and spec.name in FOLDER_WEIGHTS:
+        spec = BackboneSpec(spec.name, spec.pretrained, str(Path(spec.weights).expanduser()), spec.in_chans,
+                            spec.kwargs, None)
+    elif spec.weights is not None:
         path = resolve_weights_path(spec.weights)
         if spec.weights_map == "order":
             if spec.name in _BACKBONES:
@@ -283,3 +290,12 @@ def _txv(arch: str) -> Builder:
 
 register_backbone("txv-densenet121")(_txv("densenet121"))
 register_backbone("txv-resnet50")(_txv("resnet50"))
+
+
+def _rad_dino(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    from .foundation import build_rad_dino
+
+    return build_rad_dino(spec)
+
+
+register_backbone("rad-dino")(_rad_dino)

@@ -194,6 +194,18 @@ class TrainConfig:
                                   "mean: [0.5], std: [0.00048828125]}")
             if pre.size != conv["size"]:
                 log.warning("%s was trained at %d px; preprocessing.size is %d", m.backbone, conv["size"], pre.size)
+        if m.backbone == "rad-dino" and m.weights:  # the checkpoint's own input convention
+            from ..models.foundation import read_hf_preprocessing
+
+            want = read_hf_preprocessing(m.weights)
+            pre = self.preprocessing_obj
+            img = int(m.backbone_kwargs.get("img_size", 518))
+            if (pre.size != img or pre.channels != m.in_chans
+                    or [round(v, 4) for v in pre.mean] != [round(v, 4) for v in want["mean"]][:pre.channels]
+                    or [round(v, 4) for v in pre.std] != [round(v, 4) for v in want["std"]][:pre.channels]):
+                raise ConfigError(f"rad-dino expects its checkpoint's input convention: set preprocessing: "
+                                  f"{{size: {img}, channels: {m.in_chans}, mean: {want['mean'][:m.in_chans]}, "
+                                  f"std: {want['std'][:m.in_chans]}, resize: center-crop}}")
         return self
 
 
