@@ -27,6 +27,38 @@ def _parse_sets(sets: list[str] | None) -> tuple[dict, dict]:
     return ga, bp
 
 
+@app.command("probe")
+def probe(
+    source: Annotated[Path, typer.Argument(help="A saved model folder or a training config (.yaml) naming the backbone (e.g. rad-dino with its weights folder).")],
+    train_table: Annotated[Path, typer.Argument(help="Training table (the heads are fitted on it).")],
+    valid_table: Annotated[Path, typer.Argument(help="Validation table (each head's regularisation and the thresholds are chosen on it).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
+    policy: Annotated[str, typer.Option("--policy", help="Uncertain training labels: ignore, ones or zeros.")] = "ignore",
+    c_grid: Annotated[str, typer.Option("--c", help="Inverse L2 regularisation strengths tried per class, comma-separated.")] = "0.01,0.1,1",
+    images_root: Annotated[Optional[Path], typer.Option("--images-root", help="Folder the tables' image paths are relative to.")] = None,
+    train_split: Annotated[Optional[str], typer.Option("--train-split", help="Split of the training table.")] = None,
+    valid_split: Annotated[Optional[str], typer.Option("--valid-split", help="Split of the validation table.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+) -> None:
+    """Linear heads on frozen features: extract the backbone's features once (cached), fit
+    one logistic regression per class on its known training labels, choose its
+    regularisation and threshold on validation, and save an ordinary model (then
+    `cxrkit cft` fine-tunes its rows further).
+
+    Example: cxrkit probe configs/rad_dino_probe.yaml labels.csv labels.csv --train-split train --valid-split valid --out runs/probe"""
+    from ..cft.probe import run_probe
+
+    try:
+        grid = tuple(float(v) for v in c_grid.split(",") if v.strip())
+    except ValueError:
+        raise CxrkitError(f"--c must be numbers separated by commas (got {c_grid!r})") from None
+    res = run_probe(source, train_table, valid_table, out, policy=policy, train_split=train_split,
+                    valid_split=valid_split, images_root=images_root, c_grid=grid, overwrite=overwrite)
+    v = res["valid"]
+    console.print(f"probe: {res['n_train']} training and {res['n_valid']} validation films, Z = {res['feature_dim']}; "
+                  f"valid mAUC {v['mAUC']:.4f}, mAP {v['mAP']:.4f}; {res['seconds']:.0f} s; model in {out}")
+
+
 @app.command("cft")
 def cft(
     model: Annotated[Path, typer.Argument(help="Saved model folder.")],
