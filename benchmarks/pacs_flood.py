@@ -1,8 +1,8 @@
 """Idle connections flooding the DICOM port while a legitimate sender works.
 
 A ``cxrkit pacs listen`` node (in this process, a tiny random model) takes ``--idle``
-(default 1,000) TCP connections that never send an A-ASSOCIATE-RQ, opened as fast as the
-node accepts them and left open, while a legitimate sender opens an association and stores
+(default 1,000) TCP connections that never send an A-ASSOCIATE-RQ, opened by another process
+(the attacker) as fast as the node accepts them and left open, while a legitimate sender opens an association and stores
 a film every 0.5 s. Printed: how long the flood took, the sender's associations made /
 tried and their p50 / p95 / max time to establish, the connections the node closed, its
 thread count and memory growth, and the same sender's figures without a flood, measured
@@ -41,14 +41,35 @@ def legit(port: int, film: Path, stop: threading.Event, out: list) -> None:
         assoc = ae.associate("127.0.0.1", port, ae_title="CXRKIT")
         ok = assoc.is_established
         dt = time.perf_counter() - t0
-        stored = False
+        stored, why = False, ("rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted
+                              else "no answer") if not ok else ""
         if ok:
             ds.SOPInstanceUID = pydicom.uid.generate_uid()
             st = assoc.send_c_store(ds)
             stored = bool(st) and int(st.Status) == 0
+            why = "" if stored else f"store status {int(st.Status) if st else None}"
             assoc.release()
-        out.append((ok and stored, dt))
+        out.append((ok and stored, dt, why))
         stop.wait(0.5)
+
+
+def flood_process(port: int, n: int, report: object, release: object) -> None:
+    """The attacker, in its own process (as it would be): n connections opened and held."""
+    import resource as res
+
+    soft, hard = res.getrlimit(res.RLIMIT_NOFILE)
+    res.setrlimit(res.RLIMIT_NOFILE, (min(hard, max(soft, n + 256)), hard))
+    socks = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        try:
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        except OSError:
+            break
+    report.put((len(socks), time.perf_counter() - t0))  # type: ignore[attr-defined]
+    release.wait(600)  # type: ignore[attr-defined]
+    for s in socks:
+        s.close()
 
 
 def main() -> None:
@@ -96,35 +117,42 @@ def main() -> None:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     threads0 = threading.active_count()
     done = threading.Event()
-    socks: list[socket.socket] = []
+    socks: list[None] = []
     flood_s = [0.0]
 
-    def flood() -> None:
-        t0 = time.perf_counter()
-        for _ in range(args.idle):
-            try:
-                socks.append(socket.create_connection(("127.0.0.1", port), timeout=30))
-            except OSError:
-                break
-        flood_s[0] = time.perf_counter() - t0
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    report: mp.Queue = ctx.Queue()
+    release = ctx.Event()
+    attacker = ctx.Process(target=flood_process, args=(port, args.idle, report, release))
+    t0 = time.perf_counter()
+    attacker.start()
+
+    def watch() -> None:
+        opened, secs = report.get(timeout=1800)
+        socks.extend([None] * opened)
+        flood_s[0] = secs
         time.sleep(3.0)  # the sender goes on a little while the flood's connections are open
         done.set()
 
-    ft = threading.Thread(target=flood, daemon=True)
+    ft = threading.Thread(target=watch, daemon=True)
     ft.start()
     during = run_sender(None, done)
     threads_peak = threading.active_count()
-    for s in socks:
-        s.close()
+    release.set()
+    attacker.join(60)
     lst.stop()
+    _ = t0
 
     def summary(rs: list) -> str:
-        ok = [dt for good, dt in rs if good]
+        ok = [dt for good, dt, _ in rs if good]
+        why = sorted({w for good, _, w in rs if not good})
         if not ok:
-            return f"0 / {len(rs)} stored"
+            return f"0 / {len(rs)} stored ({', '.join(why)})"
         a = np.array(ok) * 1e3
-        return (f"{len(ok)} / {len(rs)} stored, association p50 {np.percentile(a, 50):.0f} ms, "
-                f"p95 {np.percentile(a, 95):.0f} ms, max {a.max():.0f} ms")
+        return (f"{len(ok)} / {len(rs)} stored{' (not: ' + ', '.join(why) + ')' if why else ''}, association p50 "
+                f"{np.percentile(a, 50):.0f} ms, p95 {np.percentile(a, 95):.0f} ms, max {a.max():.0f} ms")
 
     print(f"CPU: {cpu_model_name()}; max pending connections {args.max_pending}")
     print(f"without a flood ({args.baseline_s:.0f} s): {summary(base)}")

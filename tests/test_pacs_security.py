@@ -167,7 +167,9 @@ def test_idle_connections_do_not_lock_senders_out(listener, film, caplog):
             except (socket.timeout, OSError):
                 pass
         assert closed >= 50  # the server closed them (empty read = EOF)
-        wait_for(lambda: len(lst._server.active_associations) <= 5, timeout=10, what="evicted threads gone")
+        # bounded: the pending few (max_pending; a connection whose first event the node has not
+        # processed yet is closed at the next arrival instead), not the 60
+        wait_for(lambda: len(lst._server.active_associations) <= 12, timeout=10, what="evicted threads gone")
     finally:
         for s in idle:
             s.close()

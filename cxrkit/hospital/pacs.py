@@ -669,7 +669,8 @@ class Listener(Node):
         if self.cfg.allow_ae:
             ae.require_calling_aet = list(self.cfg.allow_ae)
         # pynetdicom counts connections that have not asked for an association yet: room for them
-        ae.maximum_associations = self.cfg.max_associations + 2 * self.cfg.max_pending
+        # (beyond max_pending while the youngest are within the guard's grace period)
+        ae.maximum_associations = self.cfg.max_associations + 4 * self.cfg.max_pending
         self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False, ssl_context=self._tls,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         from .transport import ConnectionGuard

@@ -13,7 +13,8 @@ guard that keeps the listener serving legitimate senders when connections are ab
   pynetdicom until its ARTIM timer (30 s) closes them: a few dozen idle connections lock
   every sender out (measured: 40 idle sockets, the 41st connection, a real sender, rejected).
   The guard keeps at most ``max_pending`` such connections and closes the oldest idle one
-  when a new connection arrives; established associations are never touched.
+  (open for at least ``GRACE_S``, nothing received) when a new connection arrives;
+  established associations and senders whose request is arriving are never touched.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ BCP195_CIPHERS = ":".join([
 #: connections accepted that have not completed an association, kept at most (the oldest
 #: idle one is closed when a new connection arrives)
 MAX_PENDING = 16
+#: a pre-association connection is closed only once it has been open this long (seconds)
+GRACE_S = 0.25
 
 
 def _check_file(path: str | Path | None, what: str) -> str:
@@ -97,8 +100,6 @@ class ConnectionGuard:
         self.ssl_context = ssl_context
         self.max_pending = max(1, int(max_pending))
         self.on_evict = on_evict
-        self.opened: dict[int, float] = {}
-        self.closed: set[int] = set()
         self.evicted = 0
         self._lock = threading.Lock()
         server.get_request = self.get_request  # the accept loop calls it for every connection
@@ -114,22 +115,55 @@ class ConnectionGuard:
     def _pending(self) -> list[Any]:
         """Connections open that have not completed an association (nor been closed here)."""
         return [a for a in list(self.server.active_associations)
-                if id(a) not in self.closed and not (a.is_established or a.is_released or a.is_aborted
-                                                     or a.is_rejected)]
+                if not getattr(a, "_cxrkit_closed", False)
+                and not (a.is_established or a.is_released or a.is_aborted or a.is_rejected)]
+
+    @staticmethod
+    def _idle(a: Any) -> bool:
+        """Closable: waiting for its A-ASSOCIATE-RQ (state Sta2) with nothing received, or
+        already closed by the peer. A sender whose request is on its way (bytes waiting, or
+        being negotiated) is never closed, however busy the node is."""
+        import socket
+
+        try:
+            for q in ("event_queue", "_recv_pdu", "to_user_queue"):  # an event not yet processed: a
+                queue = getattr(a.dul, q, None)                     # connection starting, a PDU read
+                if queue is not None and not queue.empty():
+                    return False
+            state = a.dul.state_machine.current_state
+            if state == "Sta1":  # nothing queued: the connection is gone, only the thread's wait remains
+                return True
+            if state != "Sta2":
+                return False
+            sock = a.dul.socket.socket if a.dul.socket is not None else None
+            if sock is None:
+                return True
+            if hasattr(sock, "pending") and sock.pending():
+                return False
+            try:  # peek at the TCP bytes (under TLS too): data = a request arriving, b"" = closed
+                data = socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return True  # nothing received: idle
+            return data == b""
+        except (OSError, ValueError, AttributeError):
+            return True
 
     def _evict_idle(self) -> None:
+        # first-seen times and closed marks live on the association objects themselves (an
+        # object id can be reused by a new connection once an old one is gone)
         now = time.monotonic()
         with self._lock:
-            live = {id(a) for a in self.server.active_associations}
-            self.opened = {k: v for k, v in self.opened.items() if k in live}
-            self.closed &= live
             pending = self._pending()
             for a in pending:
-                self.opened.setdefault(id(a), now)
+                if getattr(a, "_cxrkit_seen", None) is None:
+                    a._cxrkit_seen = now
             excess = len(pending) - self.max_pending + 1  # room for the connection being accepted
-            for a in sorted(pending, key=lambda a: self.opened.get(id(a), now))[:max(excess, 0)]:
+            # a connection younger than GRACE_S is never closed: its request may be in flight,
+            # or read but not yet processed (pynetdicom changes state only after the whole PDU)
+            idle = [a for a in pending if now - a._cxrkit_seen >= GRACE_S and self._idle(a)] if excess > 0 else []
+            for a in sorted(idle, key=lambda a: a._cxrkit_seen)[:max(excess, 0)]:
                 self.evicted += 1
-                self.closed.add(id(a))
+                a._cxrkit_closed = True
                 address = str(getattr(getattr(a, "requestor", None), "address", "") or "")
                 try:  # no A-ASSOCIATE-RQ yet: nothing to abort; close the connection, end the thread
                     a.dul.socket.close()
