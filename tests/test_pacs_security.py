@@ -377,3 +377,28 @@ def test_dicomweb_https_verifies_the_server_certificate(pki, tmp_path):
             DicomWeb(url, ca=str(tmp_path / "missing.pem"))
     finally:
         httpd.shutdown()
+
+
+def test_max_associations_counts_established_associations_only(listener, film):
+    """--max-associations: a sender beyond the limit is rejected (transient, local limit
+    exceeded: it retries), junk connections do not count, a freed slot is reused."""
+    from pynetdicom import AE
+
+    lst, port = listener(max_associations=2, max_pending=4)
+    junk = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]  # not associations
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = [ae.associate("127.0.0.1", port, ae_title="CXRKIT") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        third = ae.associate("127.0.0.1", port, ae_title="CXRKIT")
+        assert third.is_rejected and not third.is_established
+        held.pop().release()
+        wait_for(lambda: sum(a.is_established for a in lst._server.active_associations) <= 1, timeout=10,
+                 what="slot freed")
+        assert c_store([film], port) == [0]
+    finally:
+        for a in held:
+            a.release()
+        for s in junk:
+            s.close()

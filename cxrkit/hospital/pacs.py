@@ -644,6 +644,15 @@ class Listener(Node):
             return 0x0124  # Refused: Not authorized
         return self.store(ds, ae, address)
 
+    def _on_requested(self, event: Any) -> None:
+        """An A-ASSOCIATE-RQ arrived: rejected (transient, local limit exceeded: the sender
+        retries, as pynetdicom's own limit answers) while ``max_associations`` are established."""
+        busy = sum(1 for a in list(self._server.active_associations) if a.is_acceptor and a.is_established)
+        if busy >= self.cfg.max_associations:
+            log.warning("association refused: %d associations open (--max-associations)", busy)
+            event.assoc.acse.send_reject(0x02, 0x03, 0x02)
+            event.assoc.kill()  # as pynetdicom's own limit does: the rejection reaches the sender first
+
     def _on_evict(self, address: str) -> None:
         # a flood of idle connections is one log line every 10 s, not one per connection; each
         # is still counted (pacs status) and audited
@@ -668,11 +677,14 @@ class Listener(Node):
         ae.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
         if self.cfg.allow_ae:
             ae.require_calling_aet = list(self.cfg.allow_ae)
-        # pynetdicom counts connections that have not asked for an association yet: room for them
-        # (beyond max_pending while the youngest are within the guard's grace period)
-        ae.maximum_associations = self.cfg.max_associations + 4 * self.cfg.max_pending
+        # pynetdicom's own limit counts every open connection, even ones that never ask for an
+        # association (a burst of junk connections then rejects real senders): it is lifted, and
+        # the limit applies to established associations only, when a request arrives
+        # (_on_requested); connections that never ask are the guard's
+        ae.maximum_associations = 1_000_000
         self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False, ssl_context=self._tls,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                                     (evt.EVT_REQUESTED, self._on_requested)])
         from .transport import ConnectionGuard
 
         self.guard = ConnectionGuard(self._server, self._tls, self.cfg.max_pending, on_evict=self._on_evict)
@@ -706,6 +718,8 @@ class Listener(Node):
     def _work(self) -> None:
         while not self._stop.is_set():
             try:
+                if self.guard is not None:
+                    self.guard.sweep()
                 self.process_due()
                 if self.cfg.send_to:
                     self.send_due()

@@ -148,7 +148,23 @@ class ConnectionGuard:
         except (OSError, ValueError, AttributeError):
             return True
 
-    def _evict_idle(self) -> None:
+    def sweep(self) -> None:
+        """Close connections their peers already closed (called by the node's worker every
+        poll, so a burst of junk does not wait for the next arrival to be cleared)."""
+        self._evict_idle(accepting=False)
+
+    @staticmethod
+    def _dead(a: Any) -> bool:
+        try:
+            for q in ("event_queue", "_recv_pdu", "to_user_queue"):
+                queue = getattr(a.dul, q, None)
+                if queue is not None and not queue.empty():
+                    return False
+            return a.dul.state_machine.current_state == "Sta1"
+        except AttributeError:
+            return False
+
+    def _evict_idle(self, accepting: bool = True) -> None:
         # first-seen times and closed marks live on the association objects themselves (an
         # object id can be reused by a new connection once an old one is gone)
         now = time.monotonic()
@@ -157,11 +173,15 @@ class ConnectionGuard:
             for a in pending:
                 if getattr(a, "_cxrkit_seen", None) is None:
                     a._cxrkit_seen = now
-            excess = len(pending) - self.max_pending + 1  # room for the connection being accepted
+            excess = len(pending) - self.max_pending + 1 if accepting else 0  # room for the one arriving
             # a connection younger than GRACE_S is never closed: its request may be in flight,
             # or read but not yet processed (pynetdicom changes state only after the whole PDU)
-            idle = [a for a in pending if now - a._cxrkit_seen >= GRACE_S and self._idle(a)] if excess > 0 else []
-            for a in sorted(idle, key=lambda a: a._cxrkit_seen)[:max(excess, 0)]:
+            old = [a for a in pending if now - a._cxrkit_seen >= GRACE_S]
+            # gone (closed by the peer, nothing queued): always; idle beyond max_pending: the oldest
+            dead = [a for a in old if self._dead(a)]
+            idle = [a for a in old if a not in dead and self._idle(a)] if excess > len(dead) else []
+            victims = dead + sorted(idle, key=lambda a: a._cxrkit_seen)[:max(excess - len(dead), 0)]
+            for a in victims:
                 self.evicted += 1
                 a._cxrkit_closed = True
                 address = str(getattr(getattr(a, "requestor", None), "address", "") or "")
