@@ -18,7 +18,6 @@ as the one before, the same SOP Instance twice), and the kills by what the node 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -33,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pacs_load import free_port, make_studies  # noqa: E402
+from pacs_load import free_port, make_studies, rows_per_instance  # noqa: E402
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
@@ -181,13 +180,7 @@ def main() -> None:
             p.send_signal(signal.SIGTERM)
             p.wait(timeout=90)
         st = status(spool)
-        rows: dict[str, int] = {}
-        for f in (spool / "results").glob("*.csv"):
-            if f.name.endswith(".failures.csv"):
-                continue
-            with open(f, newline="") as fh:
-                for r in csv.DictReader(fh):
-                    rows[r["sop_instance_uid"]] = rows.get(r["sop_instance_uid"], 0) + 1
+        rows = rows_per_instance(spool)
         import io
 
         import pydicom

@@ -136,6 +136,18 @@ def make_studies(folder: Path, n_studies: int, per_study: int, tag: str) -> list
     return studies
 
 
+def rows_per_instance(spool: Path) -> dict[str, int]:
+    """SOPInstanceUID -> number of rows the node wrote for it in ``results/`` (failure rows aside)."""
+    rows: dict[str, int] = {}
+    for f in (spool / "results").glob("*.csv"):
+        if f.name.endswith(".failures.csv"):
+            continue
+        with open(f, newline="") as fh:
+            for r in csv.DictReader(fh):
+                rows[r["sop_instance_uid"]] = rows.get(r["sop_instance_uid"], 0) + 1
+    return rows
+
+
 def sender(name: str, port: int, studies: list[list[str]], ready: mp.Queue, go: object, out: mp.Queue) -> None:
     """One modality: one association, its studies in order; per study the time its last
     instance was acknowledged, per instance the status."""
@@ -218,13 +230,7 @@ def run_phase(n_senders: int, args: argparse.Namespace, pred: object, work: Path
     lst.stop()
     st = status(spool)
     statuses = [s for _, ss, _ in results for s in ss]
-    rows: dict[str, int] = {}
-    for f in (spool / "results").glob("*.csv"):
-        if f.name.endswith(".failures.csv"):
-            continue
-        with open(f, newline="") as fh:
-            for r in csv.DictReader(fh):
-                rows[r["sop_instance_uid"]] = rows.get(r["sop_instance_uid"], 0) + 1
+    rows = rows_per_instance(spool)
     lat = np.array([sr_seen[u] - last_ack[u] for u in sr_seen if u in last_ack])
     orthanc.stop()
     return {
