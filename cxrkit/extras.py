@@ -21,7 +21,7 @@ EXTRAS: dict[str, list[tuple[str, str]]] = {
     "tracking": [("mlflow", "mlflow-skinny"), ("tensorboard", "tensorboard")],
     "bundle": [("ignite", "pytorch-ignite"), ("fire", "fire"), ("jsonschema", "jsonschema")],
     "fhir": [("fhir.resources", "fhir.resources")],
-    "openvino": [("openvino", "openvino")],
+    "openvino": [("openvino", "openvino"), ("nncf", "nncf")],
 }
 
 

@@ -154,3 +154,59 @@ def test_openvino_precision_auto_takes_int8_only_when_accurate_and_the_cpu_has_t
     shutil.copytree(m, bare, ignore=shutil.ignore_patterns("*.int8.onnx*"))
     with pytest.raises(CxrkitError, match="export .* --onnx --int8"):
         runtime.choose_openvino_precision("int8", read_spec(bare))
+
+
+@pytest.fixture(scope="module")
+def nncf_model(trained_model, tmp_path_factory):
+    pytest.importorskip("nncf")
+    m = tmp_path_factory.mktemp("nncf") / "model"
+    shutil.copytree(trained_model, m)
+    return m
+
+
+def test_nncf_accuracy_control_holds_the_validation_auc(nncf_model, demo_data, capsys):
+    """`--quantizer nncf`: the int8 copy's mean AUC on the model's validation films, as the
+    sidecar records it, is what `evaluate` measures with the ONNX engine; with no drop allowed
+    NNCF puts layers back to fp32 until there is none, with a generous one it keeps more int8."""
+    from conftest import run_cli_inprocess
+    from cxrkit.evaluate import evaluate_table
+    from cxrkit.export import _quantised_layers
+    from cxrkit.data.tables import load_table
+
+    onnx = pytest.importorskip("onnx")
+    m = nncf_model
+    r = run_cli_inprocess(capsys, "export", str(m), "--onnx", "--int8", "--quantizer", "nncf", "--max-auc-drop", "0")
+    assert r.returncode == 0, r.stderr
+    assert "NNCF" in r.stdout and "drop" in r.stdout
+    side = json.loads((m / "model.int8.onnx.json").read_text())
+    ac = side["accuracy_control"]
+    assert side["quantizer"] == "nncf" and ac["metric"] == "mean AUC" and ac["max_drop"] == 0
+    assert ac["validation"]["table"] == str(demo_data / "valid.csv") and ac["validation"]["images"] == len(load_table(demo_data / "valid.csv"))
+    assert ac["drop"] <= 1e-12 and side["accurate"] is True
+    fp32 = evaluate_table(load_predictor(m, engine="onnx", precision="fp32"), demo_data / "valid.csv",
+                          show_progress=False)
+    q = evaluate_table(load_predictor(m, engine="onnx", precision="int8"), demo_data / "valid.csv",
+                       show_progress=False)
+    assert fp32["mAUC"] == pytest.approx(ac["fp32"], abs=1e-6)
+    assert q["mAUC"] == pytest.approx(ac["int8"], abs=1e-6)
+    strict = _quantised_layers(onnx.load(str(m / "model.int8.onnx")))
+    assert strict == (side["int8_layers"], side["layers"])
+
+    from cxrkit.export import export_member_int8_nncf
+
+    f = export_member_int8_nncf(read_spec(m).members[0], max_drop=0.5)  # any drop accepted: nothing reverted
+    loose = json.loads((m / "model.int8.onnx.json").read_text())
+    assert loose["int8_layers"] >= side["int8_layers"] and loose["int8_layers"] > 0
+    assert loose["accurate"] is True and f == m / "model.int8.onnx"
+
+
+def test_nncf_quantizer_refuses_bad_options_before_any_work(trained_model, tmp_path, capsys):
+    from conftest import run_cli_inprocess
+
+    m = tmp_path / "m"
+    shutil.copytree(trained_model, m)
+    for args, msg in ((["--quantizer", "tflite"], "--quantizer must be onnxruntime or nncf"),
+                      (["--quantizer", "nncf", "--max-auc-drop", "1.5"], "--max-auc-drop must be in")):
+        r = run_cli_inprocess(capsys, "export", str(m), "--onnx", "--int8", *args)
+        assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr
+    assert not (m / "model.onnx").exists()

@@ -56,7 +56,9 @@ def export(
     calibration: Annotated[Optional[Path], typer.Option("--calibration", help="--int8: table of calibration films (default: the model's own validation table).")] = None,
     calibration_split: Annotated[Optional[str], typer.Option("--calibration-split", help="--int8: only this split of the calibration table.")] = None,
     calibration_images: Annotated[int, typer.Option("--calibration-images", min=1, help="--int8: films used for calibration (a seeded sample).")] = 128,
-    calibration_method: Annotated[str, typer.Option("--calibration-method", help="--int8: percentile (99.999th), minmax or entropy.")] = "percentile",
+    calibration_method: Annotated[str, typer.Option("--calibration-method", help="--int8 --quantizer onnxruntime: percentile (99.999th), minmax or entropy.")] = "percentile",
+    quantizer: Annotated[str, typer.Option("--quantizer", help="--int8: onnxruntime (static quantisation, accepted when no probability moves more than 0.02) or nncf (NNCF with accuracy control: layers put back to fp32 until the validation films' mean AUC is within --max-auc-drop of fp32; needs the openvino extra).")] = "onnxruntime",
+    max_auc_drop: Annotated[float, typer.Option("--max-auc-drop", help="--int8 --quantizer nncf: mean AUC the int8 copy may lose on the validation films.")] = 0.002,
     images_root: Annotated[Optional[Path], typer.Option("--images-root", help="--int8: folder the calibration table's paths are relative to.")] = None,
     bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Write a MONAI Bundle here (configs/metadata.json, configs/inference.json, models/model.pt, docs/, LICENSE).")] = None,
     dataset_dir: Annotated[Optional[Path], typer.Option("--dataset-dir", help="--bundle: default film folder of inference.json (default: the bundle's data/; override with --dataset_dir at run time).")] = None,
@@ -87,6 +89,14 @@ def export(
         raise CxrkitError("say which format to export: --onnx or --bundle DIR")
     if calibration_method not in ("percentile", "minmax", "entropy"):
         raise CxrkitError(f"--calibration-method must be percentile, minmax or entropy (got {calibration_method!r})")
+    if quantizer not in ("onnxruntime", "nncf"):
+        raise CxrkitError(f"--quantizer must be onnxruntime or nncf (got {quantizer!r})")
+    if not 0 <= max_auc_drop < 1:
+        raise CxrkitError(f"--max-auc-drop must be in [0, 1) (got {max_auc_drop})")
+    if int8 and quantizer == "nncf":
+        from ..extras import require
+
+        require("openvino", "int8 with accuracy control (--quantizer nncf)", ["nncf"])
     if deploy:  # refuse a bad target before any work
         from ..inference.runtime import read_spec
         from ..utils import check_output_dir
@@ -97,10 +107,18 @@ def export(
     for f, d in zip(res["files"], res["max_abs_diff"]):
         console.print(f"wrote {f} (max |onnxruntime - torch| = {d:.2e})" if d is not None else f"wrote {f}")
     if int8:
-        q = export_int8(model, calibration, calibration_split, images_root, calibration_images, calibration_method)
+        q = export_int8(model, calibration, calibration_split, images_root, calibration_images, calibration_method,
+                        quantizer, max_auc_drop)
         from ..inference.export import INT8_TOLERANCE
 
-        for f, d, c in zip(q["files"], q["max_prob_diff"], q["calibration"]):
+        for f, d, c, a in zip(q["files"], q["max_prob_diff"], q["calibration"], q["accuracy_control"]):
+            if a is not None:  # NNCF with accuracy control
+                note = "" if a["drop"] <= a["max_drop"] + 1e-12 else \
+                    f"; above --max-auc-drop {a['max_drop']}, so --precision auto keeps fp32"
+                console.print(f"wrote {f} (NNCF, calibrated on {c['images']} films of {c['table']}; mean AUC on "
+                              f"{a['validation']['images']} validation films: fp32 {a['fp32']:.4f}, int8 {a['int8']:.4f}, "
+                              f"drop {a['drop']:+.4f}; max |int8 - fp32| probability {d:.4f}{note})")
+                continue
             note = "" if d <= INT8_TOLERANCE else f"; above {INT8_TOLERANCE}, so --precision auto keeps fp32"
             console.print(f"wrote {f} (calibrated on {c['images']} films of {c['table']}; "
                           f"max |int8 - fp32| probability on them = {d:.4f}{note})")

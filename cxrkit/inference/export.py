@@ -261,21 +261,203 @@ def _int8_check(int8: str, fp32: str, batches: list[np.ndarray], name: str) -> f
     return diff
 
 
+# ---------------------------------------------------------------------------------------
+# int8 with accuracy control: NNCF's post-training quantisation of the ONNX model, layers
+# put back to fp32 until the mean AUC on the model's validation films is within max_drop
+# ---------------------------------------------------------------------------------------
+
+NNCF_MAX_DROP = 0.002  # mean AUC an int8 copy may lose on the validation films (issue 24's goal)
+
+
+def validation_set(member: MemberSpec, table: str | Path | None = None, split: str | None = None,
+                   images_root: str | Path | None = None, uncertain: str = "ignore"
+                   ) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
+    """Every readable film of the member's validation table (or ``table``) prepared as
+    ``predict`` prepares it (one 1 x C x H x W array each), the known labels of the model's
+    classes (films x classes: 1 / 0 / NaN) and where they came from."""
+    from ..data.tables import load_table
+    from ..train.trainer import eval_targets, select_split
+    from .predict import prepared_batches, table_items
+
+    source = "given"
+    if table is None:
+        valid = ((member.meta.get("train_config") or {}).get("data") or {}).get("valid") or {}
+        table, split = valid.get("table"), split or valid.get("split")
+        images_root = images_root or valid.get("images_root")
+        source = "the model's validation table"
+        if not table or not Path(table).is_file():
+            raise CxrkitError(f"{member.path}: its validation table ({table or 'none recorded'}) is not here; "
+                              "give labelled validation films with --calibration TABLE")
+    t = load_table(table)
+    if split:
+        t = select_split(t, split)
+    present = [c for c in member.classes if c in t.classes]
+    if not present:
+        raise CxrkitError(f"{table}: has labels for none of the model's classes; accuracy control needs "
+                          "a labelled table (--calibration TABLE)")
+    items = table_items(t, images_root, [])
+    if not items:
+        raise CxrkitError(f"{table}: none of its images were found (use --images-root)")
+    id_to_row = {str(x): i for i, x in enumerate(t.ids)}
+    xs, rows = [], []
+    for k, (p,) in enumerate(prepared_batches([it.path for it in items], [member.preprocessing], batch_size=1)):
+        if p.arrays is not None:
+            xs.append(np.asarray(p.arrays[0], np.float32)[None])
+            rows.append(id_to_row[items[k].id])
+    if len(xs) < 2:
+        raise CxrkitError(f"{table}: fewer than two of its films could be read")
+    y = np.full((len(rows), len(member.classes)), np.nan, dtype=np.float32)
+    cols = [t.classes.index(c) for c in present]
+    y[:, [member.classes.index(c) for c in present]] = eval_targets(
+        t.labels[np.asarray(rows)][:, cols].astype(np.float32), uncertain)
+    return xs, y, {"table": str(table), "split": split, "source": source, "images": len(xs),
+                   "unreadable": len(items) - len(xs), "classes_labelled": len(present)}
+
+
+def _mean_auc(targets: np.ndarray, logits: np.ndarray) -> float:
+    """Mean AUC over the classes defined on these films (NaN where none is)."""
+    from ..metrics import mean_defined, roc_auc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mean_defined(roc_auc(targets, logits), warn=False)
+
+
+def _ort_logits(model_bytes: bytes, xs: list[np.ndarray], batch: int = 16) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    s = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return np.concatenate([s.run(None, {name: np.concatenate(xs[i:i + batch])})[0]
+                           for i in range(0, len(xs), batch)]).astype(np.float32)
+
+
+def export_member_int8_nncf(member: MemberSpec, table: str | Path | None = None, split: str | None = None,
+                            images_root: str | Path | None = None, n_calibration: int = 128,
+                            max_drop: float = NNCF_MAX_DROP, max_iterations: int = 20, seed: int = 0) -> Path:
+    """NNCF post-training quantisation of a member's ONNX model with accuracy control: int8
+    (QDQ) with activation ranges from a seeded sample of ``n_calibration`` validation films,
+    then the layers that cost the most AUC (ranked by how far they move the outputs) are put
+    back to fp32, one by one (at most ``max_iterations``), until the mean AUC over all
+    validation films is within ``max_drop`` of fp32's. Writes ``model.int8.onnx`` (runs on
+    onnxruntime and OpenVINO) and a sidecar with both AUCs; ``accurate`` (what ``--precision
+    auto`` checks) is true only when the final drop is within ``max_drop``."""
+    from ..extras import install_hint
+
+    try:
+        import nncf
+        import onnx
+        import onnxruntime as ort
+        from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+    except ImportError:
+        raise CxrkitError("int8 with accuracy control needs nncf: "
+                          f"{install_hint('openvino', ['nncf', 'onnx', 'onnxruntime'])}") from None
+    if not 0 <= max_drop < 1:
+        raise CxrkitError(f"--max-auc-drop must be in [0, 1) (got {max_drop})")
+    fp32 = onnx_location(member)
+    xs, y, source = validation_set(member, table, split, images_root)
+    fp32_bytes = fp32.read_bytes()
+    fp32_logits = _ort_logits(fp32_bytes, xs)
+    fp32_auc = _mean_auc(y, fp32_logits)
+    if not np.isfinite(fp32_auc):
+        raise CxrkitError(f"{source['table']}: no class has both positive and negative films among the "
+                          f"{len(xs)} readable ones; accuracy control needs a defined AUC")
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(xs), size=min(n_calibration, len(xs)), replace=False))
+
+    fp32_probs = 1 / (1 + np.exp(-fp32_logits.astype(np.float64)))
+
+    def validate(model: Any, items: Any) -> tuple[float, list[float]]:
+        """NNCF's metric: mean AUC over all validation films (what acceptance is judged on);
+        on the subsets NNCF ranks layers with (AUC is undefined on a few films), closeness to
+        fp32's probabilities. Per film: minus its mean |probability - fp32's|, so NNCF ranks
+        layers on the films int8 moves most."""
+        data = list(items)
+        idx = np.asarray([int(d[1]) for d in data])
+        logits = _ort_logits(model.SerializeToString(), [d[0] for d in data])
+        per_item = -np.abs(1 / (1 + np.exp(-logits.astype(np.float64))) - fp32_probs[idx]).mean(1)
+        metric = _mean_auc(y[idx], logits) if len(data) == len(xs) else float(per_item.mean())
+        return float(metric), [float(v) for v in per_item]
+
+    name = ort.InferenceSession(fp32_bytes, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    cal = nncf.Dataset([xs[i] for i in pick], lambda x: {name: x})  # NNCF's ONNX engine feeds dicts
+    val = nncf.Dataset([(x, i) for i, x in enumerate(xs)], lambda item: {name: item[0]})
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)  # NNCF reports every step at INFO
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = nncf.quantize_with_accuracy_control(
+                onnx.load(str(fp32)), cal, val, validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+                subset_size=len(pick), advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                    max_num_iterations=max_iterations))
+    except nncf.errors.InternalError as e:  # type: ignore[attr-defined]
+        raise CxrkitError(f"{member.path}: NNCF could not quantise this model ({str(e).splitlines()[0][:200]})") from None
+    finally:
+        nncf_log.setLevel(level)
+    q_bytes = q.SerializeToString()
+    int8_logits = _ort_logits(q_bytes, xs)
+    int8_auc = _mean_auc(y, int8_logits)
+    drop = float(fp32_auc - int8_auc)
+    diff = float(np.abs(1 / (1 + np.exp(-int8_logits.astype(np.float64)))
+                        - 1 / (1 + np.exp(-fp32_logits.astype(np.float64)))).max())
+    int8_layers, layers = _quantised_layers(q)
+    accurate = drop <= max_drop + 1e-12
+    if not accurate:
+        log.warning("%s: int8 loses %.4f mean AUC on the validation films even with %d layers back in fp32 "
+                    "(> %.4f): --precision auto will not use it", member.path, drop, max_iterations, max_drop)
+    target = int8_location(member)
+    with atomic_write(target) as tmp_path:
+        Path(tmp_path).write_bytes(q_bytes)
+        ort.InferenceSession(str(tmp_path), providers=["CPUExecutionProvider"])  # loads, or nothing is replaced
+    _sidecar(target).write_text(json.dumps({
+        "accurate": accurate, "quantizer": "nncf", "nncf": nncf.__version__, "format": "QDQ",
+        "weights_sha256": member.meta.get("weights_sha256"), "fp32_onnx": fp32.name,
+        "accuracy_control": {"metric": "mean AUC", "fp32": fp32_auc, "int8": int8_auc, "drop": drop,
+                             "max_drop": max_drop, "max_iterations": max_iterations,
+                             "validation": source},
+        "calibration": dict(source, images=int(len(pick)), seed=seed, method="nncf minmax + bias correction"),
+        "max_prob_diff_calibration": diff, "int8_layers": int8_layers, "layers": layers,
+        "onnxruntime": ort.__version__}, indent=1))
+    return target
+
+
+def _quantised_layers(model: Any) -> tuple[int, int]:
+    """(layers whose weights come through a DequantizeLinear, all Conv / Gemm / MatMul layers)."""
+    made_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    layers = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    return sum(1 for n in layers if len(n.input) > 1 and made_by.get(n.input[1]) == "DequantizeLinear"), len(layers)
+
+
 def export_int8(path: str | Path, table: str | Path | None = None, split: str | None = None,
-                images_root: str | Path | None = None, n: int = 128, method: str = "percentile") -> dict[str, Any]:
-    """``cxrkit export MODEL --onnx --int8``: fp32 ONNX (when missing) then an int8 copy per member."""
+                images_root: str | Path | None = None, n: int = 128, method: str = "percentile",
+                quantizer: str = "onnxruntime", max_drop: float = NNCF_MAX_DROP) -> dict[str, Any]:
+    """``cxrkit export MODEL --onnx --int8``: fp32 ONNX (when missing) then an int8 copy per
+    member, by onnxruntime's static quantisation (``quantizer="onnxruntime"``, checked by the
+    largest probability change) or NNCF's with accuracy control (``"nncf"``, mean AUC on the
+    validation films within ``max_drop``)."""
+    if quantizer not in ("onnxruntime", "nncf"):
+        raise CxrkitError(f"--quantizer must be onnxruntime or nncf (got {quantizer!r})")
     spec = read_spec(path)
     ensure_onnx(spec)
     spec = read_spec(path)
-    files, diffs, cal = [], [], []
+    files, diffs, cal, control = [], [], [], []
     for m in spec.members:
-        src, info = calibration_files(m, table, split, images_root, n)
-        f = export_member_int8(m, src, info, method)
+        if quantizer == "nncf":
+            f = export_member_int8_nncf(m, table, split, images_root, n, max_drop)
+        else:
+            src, info = calibration_files(m, table, split, images_root, n)
+            f = export_member_int8(m, src, info, method)
         files.append(str(f))
         side = json.loads(_sidecar(f).read_text())
         diffs.append(side["max_prob_diff_calibration"])
         cal.append(side["calibration"])
-    return {"model": str(spec.path), "files": files, "max_prob_diff": diffs, "calibration": cal}
+        control.append(side.get("accuracy_control"))
+    return {"model": str(spec.path), "files": files, "max_prob_diff": diffs, "calibration": cal,
+            "accuracy_control": control, "quantizer": quantizer}
 
 
 def int8_is_fresh(member: MemberSpec) -> bool:
