@@ -22,6 +22,7 @@ EXTRAS: dict[str, list[tuple[str, str]]] = {
     "bundle": [("ignite", "pytorch-ignite"), ("fire", "fire"), ("jsonschema", "jsonschema")],
     "fhir": [("fhir.resources", "fhir.resources")],
     "openvino": [("openvino", "openvino"), ("nncf", "nncf")],
+    "clip": [("open_clip", "open_clip_torch")],
 }
 
 

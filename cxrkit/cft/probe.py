@@ -112,9 +112,11 @@ def run_probe(source: str | Path, train_table: str | Path, valid_table: str | Pa
               policy: str = "ignore", train_split: str | None = None, valid_split: str | None = None,
               images_root: str | Path | None = None, c_grid: tuple[float, ...] = C_GRID,
               threshold_method: str = "f1", batch_size: int = 32, show_progress: bool = True,
-              overwrite: bool = False) -> dict[str, Any]:
+              overwrite: bool = False, zero_shot: str | Path | None = None) -> dict[str, Any]:
     """Extract (cached) frozen features of ``source``'s backbone, fit per-class heads, save
-    the model at ``out`` (its report in ``out/probe/``)."""
+    the model at ``out`` (its report in ``out/probe/``). ``zero_shot``: a prompts file; its
+    classes without positive training films are scored from their prompts (a CLIP backbone:
+    :mod:`cxrkit.cft.zeroshot`), those the training table lacks are added."""
     from ..data.tables import load_table
     from ..labels import UncertaintyPolicy
     from .pipeline import _scores, _thresholds, _headline
@@ -127,7 +129,17 @@ def run_probe(source: str | Path, train_table: str | Path, valid_table: str | Pa
         raise ConfigError("the regularisation grid (C) must hold positive numbers")
     out = check_output_dir(out, "probe", [source], overwrite)
     classes = list(load_table(train_table).classes)
+    prompts = None
+    if zero_shot is not None:
+        from ..models.clip import read_prompts
+
+        prompts = read_prompts(zero_shot)
+        classes += [c for c in prompts if c not in classes]
     net, model_cfg, pre, name, label_space = _source_model(source, classes)
+    if prompts is not None:
+        from .zeroshot import clip_folder_of
+
+        clip_folder_of(model_cfg)  # refuse a non-CLIP backbone before extracting anything
     meta = ModelMeta(classes=classes, preprocessing=pre, model=model_cfg, thresholds=[0.5] * len(classes),
                      name=f"{name}+probe", label_space=label_space, threshold_method=threshold_method)
     with tempfile.TemporaryDirectory() as td:
@@ -141,6 +153,11 @@ def run_probe(source: str | Path, train_table: str | Path, valid_table: str | Pa
         raise CxrkitError("no readable training or validation films to fit the heads on")
     t_feat = time.time() - t0
     w, b, info = fit_rows(train, valid, policy, c_grid)
+    zs_record = None
+    if prompts is not None:
+        from .zeroshot import add_zero_shot_rows
+
+        w, b, zs_record = add_zero_shot_rows(model_cfg, classes, w, b, info, prompts)
     thr = _thresholds(valid, w, b, threshold_method)
     from ..labels import subsets_for
 
@@ -151,7 +168,10 @@ def run_probe(source: str | Path, train_table: str | Path, valid_table: str | Pa
     meta.extra = {"probe": {"source": str(source), "policy": policy, "c_grid": list(c_grid), "classes": info,
                             "n_train": len(train), "n_valid": len(valid), "feature_dim": int(train.z.shape[-1]),
                             "seconds_features": round(t_feat, 1), "seconds": round(time.time() - t0, 1)}}
+    if zs_record is not None:
+        meta.extra["zero_shot"] = zs_record
     summary = {"model": str(out), "valid": _headline(scores), "n_train": len(train), "n_valid": len(valid),
+               "zero_shot": list((zs_record or {}).get("classes") or []),
                "feature_dim": int(train.z.shape[-1]), "seconds": round(time.time() - t0, 1)}
     with staged_dir(out) as tmp:
         from ..artifact import write_model_files

@@ -39,6 +39,7 @@ def probe(
     train_split: Annotated[Optional[str], typer.Option("--train-split", help="Split of the training table.")] = None,
     valid_split: Annotated[Optional[str], typer.Option("--valid-split", help="Split of the validation table.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    zero_shot: Annotated[Optional[Path], typer.Option("--zero-shot", help="Prompts file (YAML: class -> positive / negative prompts): its classes without positive training films are scored from text (a biomedclip / open_clip backbone); classes the training table lacks are added.")] = None,
 ) -> None:
     """Linear heads on frozen features: extract the backbone's features once (cached), fit
     one logistic regression per class on its known training labels, choose its
@@ -53,10 +54,39 @@ def probe(
     except ValueError:
         raise CxrkitError(f"--c must be numbers separated by commas (got {c_grid!r})") from None
     res = run_probe(source, train_table, valid_table, out, policy=policy, train_split=train_split,
-                    valid_split=valid_split, images_root=images_root, c_grid=grid, overwrite=overwrite)
+                    valid_split=valid_split, images_root=images_root, c_grid=grid, overwrite=overwrite,
+                    zero_shot=zero_shot)
     v = res["valid"]
+    if res.get("zero_shot"):
+        console.print(f"zero-shot from prompts: {', '.join(res['zero_shot'])}")
     console.print(f"probe: {res['n_train']} training and {res['n_valid']} validation films, Z = {res['feature_dim']}; "
                   f"valid mAUC {v['mAUC']:.4f}, mAP {v['mAP']:.4f}; {res['seconds']:.0f} s; model in {out}")
+
+
+@app.command("zeroshot")
+def zeroshot(
+    clip_folder: Annotated[Path, typer.Argument(help="open_clip folder (open_clip_config.json + open_clip_pytorch_model.bin or open_clip_model.safetensors), e.g. BiomedCLIP.")],
+    prompts: Annotated[Path, typer.Option("--prompts", help="YAML / JSON: class -> list of positive prompts, or -> {positive: [...], negative: [...]}, or a list of class names (templates).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder.")],
+    valid_table: Annotated[Optional[Path], typer.Option("--valid", help="Labelled table: thresholds (F1) and a report for the classes it has labels for (else 0.5).")] = None,
+    valid_split: Annotated[Optional[str], typer.Option("--valid-split", help="Split of the validation table.")] = None,
+    images_root: Annotated[Optional[Path], typer.Option("--images-root", help="Folder the table's image paths are relative to.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+) -> None:
+    """A model whose classes are scored from text prompts alone (no training film): each
+    class logit is scale x (cosine to its positive prompts - cosine to its negative ones) on
+    the CLIP image embedding, stored as an ordinary head row, so predict, evaluate, export,
+    the container and the PACS node use it unchanged.
+
+    Example: cxrkit zeroshot weights/biomedclip --prompts prompts.yaml --out runs/zeroshot"""
+    from ..cft.zeroshot import run_zeroshot
+
+    res = run_zeroshot(clip_folder, prompts, out, valid_table=valid_table, valid_split=valid_split,
+                       images_root=images_root, overwrite=overwrite)
+    line = f"zero-shot model with {len(res['classes'])} class(es) from prompts: {', '.join(res['classes'][:8])}"
+    if res["valid"] is not None and res["valid"].get("mAUC") is not None:
+        line += f"; valid mAUC {res['valid']['mAUC']:.4f} on {res['n_valid']} films"
+    console.print(f"{line}; model in {out}")
 
 
 @app.command("cft")

@@ -196,7 +196,8 @@ def map_classes(wanted: list[str], available: list[str], what: str) -> list[int]
         from ..labels import CXR_LT_2026_TASK2
 
         unseen = {class_key(c) for c in CXR_LT_2026_TASK2}
-        why = (" (unseen classes of a zero-shot task: cxrkit has no zero-shot model yet)"
+        why = (" (unseen classes of a zero-shot task: make a model that scores them from text prompts with "
+               "`cxrkit zeroshot CLIP_FOLDER --prompts P.yaml`, or add them to a probe with --zero-shot)"
                if all(class_key(m) in unseen for m in missing) else "")
         raise CxrkitError(f"the model cannot produce {len(missing)} class(es) {what} asks for: "
                           f"{', '.join(missing)}{why}")

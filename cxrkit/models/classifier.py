@@ -164,10 +164,15 @@ def check_model_config(cfg: ModelConfig) -> None:
 
     from .registry import FOLDER_WEIGHTS
 
-    if cfg.weights is not None and cfg.backbone in FOLDER_WEIGHTS:
-        from .foundation import read_hf_config
+    if cfg.weights is not None and cfg.backbone in FOLDER_WEIGHTS:  # a folder: the published checkpoint's files
+        if cfg.backbone == "biomedclip":
+            from .clip import read_clip_folder
 
-        read_hf_config(cfg.weights)  # a folder: the published checkpoint's files
+            read_clip_folder(cfg.weights)
+        else:
+            from .foundation import read_hf_config
+
+            read_hf_config(cfg.weights)
     elif cfg.weights is not None:
         resolve_weights_path(cfg.weights)
     ckpt = cfg.backbone_kwargs.get("checkpoint_path")

@@ -97,7 +97,7 @@ def list_backbones() -> list[str]:
 
 
 #: backbones whose ``weights`` is a folder (a Hugging Face checkpoint), not a file
-FOLDER_WEIGHTS = ("rad-dino",)
+FOLDER_WEIGHTS = ("rad-dino", "biomedclip")
 
 
 def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
@@ -299,3 +299,12 @@ def _rad_dino(spec: BackboneSpec) -> tuple[nn.Module, int]:
 
 
 register_backbone("rad-dino")(_rad_dino)
+
+
+def _biomedclip(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    from .clip import build_clip_backbone
+
+    return build_clip_backbone(spec)
+
+
+register_backbone("biomedclip")(_biomedclip)

@@ -206,6 +206,18 @@ class TrainConfig:
                 raise ConfigError(f"rad-dino expects its checkpoint's input convention: set preprocessing: "
                                   f"{{size: {img}, channels: {m.in_chans}, mean: {want['mean'][:m.in_chans]}, "
                                   f"std: {want['std'][:m.in_chans]}, resize: center-crop}}")
+        if m.backbone == "biomedclip":  # the CLIP image tower's input convention
+            from ..models.clip import BIOMEDCLIP_ARCH, clip_preprocessing
+
+            arch = {**BIOMEDCLIP_ARCH, **{k: v for k, v in m.backbone_kwargs.items() if k != "normalize"}}
+            want = clip_preprocessing(m.weights if m.weights else None, arch)
+            pre = self.preprocessing_obj
+            if (pre.size != want["size"] or pre.channels != 3
+                    or [round(v, 4) for v in pre.mean] != [round(v, 4) for v in want["mean"]]
+                    or [round(v, 4) for v in pre.std] != [round(v, 4) for v in want["std"]]):
+                raise ConfigError(f"biomedclip expects its checkpoint's input convention: set preprocessing: "
+                                  f"{{size: {want['size']}, channels: 3, mean: {want['mean']}, std: {want['std']}, "
+                                  "resize: center-crop}")
         return self
 
 
