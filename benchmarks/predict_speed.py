@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--workers", default="0,1,2", help="decoding worker processes to try, comma-separated")
     ap.add_argument("--auc-model", default=None, help="a trained model: mean AUC per precision on its valid split")
+    ap.add_argument("--keep-int8", action="store_true",
+                    help="use the --model's own up-to-date int8 export (e.g. cxrkit export --int8 --quantizer nncf) "
+                         "instead of calibrating one on the benchmark's inputs")
     ap.add_argument("--auc-table", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
                                                / "nih_hires" / "labels.csv"))
     ap.add_argument("--dicom-dir", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dicom"))
@@ -96,10 +99,20 @@ def main() -> None:
         from cxrkit.runtime import cpu_int8_units, cpu_model_name, cpu_vendor
 
         spec = read_spec(model_dir)
-        export_member_int8(spec.members[0], files[:32], {"table": "benchmark inputs", "images": min(32, len(files))})
+        from cxrkit.export import int8_is_fresh
+
+        if args.keep_int8 and int8_is_fresh(spec.members[0]):
+            import json
+
+            side = json.loads((spec.members[0].path / "model.int8.onnx.json").read_text())
+            print(f"int8: the model's own export ({side.get('quantizer', 'onnxruntime')}, "
+                  f"{side.get('int8_layers', '?')} of {side.get('layers', '?')} layers int8)")
+        else:
+            export_member_int8(spec.members[0], files[:32], {"table": "benchmark inputs",
+                                                              "images": min(32, len(files))})
         print(f"CPU: {cpu_model_name() or 'unknown CPU'} ({len(__import__('os').sched_getaffinity(0))} cores), vendor {cpu_vendor()}")
         print(f"{args.images} inputs ({', '.join(p.name for p in src)}), model {args.backbone if not args.model else model_dir} "
-              f"at {args.size} px, batch {args.batch}, {torch.get_num_threads()} threads; CPU bf16 units: "
+              f"at {spec.members[0].preprocessing.size} px, batch {args.batch}, {torch.get_num_threads()} threads; CPU bf16 units: "
               f"{cpu_has_bf16()}, int8 units (VNNI / AMX): {cpu_int8_units()}")
         from cxrkit.predict import prepared_batches
 
@@ -141,6 +154,12 @@ def main() -> None:
               "model alone already saturates)")
         base = next(alone for name, alone, _ in rows if name == "onnx fp32")
         print("model alone vs onnxruntime fp32: " + ", ".join(f"{name} {alone / base:.2f}x" for name, alone, _ in rows))
+        from cxrkit.runtime import choose_onnx_precision, choose_openvino_precision
+
+        picks = f"onnx {choose_onnx_precision(spec, 'auto')}"
+        if any(e == "openvino" for e, _ in ENGINES):
+            picks += f", openvino {choose_openvino_precision('auto', spec)}"
+        print(f"--precision auto picks on this CPU: {picks} (int8 only where its export is accurate and measured faster)")
         if args.auc_model:
             from cxrkit.evaluate import evaluate_table
             from cxrkit.export import export_int8, int8_is_fresh

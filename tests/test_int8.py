@@ -59,6 +59,7 @@ def test_auto_precision_uses_int8_only_with_int8_units_and_an_accurate_export(in
         assert runtime.choose_onnx_precision(spec, "auto") == "fp32"
     assert sum("no VNNI / AMX int8 units" in r.message for r in caplog.records) == 1
     monkeypatch.setattr(runtime, "cpu_int8_units", lambda: True)
+    monkeypatch.setattr(runtime, "int8_is_faster", lambda spec, engine: True)
     expected = "int8" if res["max_prob_diff"][0] <= INT8_TOLERANCE else "fp32"
     assert runtime.choose_onnx_precision(spec, "auto") == expected
     side = m / "model.int8.onnx.json"
@@ -143,6 +144,7 @@ def test_openvino_precision_auto_takes_int8_only_when_accurate_and_the_cpu_has_t
     accurate = json.loads(side.read_text())["accurate"]
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512f", "avx512_vnni", "amx_int8", "amx_bf16", "avx512_bf16"})
     monkeypatch.setattr(runtime, "cpu_int8_units", lambda: True)
+    monkeypatch.setattr(runtime, "int8_is_faster", lambda spec, engine: True)
     assert runtime.choose_openvino_precision("auto", spec) == ("int8" if accurate else "bf16")
     monkeypatch.setattr(runtime, "int8_usable", lambda member: False)  # the export failed its check
     assert runtime.choose_openvino_precision("auto", spec) == "bf16"
@@ -210,3 +212,40 @@ def test_nncf_quantizer_refuses_bad_options_before_any_work(trained_model, tmp_p
         r = run_cli_inprocess(capsys, "export", str(m), "--onnx", "--int8", *args)
         assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr
     assert not (m / "model.onnx").exists()
+
+
+def test_auto_takes_int8_only_where_it_measured_faster_on_this_cpu(int8_model, monkeypatch, tmp_path, caplog):
+    """int8 units do not make every network faster (onnxruntime's int8 EfficientNet ran 2.6x
+    slower than fp32 on a VNNI CPU): auto measures once per model files and CPU, caches it,
+    and keeps fp32 where int8 lost."""
+    m, _ = int8_model
+    spec = read_spec(m)
+    monkeypatch.setenv("CXRKIT_CACHE_DIR", str(tmp_path / "cache" / "images"))
+    monkeypatch.delenv("CXRKIT_PRECISION", raising=False)
+    monkeypatch.setattr(runtime, "cpu_int8_units", lambda: True)
+    monkeypatch.setattr(runtime, "int8_usable", lambda member: True)
+    fp32_s, int8_s = runtime._time_batches(spec, "onnx", batch=4, reps=1)  # the real measurement runs
+    assert fp32_s > 0 and int8_s > 0
+    calls = []
+
+    def timed(int8_faster):
+        def f(spec, engine, batch=8, reps=3):
+            calls.append(engine)
+            return (0.2, 0.1) if int8_faster else (0.1, 0.3)
+        return f
+
+    monkeypatch.setattr(runtime, "_time_batches", timed(False))
+    with caplog.at_level(logging.INFO, logger="cxrkit.runtime"):
+        assert runtime.choose_onnx_precision(spec, "auto") == "fp32"
+        assert runtime.choose_onnx_precision(spec, "auto") == "fp32"
+    assert calls == ["onnx"]  # measured once, then read from the cache
+    assert any("slower than fp32 on this CPU" in r.message for r in caplog.records)
+    table = json.loads((tmp_path / "cache" / "int8_speed.json").read_text())
+    assert [(e["engine"], e["int8_s"], e["other_s"]) for e in table.values()] == [("onnx", 0.3, 0.1)]
+    assert runtime.choose_onnx_precision(spec, "int8") == "int8"  # asked for: no measurement decides
+    monkeypatch.setattr(runtime, "_time_batches", timed(True))
+    assert runtime.choose_openvino_precision("auto", spec) == "int8"  # its own measurement, per engine
+    assert calls == ["onnx", "openvino"]
+    (m / "model.int8.onnx").touch()  # a new export: measured again
+    assert runtime.choose_onnx_precision(spec, "auto") == "int8"
+    assert calls == ["onnx", "openvino", "onnx"]

@@ -428,6 +428,72 @@ def int8_usable(member: MemberSpec) -> bool:
         return False
 
 
+def _int8_speed_key(spec: ModelSpec, engine: str) -> str:
+    """The int8 / fp32 files of every member (name, size, mtime), the CPU and the cores:
+    what a speed measurement holds for."""
+    parts = [engine, cpu_model_name() or cpu_vendor() or "cpu", str(len(os.sched_getaffinity(0))
+                                                                     if hasattr(os, "sched_getaffinity") else os.cpu_count())]
+    for m in spec.members:
+        for f in (onnx_location(m), int8_location(m)):
+            st = f.stat()
+            parts.append(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _time_batches(spec: ModelSpec, engine: str, batch: int = 8, reps: int = 3) -> tuple[float, float]:
+    """Seconds per batch of random inputs through every member, (the precision int8 would
+    replace, int8), the best of ``reps`` after a warm-up, the two alternating."""
+    import time
+
+    other = "fp32" if engine == "onnx" else ("bf16" if cpu_has_bf16() else "fp32")
+    preds = [OnnxPredictor(spec, precision=p) if engine == "onnx" else OpenVinoPredictor(spec, precision=p)
+             for p in (other, "int8")]
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((batch, m.preprocessing.channels, *m.preprocessing.hw)).astype(np.float32)
+          for m in spec.members]
+    best = [float("inf"), float("inf")]
+    for r in range(reps + 1):
+        for k, p in enumerate(preds):
+            t0 = time.perf_counter()
+            for i in range(len(spec.members)):
+                p.member_probs(i, xs[i], [TTAView("none")])
+            if r:  # the first round warms up
+                best[k] = min(best[k], time.perf_counter() - t0)
+    return best[0], best[1]
+
+
+def int8_is_faster(spec: ModelSpec, engine: str) -> bool:
+    """Whether the int8 export runs faster than what ``auto`` would run otherwise (fp32 on
+    onnxruntime; bf16 / fp32 on OpenVINO) on this CPU, measured once on a few batches and
+    cached (``~/.cache/cxrkit/int8_speed.json``, keyed by the files, CPU model and cores):
+    int8 units do not make every network faster (onnxruntime's int8 depthwise convolutions,
+    e.g. EfficientNet's, ran 2.6x slower than fp32 on an AMD EPYC with VNNI)."""
+    from ..utils import atomic_write, cache_root
+
+    key = _int8_speed_key(spec, engine)
+    cache = cache_root() / "int8_speed.json"
+    try:
+        table = json.loads(cache.read_text())
+    except (OSError, json.JSONDecodeError):
+        table = {}
+    if not isinstance(table, dict):
+        table = {}
+    if key not in table:
+        other_s, int8_s = _time_batches(spec, engine)
+        table[key] = {"engine": engine, "cpu": cpu_model_name(), "other_s": other_s, "int8_s": int8_s,
+                      "model": str(spec.path)}
+        log.info("measured on this CPU (%s): int8 %.1f ms, without int8 %.1f ms a batch (%s)", cpu_model_name() or
+                 "unknown", int8_s * 1e3, other_s * 1e3, engine)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(cache) as tmp:
+                Path(tmp).write_text(json.dumps(table, indent=1))
+        except OSError:  # a read-only cache: measured again next time, nothing else lost
+            pass
+    e = table[key]
+    return float(e["int8_s"]) < float(e["other_s"])
+
+
 def choose_onnx_precision(spec: ModelSpec, precision: str = "auto") -> str:
     """``fp32`` or ``int8`` for an ONNX predictor. ``auto``: int8 where every member has an
     int8 export and the CPU has int8 units, else fp32 with one log line saying why."""
@@ -445,6 +511,9 @@ def choose_onnx_precision(spec: ModelSpec, precision: str = "auto") -> str:
         return "fp32"
     if not have:
         log.info("no accurate int8 export (cxrkit export MODEL --onnx --int8): running the fp32 ONNX model")
+        return "fp32"
+    if not int8_is_faster(spec, "onnx"):
+        log.info("the int8 export is slower than fp32 on this CPU (measured): running the fp32 ONNX model")
         return "fp32"
     return "int8"
 
@@ -516,7 +585,7 @@ def choose_openvino_precision(precision: str = "auto", spec: ModelSpec | None = 
         return env
     if env == "int8":
         return "int8" if have_int8 else "fp32"
-    if have_int8 and cpu_int8_units():
+    if have_int8 and cpu_int8_units() and spec is not None and int8_is_faster(spec, "openvino"):
         return "int8"
     return "bf16" if cpu_has_bf16() else "fp32"
 
