@@ -8,11 +8,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# every runtime package pinned with its hashes (challenge/lock.sh writes the lock file), so two
-# builds a month apart install the same bytes
-COPY challenge/requirements-runtime.lock /tmp/requirements-runtime.lock
-RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements-runtime.lock \
-    && rm -f /tmp/requirements-runtime.lock
+# every runtime package pinned with its hashes (challenge/lock.sh writes the lock files), so two
+# builds a month apart install the same bytes. challenge/build/engine (written by do_build.sh)
+# says which set: "onnx" (onnxruntime only, the default) or "openvino" (the same packages at
+# the same versions plus OpenVINO: CXRKIT_OPENVINO=1 challenge/do_build.sh)
+COPY challenge/requirements-runtime.lock challenge/requirements-openvino.lock challenge/build/engine /tmp/req/
+RUN lock=runtime; if [ "$(cat /tmp/req/engine)" = openvino ]; then lock=openvino; fi \
+    && pip install --no-cache-dir --require-hashes --no-deps -r /tmp/req/requirements-$lock.lock \
+    && rm -rf /tmp/req
 
 # cxrkit itself without its training dependencies (torch, timm, MONAI, ...)
 COPY pyproject.toml README.md /tmp/cxrkit-src/

@@ -2,7 +2,8 @@
 # Build the submission image with a model baked in.
 #   challenge/do_build.sh [MODEL_DIR [INTERFACE.json]]   (default: the test model in challenge/test/model)
 # MODEL_DIR is a cxrkit model or ensemble folder; it is exported to ONNX when needed and a
-# lean copy (JSON + ONNX) is staged in challenge/build/model. Image tag: $CXRKIT_IMAGE or
+# lean copy (JSON + ONNX) is staged in challenge/build/model. CXRKIT_OPENVINO=1 adds OpenVINO
+# to the image (+180 MB; used on Intel CPUs, see docs/leaderboards.md). Image tag: $CXRKIT_IMAGE or
 # cxrkit-challenge:latest. INTERFACE.json (or $CXRKIT_GC_INTERFACE_FILE): the grand-challenge
 # phase's output sockets, baked in as /opt/ml/interface.json (README, "grand-challenge.org").
 source "$(dirname "$0")/common.sh"
@@ -39,6 +40,9 @@ except CxrkitError as e:
     sys.exit(2)
 print(f"staged {src} -> {dst}")
 PY
+# the engine set the image installs (Dockerfile): onnxruntime, or onnxruntime + OpenVINO
+if [ "${CXRKIT_OPENVINO:-0}" = 1 ]; then echo openvino; else echo onnx; fi > "$REPO/challenge/build/engine"
+echo "engine set: $(cat "$REPO/challenge/build/engine")"
 if [ -n "$IFACE" ]; then
   cp "$IFACE" "$REPO/challenge/build/interface/interface.json"
   echo "staged interface $IFACE"

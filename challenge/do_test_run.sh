@@ -2,6 +2,7 @@
 # Run the built image on the checked-in test inputs of every entry mode, the way each
 # platform runs it, and compare with the expected outputs.
 #   challenge/do_test_run.sh
+#   CXRKIT_IMAGE=cxrkit-challenge:openvino CXRKIT_ENGINE=openvino CXRKIT_PRECISION=fp32 challenge/do_test_run.sh
 # Every run: no network, a read-only root filesystem (so nothing can be written outside
 # /output and /tmp), an empty tmpfs /tmp, all capabilities dropped, no-new-privileges, a
 # memory limit ($CXRKIT_TEST_MEMORY, default 4g; empty to skip where cgroups are unavailable),
@@ -15,6 +16,9 @@ fail=0
 MEM="${CXRKIT_TEST_MEMORY-4g}"
 STRICT=(--network none --read-only --tmpfs /tmp:rw,size=512m --cap-drop all --security-opt no-new-privileges)
 [ -n "$MEM" ] && STRICT+=(--memory "$MEM")
+# CXRKIT_ENGINE / CXRKIT_PRECISION pass through (e.g. the OpenVINO image: CXRKIT_ENGINE=openvino
+# CXRKIT_PRECISION=fp32 compares OpenVINO's fp32 outputs with the expected onnxruntime ones)
+for v in CXRKIT_ENGINE CXRKIT_PRECISION; do [ -n "${!v:-}" ] && STRICT+=(-e "$v=${!v}"); done
 pass() { echo "PASS $1"; }
 failed() { echo "FAIL $1"; fail=1; }
 check() {  # check NAME ACTUAL EXPECTED

@@ -338,3 +338,23 @@ def test_a_training_config_must_use_the_clip_preprocessing(tiny_clip, demo_data)
     raw["model"]["in_chans"] = 1
     with pytest.raises(ConfigError, match="biomedclip"):
         load_config(raw=raw)
+
+
+def test_the_shipped_biomedclip_template_and_task2_prompts(tiny_clip, tmp_path, monkeypatch):
+    from cxrkit.labels import CXR_LT_2026_TASK2
+    from cxrkit.models.clip import read_prompts
+    from cxrkit.train.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "foundation"
+    prompts = read_prompts(root / "cxr_lt_2026_task2_prompts.yaml")
+    assert list(prompts) == list(CXR_LT_2026_TASK2)  # the task's header, in its order
+    assert all(len(p["positive"]) == 3 and len(p["negative"]) == 3 for p in prompts.values())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CXRKIT_WEIGHTS", raising=False)
+    with pytest.raises(ConfigError, match=r"weights/biomedclip: expected an open_clip folder"):
+        load_config(root / "biomedclip_probe.yaml")
+    shutil.copytree(tiny_clip, tmp_path / "w" / "biomedclip")
+    monkeypatch.setenv("CXRKIT_WEIGHTS", str(tmp_path / "w"))
+    cfg = load_config(root / "biomedclip_probe.yaml", overrides=[f"model.backbone_kwargs={json.dumps(_arch(tiny_clip))}",
+                                                                  "preprocessing.size=32"])
+    assert cfg.model_config.backbone == "biomedclip" and cfg.model_config.weights == str(tmp_path / "w" / "biomedclip")

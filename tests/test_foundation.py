@@ -139,3 +139,20 @@ def test_a_training_config_must_use_the_checkpoints_preprocessing(dino_folder, d
     ok = tiny_config(demo_data, model=model, preprocessing={"size": 56, "channels": 3, "mean": [0.5307] * 3,
                                                              "std": [0.2583] * 3, "resize": "center-crop"})
     assert ok.model_config.backbone == "rad-dino"
+
+
+def test_the_shipped_rad_dino_template_finds_its_folder_by_cxrkit_weights(dino_folder, tmp_path, monkeypatch):
+    """configs/foundation/rad_dino_probe.yaml: the folder under $CXRKIT_WEIGHTS (default
+    weights/); without it, one line naming the folder and what it must hold."""
+    from cxrkit.train.config import load_config
+
+    tpl = Path(__file__).resolve().parents[1] / "configs" / "foundation" / "rad_dino_probe.yaml"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CXRKIT_WEIGHTS", raising=False)
+    with pytest.raises(ConfigError, match=r"weights/rad-dino: expected a Hugging Face Dinov2 folder"):
+        load_config(tpl)
+    shutil.copytree(dino_folder, tmp_path / "w" / "rad-dino")
+    monkeypatch.setenv("CXRKIT_WEIGHTS", str(tmp_path / "w"))
+    cfg = load_config(tpl, overrides=[f"model.backbone_kwargs={json.dumps({**ARCH, 'pool': 'cls'})}",
+                                      "preprocessing.size=56"])  # the test's tiny ViT, not RAD-DINO's size
+    assert cfg.model_config.weights == str(tmp_path / "w" / "rad-dino") and cfg.name == "rad_dino_probe"

@@ -206,7 +206,7 @@ def test_nncf_quantizer_refuses_bad_options_before_any_work(trained_model, tmp_p
     from conftest import run_cli_inprocess
 
     m = tmp_path / "m"
-    shutil.copytree(trained_model, m)
+    shutil.copytree(trained_model, m, ignore=shutil.ignore_patterns("*.onnx", "*.onnx.json"))
     for args, msg in ((["--quantizer", "tflite"], "--quantizer must be onnxruntime or nncf"),
                       (["--quantizer", "nncf", "--max-auc-drop", "1.5"], "--max-auc-drop must be in")):
         r = run_cli_inprocess(capsys, "export", str(m), "--onnx", "--int8", *args)

@@ -377,6 +377,54 @@ def test_do_build_stages_the_model_and_the_phase(trained_model, tmp_path):
     staged = root / "challenge" / "build"
     assert (staged / "model" / "model.onnx").is_file() and (staged / "interface" / "interface.json").is_file()
     assert not list((staged / "model").rglob("model.safetensors"))
+    assert (staged / "engine").read_text().strip() == "onnx"  # the Dockerfile installs the runtime lock
+    r = subprocess.run(["bash", str(root / "challenge" / "do_build.sh"), str(trained_model)], capture_output=True,
+                       text=True, env=dict(env, CXRKIT_OPENVINO="1"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (staged / "engine").read_text().strip() == "openvino"
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    import re
+
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", lock.read_text(), flags=re.M))
+
+
+def test_the_openvino_image_keeps_the_runtime_versions():
+    """requirements-openvino.lock = requirements-runtime.lock's packages at the same versions
+    (with hashes) + OpenVINO and what it needs; the Dockerfile installs one or the other."""
+    runtime, ov = _pins(REPO / "challenge" / "requirements-runtime.lock"), _pins(REPO / "challenge" /
+                                                                               "requirements-openvino.lock")
+    assert "onnxruntime" in runtime and "openvino" in ov and "openvino" not in runtime
+    assert {k: ov.get(k) for k in runtime} == runtime
+    assert set(ov) - set(runtime) <= {"openvino", "openvino-telemetry"}
+    text = (REPO / "challenge" / "requirements-openvino.lock").read_text()
+    assert text.count("--hash=sha256:") >= len(ov) and "file:///" not in text
+    docker = (REPO / "Dockerfile").read_text()
+    assert "requirements-openvino.lock" in docker and "challenge/build/engine" in docker
+
+
+def test_the_submission_engine_follows_the_image_and_the_cpu(monkeypatch):
+    import importlib.util
+
+    from cxrkit.inference import runtime
+    from cxrkit.leaderboard.submit import submission_engine
+
+    real = importlib.util.find_spec
+    monkeypatch.delenv("CXRKIT_ENGINE", raising=False)
+    monkeypatch.setattr(runtime, "cpu_vendor", lambda: "GenuineIntel")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "openvino" else real(n, *a))
+    assert submission_engine() == "openvino"  # an OpenVINO image on an Intel CPU
+    monkeypatch.setattr(runtime, "cpu_vendor", lambda: "AuthenticAMD")
+    assert submission_engine() == "onnx"  # measured faster on AMD
+    monkeypatch.setenv("CXRKIT_ENGINE", "openvino")
+    assert submission_engine() == "openvino"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
+    with pytest.raises(CxrkitError, match="no OpenVINO"):
+        submission_engine()  # the plain image
+    monkeypatch.delenv("CXRKIT_ENGINE")
+    monkeypatch.setattr(runtime, "cpu_vendor", lambda: "GenuineIntel")
+    assert submission_engine() == "onnx"
 
 
 def test_do_build_without_onnx_says_what_to_install(trained_model, tmp_path):

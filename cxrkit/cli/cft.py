@@ -46,7 +46,7 @@ def probe(
     regularisation and threshold on validation, and save an ordinary model (then
     `cxrkit cft` fine-tunes its rows further).
 
-    Example: cxrkit probe configs/rad_dino_probe.yaml labels.csv labels.csv --train-split train --valid-split valid --out runs/probe"""
+    Example: cxrkit probe configs/foundation/rad_dino_probe.yaml labels.csv labels.csv --train-split train --valid-split valid --out runs/probe"""
     from ..cft.probe import run_probe
 
     try:
