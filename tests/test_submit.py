@@ -404,6 +404,22 @@ def test_the_openvino_image_keeps_the_runtime_versions():
     assert "requirements-openvino.lock" in docker and "challenge/build/engine" in docker
 
 
+def test_every_file_the_dockerfile_copies_passes_the_dockerignore():
+    """.dockerignore excludes everything but what it names: a COPY source it does not name
+    fails the image build ("no items matching"), which no CPU test would otherwise see."""
+    import shlex
+
+    allowed = [ln[1:].strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln.startswith("!")]
+    copies = []
+    for ln in (REPO / "Dockerfile").read_text().splitlines():
+        if ln.startswith("COPY "):
+            parts = [p for p in shlex.split(ln)[1:] if not p.startswith("--")]
+            copies += parts[:-1]
+    assert "challenge/build/engine" in copies and len(copies) >= 6
+    for src in copies:
+        assert any(src == a or src.startswith(a.rstrip("/") + "/") for a in allowed), src
+
+
 def test_the_submission_engine_follows_the_image_and_the_cpu(monkeypatch):
     import importlib.util
 
