@@ -113,3 +113,27 @@ def test_without_openvino_one_line(trained_model: Path, monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(CxrkitError, match=r'needs openvino: pip install openvino .*\[openvino\]'):
         OpenVinoPredictor(read_spec(trained_model))
+
+
+def test_openvino_writes_and_sends_nothing_of_its_own(trained_model: Path, tmp_path: Path) -> None:
+    """`import openvino` sends a usage event and writes a client id under $HOME/intel (on a
+    read-only HOME, as in CodaLab's runs, it printed warnings on stderr). The engine runs
+    with that telemetry kept from loading: HOME stays empty, stderr stays clean."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    model = tmp_path / "m"
+    shutil.copytree(trained_model, model)
+    home = tmp_path / "home"
+    home.mkdir()
+    code = ("from cxrkit.inference.runtime import read_spec, OpenVinoPredictor\n"
+            "from cxrkit.export import ensure_onnx\n"
+            f"spec = read_spec({str(model)!r}); ensure_onnx(spec)\n"
+            "p = OpenVinoPredictor(read_spec(spec.path), precision='fp32'); print(p.precision)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, HOME=str(home), XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert r.returncode == 0 and r.stdout.strip() == "fp32", r.stderr
+    assert list(home.iterdir()) == [], list(home.rglob("*"))
+    assert "telemetry" not in r.stderr.lower()

@@ -346,6 +346,9 @@ def export_member_int8_nncf(member: MemberSpec, table: str | Path | None = None,
     auto`` checks) is true only when the final drop is within ``max_drop``."""
     from ..extras import install_hint
 
+    from .runtime import no_vendor_telemetry
+
+    no_vendor_telemetry()
     try:
         import nncf
         import onnx

@@ -590,6 +590,18 @@ def choose_openvino_precision(precision: str = "auto", spec: ModelSpec | None = 
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def no_vendor_telemetry() -> None:
+    """Keep OpenVINO's and NNCF's usage telemetry from loading: ``import openvino`` sends an
+    "import" event and writes a client id under $HOME (on a read-only HOME it warns on
+    stderr), NNCF reports its calls. Both fall back to a no-op without the
+    ``openvino_telemetry`` module, which this marks as absent (as onnxruntime's telemetry is
+    switched off): nothing is written outside the output folders, nothing is sent."""
+    import sys
+
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import -> ImportError
+
+
 class OpenVinoPredictor(Predictor):
     """Members' ONNX exports compiled by OpenVINO for the CPU (optional: ``pip install
     openvino``, or ``pip install -e ".[openvino]"``). ``precision`` (see
@@ -602,6 +614,7 @@ class OpenVinoPredictor(Predictor):
         super().__init__(spec)
         self.precision = choose_openvino_precision(precision, spec)
         try:
+            no_vendor_telemetry()
             import openvino as ov
         except ImportError:
             from ..extras import install_hint
