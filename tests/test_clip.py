@@ -312,6 +312,15 @@ def test_probe_adds_zero_shot_classes_for_the_long_tail(tiny_clip, demo_data, tm
     pe = m.classes.index("Pleural Effusion")
     rec = m.meta.extra["probe"]["classes"][pe]
     assert rec["n_train_pos"] > 0 and rec["C"] is not None  # fitted, not replaced
+    # prompts only for classes with training positives: a warning, the probe's model as without them
+    (tmp_path / "p_known.yaml").write_text("Pleural Effusion: [pleural effusion]\n")
+    r = run_cli_inprocess(capsys, "probe", str(tmp_path / "c.yaml"), str(demo_data / "train.csv"),
+                          str(demo_data / "valid.csv"), "--out", str(tmp_path / "probe2"), "--zero-shot",
+                          str(tmp_path / "p_known.yaml"))
+    assert r.returncode == 0, r.stderr
+    m2 = load_model(tmp_path / "probe2")
+    assert "zero_shot" not in m2.meta.extra and m2.classes == m.classes[:-1]
+    assert np.abs(head_rows(m2.model)[0] - w[:-1]).max() < 1e-6
     # a backbone that is not a CLIP image tower cannot take prompt rows
     cfg["model"] = {"backbone": "tiny-cnn", "in_chans": 1, "backbone_kwargs": {"widths": [8, 16, 32]}}
     cfg["preprocessing"] = {"size": 32, "channels": 1, "mean": [0.5], "std": [0.25]}

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, CxrkitError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,11 @@ def run_zeroshot(folder: str | Path, prompts_file: str | Path, out: str | Path, 
 
 def add_zero_shot_rows(model_cfg: dict[str, Any], classes: list[str], w: np.ndarray, b: np.ndarray,
                        info: list[dict[str, Any]], prompts: dict[str, dict[str, list[str]]]
-                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
     """``probe --zero-shot``: rows from prompts for the prompt classes that have no positive
     training film (classes the training table lacks, or knows only negatives of); a class
-    with training positives keeps its fitted row. Returns (W, b, the zero-shot record)."""
+    with training positives keeps its fitted row. Returns (W, b, the zero-shot record, None
+    when no prompt class lacks training positives)."""
     from ..models.clip import zero_shot_rows
 
     folder = clip_folder_of(model_cfg)
@@ -130,7 +131,9 @@ def add_zero_shot_rows(model_cfg: dict[str, Any], classes: list[str], w: np.ndar
         log.info("zero-shot prompts ignored for %d class(es) with training positives (their fitted rows stay): %s",
                  len(kept), ", ".join(kept))
     if not use:
-        raise CxrkitError("every class given prompts has positive training films: nothing to score zero-shot")
+        log.warning("every class given prompts has positive training films: all keep their fitted rows, "
+                    "none is scored zero-shot")
+        return w, b, None
     zw, zb = zero_shot_rows(folder, use)
     w, b = w.copy(), b.copy()
     for k, c in enumerate(use):
