@@ -231,6 +231,14 @@ def test_zero_shot_classes_reach_every_output_and_the_cxr_lt_task2_header(tiny_c
     summary = json.loads((tmp_path / "zs2" / "zeroshot" / "summary.json").read_text())
     assert summary["per_class_auc"]["Pleural Effusion"] is not None and summary["n_valid"] > 0
     assert json.loads((tmp_path / "zs2" / "model.json").read_text())["thresholds"][1] == 0.5
+    from cxrkit.ensemble import load_predictor
+    from cxrkit.evaluate import evaluate_table
+
+    ev = evaluate_table(load_predictor(tmp_path / "zs2", engine="torch"), demo_data / "valid.csv",
+                        show_progress=False)
+    assert ev["zero_shot_classes"] == ["Pleural Effusion"]  # the one the table labels
+    assert [c["zero_shot"] for c in ev["classes"]] == [True]
+    assert ev["mAUC"] == pytest.approx(summary["per_class_auc"]["Pleural Effusion"], abs=1e-6)
     dicoms = sorted((SHARED_DATA / "dicom").glob("*.dcm"))
     if not dicoms:
         pytest.skip("no real DICOMs in ../shared/data/dicom")

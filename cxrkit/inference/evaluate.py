@@ -93,6 +93,13 @@ def evaluate_table(model: Any, table_path: str | Path, images_root: str | Path |
     if corrupted:
         summary["corruptions"] = _corrupted_scores(corrupted, summary, targets, rows, table, present, cols_model,
                                                    thresholds, study, lateral_weight, scores_clean=scores)
+    zs: set[str] = set()
+    for m in getattr(getattr(model, "spec", None), "members", []) or []:
+        zs |= set(((m.meta.get("extra") or {}).get("zero_shot") or {}).get("classes") or {})
+    if zs:  # classes scored from text prompts (cxrkit zeroshot / probe --zero-shot): marked, scored alike
+        summary["zero_shot_classes"] = [c for c in present if c in zs]
+        for c in summary["classes"]:
+            c["zero_shot"] = c["name"] in zs
     summary["table"] = str(table_path)
     summary["model"] = str(getattr(getattr(model, "spec", None), "path", ""))
     summary["unit"] = unit
