@@ -22,6 +22,23 @@ def shared(*parts: str) -> Path:
     return p
 
 
+def real_film(size: int) -> "np.ndarray":  # noqa: F821
+    """A real chest film (the first of ../shared/data/nih_hires, else a rendered one), grey,
+    resized to size x size with area interpolation, values in [0, 1]: for feature checks
+    against reference libraries."""
+    import cv2
+    import numpy as np
+
+    files = sorted((SHARED_DATA / "nih_hires" / "images").glob("*.png"))[:1]
+    if files:
+        img = cv2.imread(str(files[0]), cv2.IMREAD_GRAYSCALE)
+    else:
+        from cxrkit.data.demo import render_frontal
+
+        img = (render_frontal({"Effusion": 0.7}, np.random.default_rng(0), size=256) * 255).astype(np.uint8)
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic demo dataset shared by the whole session."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SHARED_DATA, run_cli_inprocess
+from conftest import SHARED_DATA, real_film, run_cli_inprocess
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -80,18 +80,8 @@ def biomedclip_like(tmp_path_factory) -> tuple[Path, Path]:
 
 def _film(size: int = 32) -> torch.Tensor:
     """A real chest film as the CLIP image tower takes it (3 channels, CLIP mean / std)."""
-    import cv2
-
-    files = sorted((SHARED_DATA / "nih_hires" / "images").glob("*.png"))[:1]
-    if files:
-        img = cv2.imread(str(files[0]), cv2.IMREAD_GRAYSCALE)
-    else:
-        from cxrkit.data.demo import render_frontal
-
-        img = (render_frontal({"Effusion": 0.7}, np.random.default_rng(0), size=256) * 255).astype(np.uint8)
-    x = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-    x = np.stack([(x - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
-    return torch.from_numpy(x[None].astype(np.float32))
+    x = real_film(size)
+    return torch.from_numpy(np.stack([(x - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD)])[None].astype(np.float32))
 
 
 def _size(folder: Path) -> int:

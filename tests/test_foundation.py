@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_DATA
+from conftest import real_film
 
 transformers = pytest.importorskip("transformers")
 
@@ -45,17 +45,7 @@ def dino_folder(tmp_path_factory) -> Path:
 
 def _film(size: int = 56) -> torch.Tensor:
     """A real chest film, normalised as RAD-DINO's preprocessor does, 3 channels."""
-    import cv2
-
-    files = sorted((SHARED_DATA / "nih_hires" / "images").glob("*.png"))[:1]
-    if files:
-        img = cv2.imread(str(files[0]), cv2.IMREAD_GRAYSCALE)
-    else:
-        from cxrkit.data.demo import render_frontal
-
-        img = (render_frontal({"Effusion": 0.7}, np.random.default_rng(0), size=256) * 255).astype(np.uint8)
-    x = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-    x = (x - 0.5307) / 0.2583
+    x = (real_film(size) - 0.5307) / 0.2583
     return torch.from_numpy(np.repeat(x[None, None], 3, axis=1))
 
 

@@ -127,13 +127,12 @@ def export_model(path: str | Path, force: bool = True) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def calibration_files(member: MemberSpec, table: str | Path | None = None, split: str | None = None,
-                      images_root: str | Path | None = None, n: int = 128, seed: int = 0) -> tuple[list[Path], dict]:
-    """Up to ``n`` readable image paths for calibration (a seeded sample, in table order) and
-    a description of where they came from. Default source: the validation table the model
-    was trained with (its ``train_config``), relative paths resolved from the current folder."""
+def _member_table(member: MemberSpec, table: str | Path | None, split: str | None,
+                  images_root: str | Path | None, hint: str) -> tuple[Any, Any, str | None, Any, str]:
+    """(the table, its path, split, images root, where it came from): ``table`` as given, else
+    the validation table the member was trained with (its ``train_config``), relative paths
+    resolved from the current folder; ``hint`` ends the error when that one is not here."""
     from ..data.tables import load_table
-    from .predict import table_items
     from ..train.trainer import select_split
 
     source = "given"
@@ -143,11 +142,22 @@ def calibration_files(member: MemberSpec, table: str | Path | None = None, split
         images_root = images_root or valid.get("images_root")
         source = "the model's validation table"
         if not table or not Path(table).is_file():
-            raise CxrkitError(f"{member.path}: its validation table ({table or 'none recorded'}) is not here; "
-                              "give the calibration films with --calibration TABLE")
+            raise CxrkitError(f"{member.path}: its validation table ({table or 'none recorded'}) is not here; {hint}")
     t = load_table(table)
     if split:
         t = select_split(t, split)
+    return t, table, split, images_root, source
+
+
+def calibration_files(member: MemberSpec, table: str | Path | None = None, split: str | None = None,
+                      images_root: str | Path | None = None, n: int = 128, seed: int = 0) -> tuple[list[Path], dict]:
+    """Up to ``n`` readable image paths for calibration (a seeded sample, in table order) and
+    a description of where they came from. Default source: the validation table the model
+    was trained with (its ``train_config``), relative paths resolved from the current folder."""
+    from .predict import table_items
+
+    t, table, split, images_root, source = _member_table(member, table, split, images_root,
+                                                         "give the calibration films with --calibration TABLE")
     items = table_items(t, images_root, [])
     if not items:
         raise CxrkitError(f"{table}: none of its images were found for calibration (use --images-root)")
@@ -275,22 +285,11 @@ def validation_set(member: MemberSpec, table: str | Path | None = None, split: s
     """Every readable film of the member's validation table (or ``table``) prepared as
     ``predict`` prepares it (one 1 x C x H x W array each), the known labels of the model's
     classes (films x classes: 1 / 0 / NaN) and where they came from."""
-    from ..data.tables import load_table
-    from ..train.trainer import eval_targets, select_split
+    from ..train.trainer import eval_targets
     from .predict import prepared_batches, table_items
 
-    source = "given"
-    if table is None:
-        valid = ((member.meta.get("train_config") or {}).get("data") or {}).get("valid") or {}
-        table, split = valid.get("table"), split or valid.get("split")
-        images_root = images_root or valid.get("images_root")
-        source = "the model's validation table"
-        if not table or not Path(table).is_file():
-            raise CxrkitError(f"{member.path}: its validation table ({table or 'none recorded'}) is not here; "
-                              "give labelled validation films with --calibration TABLE")
-    t = load_table(table)
-    if split:
-        t = select_split(t, split)
+    t, table, split, images_root, source = _member_table(member, table, split, images_root,
+                                                         "give labelled validation films with --calibration TABLE")
     present = [c for c in member.classes if c in t.classes]
     if not present:
         raise CxrkitError(f"{table}: has labels for none of the model's classes; accuracy control needs "
