@@ -249,3 +249,20 @@ def test_auto_takes_int8_only_where_it_measured_faster_on_this_cpu(int8_model, m
     (m / "model.int8.onnx").touch()  # a new export: measured again
     assert runtime.choose_onnx_precision(spec, "auto") == "int8"
     assert calls == ["onnx", "openvino", "onnx"]
+
+
+def test_a_replaced_export_is_not_vouched_for_by_its_old_sidecar(int8_model, tmp_path):
+    """Export and sidecar are two renames: before a new file replaces an export, its old
+    sidecar is marked so that a process killed in between leaves nothing auto trusts."""
+    from cxrkit.export import _invalidate_sidecar, int8_is_fresh, is_fresh
+
+    m, _ = int8_model
+    copy = tmp_path / "m"
+    shutil.copytree(m, copy)
+    member = read_spec(copy).members[0]
+    f = runtime.int8_location(member)
+    assert int8_is_fresh(member) and is_fresh(member)
+    _invalidate_sidecar(f)
+    assert not runtime.int8_usable(member) and not int8_is_fresh(member)
+    _invalidate_sidecar(runtime.onnx_location(member))
+    assert not is_fresh(member)  # the fp32 export is made again on next use

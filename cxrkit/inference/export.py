@@ -34,6 +34,19 @@ def _sidecar(onnx_file: Path) -> Path:
     return onnx_file.with_name(onnx_file.name + ".json")
 
 
+def _write_sidecar(target: Path, data: dict[str, Any]) -> None:
+    with atomic_write(_sidecar(target)) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1))
+
+
+def _invalidate_sidecar(target: Path) -> None:
+    """Before a new file replaces ``target``: its old sidecar stops vouching for it (a process
+    killed between the two renames leaves an export that is neither fresh nor accurate, so
+    it is made again or ignored, never trusted)."""
+    if _sidecar(target).exists():
+        _write_sidecar(target, {"accurate": False, "weights_sha256": None, "state": "being replaced"})
+
+
 def is_fresh(member: MemberSpec, f: Path | None = None) -> bool:
     """``f`` (default: the member's fp32 ONNX file) exists and was made from its current
     weights (the sidecar's checksum)."""
@@ -61,6 +74,7 @@ def export_member(member: MemberSpec, batch: int = 2) -> Path:
     if not os.access(member.path, os.W_OK):
         target = onnx_location(member)
         target.parent.mkdir(parents=True, exist_ok=True)
+    _invalidate_sidecar(target)
     with atomic_write(target) as tmp_path:
         tmp = str(tmp_path)
         with warnings.catch_warnings():
@@ -76,8 +90,8 @@ def export_member(member: MemberSpec, batch: int = 2) -> Path:
         diff = _check(tmp, net, member)
         if diff > TOLERANCE:
             raise ArtifactError(f"{member.path}: ONNX output differs from PyTorch by {diff:.2e} (> {TOLERANCE})")
-    _sidecar(target).write_text(json.dumps({"weights_sha256": member.meta.get("weights_sha256"),
-                                            "opset": OPSET, "max_abs_diff": diff, "torch": torch.__version__}))
+    _write_sidecar(target, {"weights_sha256": member.meta.get("weights_sha256"), "opset": OPSET,
+                            "max_abs_diff": diff, "torch": torch.__version__})
     return target
 
 
@@ -228,6 +242,7 @@ def export_member_int8(member: MemberSpec, files: list[Path], source: dict[str, 
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))  # the quantiser logs a warning per tensor and prints its settings
+    _invalidate_sidecar(target)
     with tempfile.TemporaryDirectory() as td, atomic_write(target) as tmp_path, \
             contextlib.redirect_stdout(io.StringIO()):
         pre = Path(td) / "pre.onnx"
@@ -250,11 +265,11 @@ def export_member_int8(member: MemberSpec, files: list[Path], source: dict[str, 
         log.warning("%s: int8 probabilities differ from fp32 by up to %.3f on the calibration films (> %.2f): "
                     "this model does not survive post-training quantisation; --precision auto will not use it",
                     member.path, diff, INT8_TOLERANCE)
-    _sidecar(target).write_text(json.dumps({"accurate": accurate, "tolerance": INT8_TOLERANCE,
+    _write_sidecar(target, {"accurate": accurate, "tolerance": INT8_TOLERANCE,
         "weights_sha256": member.meta.get("weights_sha256"), "fp32_onnx": fp32.name, "format": "QDQ",
         "weights": "int8 per channel", "activations": "uint8 per tensor", "calibration": dict(
             source, method=method, unreadable=failed), "max_prob_diff_calibration": diff,
-        "onnxruntime": ort.__version__}, indent=1))
+        "onnxruntime": ort.__version__})
     return target
 
 
@@ -409,13 +424,14 @@ def export_member_int8_nncf(member: MemberSpec, table: str | Path | None = None,
     int8_layers, layers = _quantised_layers(q)
     accurate = drop <= max_drop + 1e-12
     if not accurate:
-        log.warning("%s: int8 loses %.4f mean AUC on the validation films even with %d layers back in fp32 "
-                    "(> %.4f): --precision auto will not use it", member.path, drop, max_iterations, max_drop)
+        log.warning("%s: int8 loses %.4f mean AUC on the validation films with up to %d layers put back in "
+                    "fp32 (> %.4f): --precision auto will not use it", member.path, drop, max_iterations, max_drop)
     target = int8_location(member)
+    _invalidate_sidecar(target)
     with atomic_write(target) as tmp_path:
         Path(tmp_path).write_bytes(q_bytes)
         ort.InferenceSession(str(tmp_path), providers=["CPUExecutionProvider"])  # loads, or nothing is replaced
-    _sidecar(target).write_text(json.dumps({
+    _write_sidecar(target, {
         "accurate": accurate, "quantizer": "nncf", "nncf": nncf.__version__, "format": "QDQ",
         "weights_sha256": member.meta.get("weights_sha256"), "fp32_onnx": fp32.name,
         "accuracy_control": {"metric": "mean AUC", "fp32": fp32_auc, "int8": int8_auc, "drop": drop,
@@ -423,7 +439,7 @@ def export_member_int8_nncf(member: MemberSpec, table: str | Path | None = None,
                              "validation": source},
         "calibration": dict(source, images=int(len(pick)), seed=seed, method="nncf minmax + bias correction"),
         "max_prob_diff_calibration": diff, "int8_layers": int8_layers, "layers": layers,
-        "onnxruntime": ort.__version__}, indent=1))
+        "onnxruntime": ort.__version__})
     return target
 
 
