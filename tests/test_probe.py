@@ -69,3 +69,37 @@ def test_probe_from_a_config_and_bad_inputs(demo_data, tmp_path, capsys):
     r = run_cli_inprocess(capsys, "probe", str(tmp_path / "nothing.txt"), str(demo_data / "train.csv"),
                           str(demo_data / "valid.csv"), "--out", str(tmp_path / "q"))
     assert r.returncode == 2 and "saved model folder or a training config" in r.stdout + r.stderr
+
+
+def test_probe_then_cft_in_one_command(trained_model, demo_data, tmp_path, capsys):
+    """`probe --cft bp-asl`: the model in --out is the probe's heads fine-tuned category by
+    category (rows kept or changed as CFT's report says), with both reports."""
+    from cxrkit.artifact import load_model
+    from cxrkit.cft.features import head_rows
+
+    plain = tmp_path / "plain"
+    r = run_cli_inprocess(capsys, "probe", str(trained_model), str(demo_data / "train.csv"),
+                          str(demo_data / "valid.csv"), "--out", str(plain), "--c", "0.1,1")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "probe-cft"
+    r = run_cli_inprocess(capsys, "probe", str(trained_model), str(demo_data / "train.csv"),
+                          str(demo_data / "valid.csv"), "--out", str(out), "--c", "0.1,1", "--cft", "bp-asl")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "CFT" in r.stdout and (out / "probe" / "summary.json").is_file() and (out / "cft" / "report.json").is_file()
+    rep = json.loads((out / "cft" / "report.json").read_text())
+    w0, b0 = head_rows(load_model(plain).model)
+    w1, b1 = head_rows(load_model(out).model)
+    for k, c in enumerate(rep["categories"]):  # a kept row is the probe's, a changed one differs
+        same = np.abs(w1[k] - w0[k]).max() < 1e-6 and abs(b1[k] - b0[k]) < 1e-6
+        assert same == c["chosen"].startswith("original"), (c["name"], c["chosen"])
+    # CFT started from the probe's rows: its "before" scores are the probe's validation AUCs
+    probe_auc = {c["class"]: c.get("valid_auc") for c in json.loads((out / "probe" / "summary.json").read_text())["classes"]}
+    compared = [(c["val_before"], probe_auc[c["name"]]) for c in rep["categories"]
+                if c["val_before"] is not None and probe_auc.get(c["name"]) is not None]
+    assert compared and all(abs(a - b) < 1e-4 for a, b in compared), compared
+    assert not list(tmp_path.glob(".probe-cft.probe-*"))  # the staged probe model is gone
+    meta = json.loads((out / "model.json").read_text())
+    assert "probe" in meta["extra"] and meta["cft"]["config"]["method"] == "bp-asl"
+    r = run_cli_inprocess(capsys, "probe", str(trained_model), str(demo_data / "train.csv"),
+                          str(demo_data / "valid.csv"), "--out", str(tmp_path / "x"), "--cft", "sgd")
+    assert r.returncode != 0 and "unknown CFT method" in r.stderr and not (tmp_path / "x").exists()

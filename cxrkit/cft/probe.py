@@ -183,6 +183,34 @@ def run_probe(source: str | Path, train_table: str | Path, valid_table: str | Pa
     return summary
 
 
+def run_probe_cft(source: str | Path, train_table: str | Path, valid_table: str | Path, out: str | Path,
+                  method: str, policy: str = "ignore", train_split: str | None = None,
+                  valid_split: str | None = None, images_root: str | Path | None = None,
+                  overwrite: bool = False, console: Any = None, **probe_kw: Any) -> dict[str, Any]:
+    """``probe --cft METHOD``: the probe's heads, then Category-wise Fine-Tuning of their rows
+    (BP / GA / greedy) on the same frozen features; ``out`` is the fine-tuned model with both
+    reports (``probe/summary.json``, ``cft/``). The probe model is staged next to ``out`` and
+    removed; a failure leaves ``out`` as it was."""
+    import shutil
+
+    from .pipeline import run_cft
+    from .runner import CFTConfig
+
+    pols = ["ignore", "ones", "zeros"] if method == "greedy" else [policy]
+    cfg = CFTConfig(method=method, policies=pols).validate()  # a bad method fails before any work
+    out = check_output_dir(out, "cft", [source], overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.probe-", dir=out.parent) as td:
+        stage = Path(td) / "probe-model"
+        res = run_probe(source, train_table, valid_table, stage, policy=policy, train_split=train_split,
+                        valid_split=valid_split, images_root=images_root, **probe_kw)
+        cres = run_cft(stage, train_table, valid_table, out, cfg, images_root=images_root, train_split=train_split,
+                       valid_split=valid_split, console=console, overwrite=overwrite,
+                       show_progress=probe_kw.get("show_progress", True))
+        shutil.copytree(stage / "probe", out / "probe", dirs_exist_ok=True)
+    return {**res, "model": str(out), "cft": cres}
+
+
 def load_probe(path: str | Path) -> LoadedModel:
     """A probe model (an ordinary saved model)."""
     return load_model(path)

@@ -39,6 +39,7 @@ def probe(
     train_split: Annotated[Optional[str], typer.Option("--train-split", help="Split of the training table.")] = None,
     valid_split: Annotated[Optional[str], typer.Option("--valid-split", help="Split of the validation table.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    cft_method: Annotated[Optional[str], typer.Option("--cft", help="Then Category-wise Fine-Tuning of the heads' rows on the same features: bp-asl, bp-wmw, bp-aucm, ga-auc, ga-ap or greedy (the model in --out is the fine-tuned one, with probe/ and cft/ reports).")] = None,
     zero_shot: Annotated[Optional[Path], typer.Option("--zero-shot", help="Prompts file (YAML: class -> positive / negative prompts): its classes without positive training films are scored from text (a biomedclip / open_clip backbone); classes the training table lacks are added.")] = None,
 ) -> None:
     """Linear heads on frozen features: extract the backbone's features once (cached), fit
@@ -47,20 +48,27 @@ def probe(
     `cxrkit cft` fine-tunes its rows further).
 
     Example: cxrkit probe configs/foundation/rad_dino_probe.yaml labels.csv labels.csv --train-split train --valid-split valid --out runs/probe"""
-    from ..cft.probe import run_probe
+    from ..cft.probe import run_probe, run_probe_cft
 
     try:
         grid = tuple(float(v) for v in c_grid.split(",") if v.strip())
     except ValueError:
         raise CxrkitError(f"--c must be numbers separated by commas (got {c_grid!r})") from None
-    res = run_probe(source, train_table, valid_table, out, policy=policy, train_split=train_split,
-                    valid_split=valid_split, images_root=images_root, c_grid=grid, overwrite=overwrite,
-                    zero_shot=zero_shot)
+    if cft_method:
+        res = run_probe_cft(source, train_table, valid_table, out, cft_method, policy=policy,
+                            train_split=train_split, valid_split=valid_split, images_root=images_root,
+                            overwrite=overwrite, console=console, c_grid=grid, zero_shot=zero_shot)
+    else:
+        res = run_probe(source, train_table, valid_table, out, policy=policy, train_split=train_split,
+                        valid_split=valid_split, images_root=images_root, c_grid=grid, overwrite=overwrite,
+                        zero_shot=zero_shot)
     v = res["valid"]
     if res.get("zero_shot"):
         console.print(f"zero-shot from prompts: {', '.join(res['zero_shot'])}")
     console.print(f"probe: {res['n_train']} training and {res['n_valid']} validation films, Z = {res['feature_dim']}; "
                   f"valid mAUC {v['mAUC']:.4f}, mAP {v['mAP']:.4f}; {res['seconds']:.0f} s; model in {out}")
+    if cft_method:  # the heads' rows fine-tuned: before / after per category
+        _print_cft(out)
 
 
 @app.command("zeroshot")
