@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from safetensors.torch import load_file
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -157,11 +158,21 @@ def test_feature_cache_hit_and_invalidation(trained_model, demo_data, tmp_path):
     paths, _ = resolve_image_paths(load_table(demo_data / "valid.csv"))
     probs, idx, _ = predict_paths(load_predictor(trained_model), paths[:5], show_progress=False)
     np.testing.assert_allclose(1 / (1 + np.exp(-a.logits(w, bias)[:5])), probs, atol=1e-5)
-    # another model (different weights) -> another cache entry
+    # other head rows (probe, CFT, calibration change only those): the same features, reused
     model.model.head.bias.data += 1
     model.meta.weights_sha256 = "changed"
+    same = extract_features(model, demo_data / "valid.csv", cache_dir=tmp_path, show_progress=False)
+    assert same.path == a.path
+    # another backbone -> another cache entry
+    with torch.no_grad():
+        next(model.model.backbone.parameters()).add_(0.01)
     c = extract_features(model, demo_data / "valid.csv", cache_dir=tmp_path, show_progress=False)
-    assert c.path != a.path
+    assert c.path != a.path and np.abs(np.asarray(c.z) - np.asarray(a.z)).max() > 0
+    # other classes (the cached labels follow the model's class order) -> another entry
+    model.meta.classes = list(reversed(model.meta.classes))
+    d = extract_features(model, demo_data / "valid.csv", cache_dir=tmp_path, show_progress=False)
+    assert d.path not in (a.path, c.path)
+    np.testing.assert_array_equal(np.asarray(d.labels)[:, ::-1], np.asarray(c.labels))
 
 
 def test_holdout_never_splits_a_patient(trained_model, demo_data):

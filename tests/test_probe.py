@@ -71,7 +71,7 @@ def test_probe_from_a_config_and_bad_inputs(demo_data, tmp_path, capsys):
     assert r.returncode == 2 and "saved model folder or a training config" in r.stdout + r.stderr
 
 
-def test_probe_then_cft_in_one_command(trained_model, demo_data, tmp_path, capsys):
+def test_probe_then_cft_in_one_command(trained_model, demo_data, tmp_path, capsys, monkeypatch):
     """`probe --cft bp-asl`: the model in --out is the probe's heads fine-tuned category by
     category (rows kept or changed as CFT's report says), with both reports."""
     from cxrkit.artifact import load_model
@@ -82,9 +82,13 @@ def test_probe_then_cft_in_one_command(trained_model, demo_data, tmp_path, capsy
                           str(demo_data / "valid.csv"), "--out", str(plain), "--c", "0.1,1")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "probe-cft"
+    monkeypatch.setenv("CXRKIT_CACHE_DIR", str(tmp_path / "cache" / "images"))
     r = run_cli_inprocess(capsys, "probe", str(trained_model), str(demo_data / "train.csv"),
                           str(demo_data / "valid.csv"), "--out", str(out), "--c", "0.1,1", "--cft", "bp-asl")
     assert r.returncode == 0, r.stdout + r.stderr
+    # CFT read the features the probe extracted (the cache is keyed by the backbone, not the head):
+    # one entry per split, not two
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 2
     assert "CFT" in r.stdout and (out / "probe" / "summary.json").is_file() and (out / "cft" / "report.json").is_file()
     rep = json.loads((out / "cft" / "report.json").read_text())
     w0, b0 = head_rows(load_model(plain).model)

@@ -75,10 +75,28 @@ def default_feature_dir() -> Path:
     return default_cache_dir().parent / "features"
 
 
+def feature_weights_sha(model: LoadedModel) -> str:
+    """SHA-256 of the weights the features depend on: every tensor but the head's for a
+    classifier (the head rows are what probe / CFT / calibration change, so their models share
+    one cache entry), the whole model for per-class-feature architectures."""
+    net = model.model
+    if getattr(net, "per_class_features", False) or not isinstance(getattr(net, "head", None), torch.nn.Linear):
+        return model.meta.weights_sha256
+    h = hashlib.sha256()
+    for k, v in net.state_dict().items():
+        if k.startswith("head."):
+            continue
+        t = v.detach().cpu().reshape(-1).contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(v.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def feature_key(model: LoadedModel, table: Path, split: str | None, images_root: str | Path | None,
                 paths: list[Path], dtype: str) -> str:
     h = hashlib.sha256()
-    h.update(model.meta.weights_sha256.encode())
+    h.update(feature_weights_sha(model).encode())
+    h.update(json.dumps(list(model.classes)).encode())  # the cached labels are in the model's class order
     h.update(json.dumps(model.meta.preprocessing, sort_keys=True).encode())
     h.update(sha256_file(table).encode())
     h.update(f"{split}|{images_root}|{dtype}".encode())
