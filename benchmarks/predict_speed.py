@@ -6,6 +6,7 @@ probability difference to fp32.
 
     python benchmarks/predict_speed.py [--backbone densenet121] [--size 224] [--batch 16]
                                        [--images 64] [--workers 1] [--model MODEL_DIR]
+                                       [--formats dicom,png,jpeg]
                                        [--auc-model runs/nih_hires/model]
 
 The int8 model of the speed run is calibrated on the benchmark's own input films (its
@@ -43,6 +44,34 @@ def _engines() -> list[tuple[str, str]]:
 ENGINES = _engines()
 
 
+def _inputs(src: list[Path], fmt: str, n: int, folder: Path) -> list[Path]:
+    """``n`` input files of one format: the source DICOMs repeated, or the same films decoded
+    by cxrkit (windowing, MONOCHROME1 and all) and written as 8-bit PNG / JPEG (quality 95),
+    shorter side 1024 px."""
+    import cv2
+
+    from cxrkit.data.images import read_image
+
+    folder.mkdir(parents=True)
+    made = []
+    for k, p in enumerate(src):
+        if fmt == "dicom" or p.suffix.lower() != ".dcm":
+            made.append(p)
+            continue
+        img = (np.clip(read_image(p), 0, 1) * 255).round().astype(np.uint8)
+        scale = 1024 / min(img.shape[:2])
+        img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        f = folder / f"src{k}.{'png' if fmt == 'png' else 'jpg'}"
+        cv2.imwrite(str(f), img, [cv2.IMWRITE_JPEG_QUALITY, 95] if fmt == "jpeg" else [])
+        made.append(f)
+    files = []
+    for i in range(n):
+        f = folder / f"{i:04d}{made[i % len(made)].suffix}"
+        shutil.copy(made[i % len(made)], f)
+        files.append(f)
+    return files
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -51,6 +80,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--workers", default="0,1,2", help="decoding worker processes to try, comma-separated")
+    ap.add_argument("--formats", default="dicom",
+                    help="input formats end to end, comma-separated: dicom (the real DICOMs), png and jpeg (the "
+                         "same films decoded by cxrkit and written as 8-bit PNG / JPEG quality 95, 1024 px)")
     ap.add_argument("--auc-model", default=None, help="a trained model: mean AUC per precision on its valid split")
     ap.add_argument("--keep-int8", action="store_true",
                     help="use the --model's own up-to-date int8 export (e.g. cxrkit export --int8 --quantizer nncf) "
@@ -86,13 +118,11 @@ def main() -> None:
 
             generate_demo(tmp / "demo", n_studies=20, seed=0, size=512, show_progress=False)
             src = sorted((tmp / "demo").rglob("*.png"))
-        inputs = tmp / "inputs"
-        inputs.mkdir()
-        files = []
-        for i in range(args.images):
-            f = inputs / f"{i:04d}{src[i % len(src)].suffix}"
-            shutil.copy(src[i % len(src)], f)
-            files.append(f)
+        formats = [f.strip().lower() for f in str(args.formats).split(",") if f.strip()]
+        if not formats or set(formats) - {"dicom", "png", "jpeg"}:
+            raise SystemExit(f"--formats: dicom, png and / or jpeg (got {args.formats!r})")
+        sets = {fmt: _inputs(src, fmt, args.images, tmp / f"inputs-{fmt}") for fmt in formats}
+        files = sets[formats[0]]
         workers = [int(w) for w in str(args.workers).split(",")]
         from cxrkit.export import export_member_int8
         from cxrkit.inference import cpu_has_bf16
@@ -116,11 +146,14 @@ def main() -> None:
               f"{cpu_has_bf16()}, int8 units (VNNI / AMX): {cpu_int8_units()}")
         from cxrkit.predict import prepared_batches
 
-        t0 = time.perf_counter()
-        n = sum(len(b) for b in prepared_batches(files, load_predictor(model_dir).preprocessings, args.batch, 0))
-        decode_ms = (time.perf_counter() - t0) / n * 1e3
+        decode = {}
+        for fmt, fset in sets.items():
+            t0 = time.perf_counter()
+            n = sum(len(b) for b in prepared_batches(fset, load_predictor(model_dir).preprocessings, args.batch, 0))
+            decode[fmt] = (time.perf_counter() - t0) / n * 1e3
+            print(f"read + decode + preprocess alone, {fmt}: {decode[fmt]:.1f} ms per image on one core")
+        decode_ms = decode[formats[0]]  # the CPU ceiling column is for the first format
         cores = len(__import__("os").sched_getaffinity(0))
-        print(f"read + decode + preprocess alone: {decode_ms:.1f} ms per image on one core")
         rows = []
         for engine, prec in ENGINES:
             pred = load_predictor(model_dir, engine=engine, precision=prec)
@@ -135,20 +168,22 @@ def main() -> None:
             alone = n_batches * args.batch / (time.perf_counter() - t0)
             predict_paths(pred, files[: args.batch], batch_size=args.batch, workers=0, show_progress=False)  # warm
             e2e = {}
-            for wk in workers:
-                t0 = time.perf_counter()
-                probs, idx, failures = predict_paths(pred, files, batch_size=args.batch, workers=wk,
-                                                     show_progress=False)
-                e2e[wk] = len(idx) / (time.perf_counter() - t0)
-                assert not failures, failures[:1]
+            for fmt, fset in sets.items():
+                for wk in workers:
+                    t0 = time.perf_counter()
+                    probs, idx, failures = predict_paths(pred, fset, batch_size=args.batch, workers=wk,
+                                                         show_progress=False)
+                    e2e[(fmt, wk)] = len(idx) / (time.perf_counter() - t0)
+                    assert not failures, failures[:1]
             rows.append((f"{engine} {prec}", alone, e2e))
-        head = "".join(f"{f'e2e, {wk} worker(s)':>18}" for wk in workers)
+        cols = [(fmt, wk) for fmt in sets for wk in workers]
+        head = "".join(f"{f'{fmt}, {wk} worker(s)':>20}" for fmt, wk in cols)
         print(f"\n{'engine':12} {'model alone':>12}{head} {'best e2e / alone':>17} {'CPU ceiling':>12}   (images/s)")
         for name, alone, e2e in rows:
             # the model alone keeps all cores busy: decoding cannot hide, it adds its CPU time
             ceiling = (cores / alone) / (cores / alone + decode_ms / 1e3)
             best = max(e2e.values())
-            print(f"{name:12} {alone:12.1f}" + "".join(f"{e2e[wk]:18.1f}" for wk in workers)
+            print(f"{name:12} {alone:12.1f}" + "".join(f"{e2e[c]:20.1f}" for c in cols)
                   + f" {best / alone:16.0%} {ceiling:11.0%}")
         print(f"(CPU ceiling: end to end / alone if decoding ran perfectly in parallel on {cores} cores that the "
               "model alone already saturates)")
