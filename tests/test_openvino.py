@@ -137,3 +137,31 @@ def test_openvino_writes_and_sends_nothing_of_its_own(trained_model: Path, tmp_p
     assert r.returncode == 0 and r.stdout.strip() == "fp32", r.stderr
     assert list(home.iterdir()) == [], list(home.rglob("*"))
     assert "telemetry" not in r.stderr.lower()
+
+
+def test_choosing_the_engine_does_not_load_openvino(trained_model: Path, tmp_path: Path) -> None:
+    """`--engine auto` on an Intel CPU asks whether OpenVINO is installed; that question
+    imported it, and `import openvino` sends its usage event and writes under HOME before
+    any predictor could switch that off. Choosing now only looks the package up."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    model = tmp_path / "m"
+    shutil.copytree(trained_model, model)
+    home = tmp_path / "home"
+    home.mkdir()
+    code = ("import sys\n"
+            "from cxrkit.inference import runtime\n"
+            "runtime.cpu_vendor = lambda: 'GenuineIntel'\n"
+            "from cxrkit.export import ensure_onnx\n"
+            "from cxrkit.ensemble import choose_engine\n"
+            f"spec = runtime.read_spec({str(model)!r}); ensure_onnx(spec)\n"
+            "print(choose_engine(runtime.read_spec(spec.path)), 'openvino' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "CXRKIT_ENGINE"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(env, HOME=str(home), XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["openvino", "False"]
+    assert list(home.iterdir()) == [], list(home.rglob("*"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
 import shutil
 import warnings
@@ -30,7 +29,7 @@ from .. import __version__
 from ..artifact import LoadedModel, load_model
 from ..data.augment import TTAView, apply_tta
 from ..errors import ArtifactError, CxrkitError
-from .runtime import ENSEMBLE_FILE, ModelSpec, OnnxPredictor, Predictor, read_spec
+from .runtime import ENSEMBLE_FILE, ModelSpec, OnnxPredictor, Predictor, openvino_preferred, read_spec
 from ..utils import check_output_dir, mark_output, staged_dir
 
 FORMAT = "cxrkit-ensemble"
@@ -81,30 +80,13 @@ def choose_engine(spec: ModelSpec, device: str | torch.device = "cpu") -> str:
     from .export import is_fresh
 
     fresh = all(is_fresh(m) for m in spec.members)
-    if fresh and _openvino_preferred():
+    if fresh and openvino_preferred():
         return "openvino"
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         return "torch"
     return "onnx" if fresh else "torch"
-
-
-def _openvino_preferred() -> bool:
-    """OpenVINO installed and an Intel CPU (its kernels are Intel's; on AMD onnxruntime is
-    kept). ``CXRKIT_ENGINE=onnx`` / ``openvino`` overrides."""
-    from .runtime import cpu_vendor
-
-    env = os.environ.get("CXRKIT_ENGINE", "").strip().lower()
-    if env in ("onnx", "openvino", "torch"):
-        return env == "openvino"
-    if cpu_vendor() != "GenuineIntel":
-        return False
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def load_predictor(path: str | Path, engine: str = "torch", device: str | torch.device = "cpu",

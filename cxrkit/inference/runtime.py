@@ -590,6 +590,23 @@ def choose_openvino_precision(precision: str = "auto", spec: ModelSpec | None = 
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def openvino_installed() -> bool:
+    """OpenVINO can be imported, found without importing it (``import openvino`` sends its
+    usage event: only :class:`OpenVinoPredictor` imports it, after switching that off)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def openvino_preferred() -> bool:
+    """OpenVINO installed and an Intel CPU (its kernels are Intel's; on AMD onnxruntime is
+    kept). ``CXRKIT_ENGINE=onnx`` / ``openvino`` / ``torch`` overrides."""
+    env = os.environ.get("CXRKIT_ENGINE", "").strip().lower()
+    if env in ("onnx", "openvino", "torch"):
+        return env == "openvino"
+    return cpu_vendor() == "GenuineIntel" and openvino_installed()
+
+
 def no_vendor_telemetry() -> None:
     """Keep OpenVINO's and NNCF's usage telemetry from loading: ``import openvino`` sends an
     "import" event and writes a client id under $HOME (on a read-only HOME it warns on

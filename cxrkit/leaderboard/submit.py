@@ -44,18 +44,12 @@ def submission_engine() -> str:
     """``openvino`` where the image has OpenVINO (built with CXRKIT_OPENVINO=1) and the CPU
     is Intel's (AMX / AVX-512: measured faster there), else ``onnx``; ``CXRKIT_ENGINE``
     (onnx / openvino) overrides."""
-    import importlib.util
+    from ..inference.runtime import openvino_installed, openvino_preferred
 
-    from ..inference.runtime import cpu_vendor
-
-    env = os.environ.get("CXRKIT_ENGINE", "").strip().lower()
-    have = importlib.util.find_spec("openvino") is not None
-    if env in ("onnx", "openvino"):
-        if env == "openvino" and not have:
-            raise CxrkitError("CXRKIT_ENGINE=openvino, but this image has no OpenVINO (build it with "
-                              "CXRKIT_OPENVINO=1 challenge/do_build.sh)")
-        return env
-    return "openvino" if have and cpu_vendor() == "GenuineIntel" else "onnx"
+    if os.environ.get("CXRKIT_ENGINE", "").strip().lower() == "openvino" and not openvino_installed():
+        raise CxrkitError("CXRKIT_ENGINE=openvino, but this image has no OpenVINO (build it with "
+                          "CXRKIT_OPENVINO=1 challenge/do_build.sh)")
+    return "openvino" if openvino_preferred() else "onnx"
 
 
 def _predictor(model: str | None, threads: int | None) -> Any:
