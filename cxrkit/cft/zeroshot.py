@@ -57,14 +57,6 @@ def zero_shot_record(folder: Path, prompts: dict[str, dict[str, list[str]]]) -> 
             "negative prompt))", "classes": prompts}
 
 
-def zero_shot_classes(meta: Any) -> list[str]:
-    """The classes a saved model scores zero-shot (from prompts), in its class order."""
-    extra = getattr(meta, "extra", None) or (meta.get("extra") if isinstance(meta, dict) else None) or {}
-    zs = (extra.get("zero_shot") or {}).get("classes") or {}
-    classes = getattr(meta, "classes", None) or (meta.get("classes") if isinstance(meta, dict) else []) or []
-    return [c for c in classes if c in zs]
-
-
 def run_zeroshot(folder: str | Path, prompts_file: str | Path, out: str | Path, valid_table: str | Path | None = None,
                  valid_split: str | None = None, images_root: str | Path | None = None,
                  threshold_method: str = "f1", batch_size: int = 32, show_progress: bool = True,

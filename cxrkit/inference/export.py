@@ -375,8 +375,8 @@ def export_member_int8_nncf(member: MemberSpec, table: str | Path | None = None,
         raise CxrkitError(f"--max-auc-drop must be in [0, 1) (got {max_drop})")
     fp32 = onnx_location(member)
     xs, y, source = validation_set(member, table, split, images_root)
-    fp32_bytes = fp32.read_bytes()
-    fp32_logits = _ort_logits(fp32_bytes, xs)
+    fp32_model = onnx.load(str(fp32))
+    fp32_logits = _ort_logits(fp32_model.SerializeToString(), xs)
     fp32_auc = _mean_auc(y, fp32_logits)
     if not np.isfinite(fp32_auc):
         raise CxrkitError(f"{source['table']}: no class has both positive and negative films among the "
@@ -398,7 +398,7 @@ def export_member_int8_nncf(member: MemberSpec, table: str | Path | None = None,
         metric = _mean_auc(y[idx], logits) if len(data) == len(xs) else float(per_item.mean())
         return float(metric), [float(v) for v in per_item]
 
-    name = ort.InferenceSession(fp32_bytes, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    name = fp32_model.graph.input[0].name
     cal = nncf.Dataset([xs[i] for i in pick], lambda x: {name: x})  # NNCF's ONNX engine feeds dicts
     val = nncf.Dataset([(x, i) for i, x in enumerate(xs)], lambda item: {name: item[0]})
     nncf_log = logging.getLogger("nncf")
@@ -408,7 +408,7 @@ def export_member_int8_nncf(member: MemberSpec, table: str | Path | None = None,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             q = nncf.quantize_with_accuracy_control(
-                onnx.load(str(fp32)), cal, val, validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+                fp32_model, cal, val, validate, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
                 subset_size=len(pick), advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                     max_num_iterations=max_iterations))
     except nncf.errors.InternalError as e:  # type: ignore[attr-defined]
@@ -419,8 +419,7 @@ def export_member_int8_nncf(member: MemberSpec, table: str | Path | None = None,
     int8_logits = _ort_logits(q_bytes, xs)
     int8_auc = _mean_auc(y, int8_logits)
     drop = float(fp32_auc - int8_auc)
-    diff = float(np.abs(1 / (1 + np.exp(-int8_logits.astype(np.float64)))
-                        - 1 / (1 + np.exp(-fp32_logits.astype(np.float64)))).max())
+    diff = float(np.abs(1 / (1 + np.exp(-int8_logits.astype(np.float64))) - fp32_probs).max())
     int8_layers, layers = _quantised_layers(q)
     accurate = drop <= max_drop + 1e-12
     if not accurate:
