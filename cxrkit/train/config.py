@@ -194,31 +194,33 @@ class TrainConfig:
                                   "mean: [0.5], std: [0.00048828125]}")
             if pre.size != conv["size"]:
                 log.warning("%s was trained at %d px; preprocessing.size is %d", m.backbone, conv["size"], pre.size)
-        if m.backbone == "rad-dino" and m.weights:  # the checkpoint's own input convention
-            from ..models.foundation import read_hf_preprocessing
-
-            want = read_hf_preprocessing(m.weights)
-            pre = self.preprocessing_obj
-            img = int(m.backbone_kwargs.get("img_size", 518))
-            if (pre.size != img or pre.channels != m.in_chans
-                    or [round(v, 4) for v in pre.mean] != [round(v, 4) for v in want["mean"]][:pre.channels]
-                    or [round(v, 4) for v in pre.std] != [round(v, 4) for v in want["std"]][:pre.channels]):
-                raise ConfigError(f"rad-dino expects its checkpoint's input convention: set preprocessing: "
-                                  f"{{size: {img}, channels: {m.in_chans}, mean: {want['mean'][:m.in_chans]}, "
-                                  f"std: {want['std'][:m.in_chans]}, resize: center-crop}}")
-        if m.backbone == "biomedclip":  # the CLIP image tower's input convention
-            from ..models.clip import BIOMEDCLIP_ARCH, clip_preprocessing
-
-            arch = {**BIOMEDCLIP_ARCH, **{k: v for k, v in m.backbone_kwargs.items() if k != "normalize"}}
-            want = clip_preprocessing(m.weights if m.weights else None, arch)
-            pre = self.preprocessing_obj
-            if (pre.size != want["size"] or pre.channels != 3
-                    or [round(v, 4) for v in pre.mean] != [round(v, 4) for v in want["mean"]]
-                    or [round(v, 4) for v in pre.std] != [round(v, 4) for v in want["std"]]):
-                raise ConfigError(f"biomedclip expects its checkpoint's input convention: set preprocessing: "
-                                  f"{{size: {want['size']}, channels: 3, mean: {want['mean']}, std: {want['std']}, "
-                                  "resize: center-crop}")
+        want = _checkpoint_convention(m)
+        if want is not None:  # a foundation checkpoint's own input convention (RAD-DINO, BiomedCLIP)
+            pre, c = self.preprocessing_obj, want["channels"]
+            if (pre.size != want["size"] or pre.channels != c
+                    or [round(v, 4) for v in pre.mean] != [round(v, 4) for v in want["mean"][:c]]
+                    or [round(v, 4) for v in pre.std] != [round(v, 4) for v in want["std"][:c]]):
+                raise ConfigError(f"{m.backbone} expects its checkpoint's input convention: set preprocessing: "
+                                  f"{{size: {want['size']}, channels: {c}, mean: {want['mean'][:c]}, "
+                                  f"std: {want['std'][:c]}, resize: center-crop}}")
         return self
+
+
+def _checkpoint_convention(m: Any) -> dict[str, Any] | None:
+    """The input a foundation backbone's published weights expect (size, channels, mean, std),
+    or None: RAD-DINO's from its folder's preprocessor_config.json, a CLIP image tower's from
+    its open_clip_config.json (BiomedCLIP's without a folder)."""
+    if m.backbone == "rad-dino" and m.weights:
+        from ..models.foundation import read_hf_preprocessing
+
+        return {**read_hf_preprocessing(m.weights), "size": int(m.backbone_kwargs.get("img_size", 518)),
+                "channels": m.in_chans}
+    if m.backbone == "biomedclip":
+        from ..models.clip import BIOMEDCLIP_ARCH, clip_preprocessing
+
+        arch = {**BIOMEDCLIP_ARCH, **{k: v for k, v in m.backbone_kwargs.items() if k != "normalize"}}
+        return clip_preprocessing(m.weights if m.weights else None, arch)
+    return None
 
 
 def _build(cls: Any, data: Any, where: str) -> Any:
