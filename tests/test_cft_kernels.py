@@ -119,6 +119,68 @@ def test_fused_bp_equals_autograd_loop(preset, extra):
     np.testing.assert_allclose(fast.curves["train_loss"], plain.curves["train_loss"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("params", [dict(gamma_pos=0.0, gamma_neg=0.0, clip=0.0, eps=1e-8),
+                                    dict(gamma_pos=0.0, gamma_neg=4.0, clip=0.05, eps=1e-8),
+                                    dict(gamma_pos=0.0, gamma_neg=2.5, clip=0.1, eps=1e-8),
+                                    dict(gamma_pos=0.0, gamma_neg=3.0, clip=0.0, eps=0.6),  # clamps bind anywhere
+                                    dict(gamma_pos=1.0, gamma_neg=4.0, clip=1e-9, eps=1e-8)])
+def test_gradient_without_the_loss_equals_the_gradient_with_it(params):
+    """Epochs whose loss is not recorded take a branch-free one-exp derivative; it must be
+    the derivative the full (logarithm-computing) code gives, clamps included: logits up to
+    +-60 reach eps, soft labels weigh both terms, NaN labels are left out."""
+    rng = np.random.default_rng(3)
+    n, z, k = 997, 40, 3
+    x = (rng.standard_normal((n, z)) * 6).astype(np.float32)
+    w = (rng.standard_normal((k, z)) * 0.5).astype(np.float32)
+    y = (rng.random((n, k)) < 0.3).astype(np.float32)
+    y[:20] = 0.3
+    y[rng.random((n, k)) < 0.1] = np.nan
+    b = np.array([0.2, -1.0, 3.0], np.float32)
+    args = (params["gamma_pos"], params["gamma_neg"], params["clip"], params["eps"])
+    g1, gb1, loss1 = kernels.asl_grad_rows(x, y, w, b, *args)
+    g0, gb0, loss0 = kernels.asl_grad_rows(x, y, w, b, *args, want_loss=False)
+    assert np.abs(x @ w.T).max() > 40 and np.all(loss1 > 0) and np.all(loss0 == 0)
+    np.testing.assert_allclose(g0, g1, rtol=1e-6, atol=1e-6 * np.abs(g1).max())
+    np.testing.assert_allclose(gb0, gb1, rtol=1e-9, atol=1e-9 * np.abs(gb1).max())
+
+
+def test_bp_records_the_loss_at_the_reports_resolution():
+    """A long run keeps ~400 train-loss points (first epoch, then every ceil(epochs / 400)),
+    the fused path and the autograd loop the same epochs and values."""
+    from cxrkit.cft.bp import LOSS_POINTS, loss_epoch
+
+    x, y, xv, yv, w0 = _problem(n=300, z=16)
+    cfg = bp_preset("bp-asl", "coco").with_overrides(epochs=1200, patience=None, metric="auc", lr=1e-3)
+    fast = fit_row_bp(x, y, xv, yv, w0, 0.0, cfg)
+    plain = fit_row_bp(x, y, xv, yv, w0, 0.0, cfg.with_overrides(fused=False))
+    epochs = fast.curves["train_loss_epoch"]
+    assert epochs[:4] == [1, 3, 6, 9] and epochs[-1] == 1200 and len(epochs) == LOSS_POINTS + 1
+    assert epochs == plain.curves["train_loss_epoch"] == [e for e in range(1, 1201) if loss_epoch(e, cfg)]
+    assert len(fast.curves["val"]) == 1200
+    np.testing.assert_allclose(fast.curves["train_loss"], plain.curves["train_loss"], rtol=1e-5)
+    assert fast.best_step == plain.best_step
+
+
+def test_score_columns_equal_each_columns_own_scorer():
+    """All categories' validation AUC / AP in one call, each on its known entries."""
+    rng = np.random.default_rng(4)
+    n, k = 700, 5
+    s = np.round(rng.standard_normal((n, k)), 1).astype(np.float32)  # ties
+    s[:50, 1] = -0.0
+    s[50:100, 1] = 0.0
+    y = (rng.random((n, k)) < 0.3).astype(np.float64)
+    y[rng.random((n, k)) < 0.2] = np.nan
+    y[:, 3] = np.where(np.isnan(y[:, 3]), np.nan, 0.0)  # no positives
+    s[7, 4] = np.nan  # a NaN score: left to the caller
+    for metric in ("auc", "ap"):
+        out = kernels.score_columns(s, y, metric)
+        for c in (0, 1, 2):
+            kn = ~np.isnan(y[:, c])
+            ref = BinaryScorer(y[kn, c].astype(int), metric, compiled=False)(s[kn, c].astype(np.float64))[0]
+            assert out[c] == pytest.approx(ref, abs=1e-12)
+        assert np.isnan(out[3]) and np.isnan(out[4])
+
+
 def test_fused_path_only_where_it_applies():
     assert fused_asl_params(bp_preset("bp-wmw", "chexpert")) is None
     assert fused_asl_params(bp_preset("bp-aucm", "chexpert")) is None

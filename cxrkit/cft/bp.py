@@ -161,6 +161,18 @@ def _loss(cfg: BPConfig, num_classes: int = 1) -> torch.nn.Module:
     return build_loss(cfg.loss, **params)
 
 
+LOSS_POINTS = 400  # train-loss points a BP curve keeps (the report's resolution, runner._downsample)
+
+
+def loss_epoch(epoch: int, cfg: BPConfig) -> bool:
+    """Whether ``epoch``'s training loss goes into the curve: the first and every
+    ceil(epochs / 400)-th, so a curve holds at most ~400 points (``train_loss_epoch`` names
+    them). The loss is only a diagnostic: the fused kernel computes it (a log per entry) only
+    on these epochs, the gradient needing one exp."""
+    every = max(1, -(-cfg.epochs // LOSS_POINTS))
+    return epoch == 1 or epoch % every == 0
+
+
 _ASL_KEYS = {"gamma_pos", "gamma_neg", "clip", "eps", "detach_focal_weight", "reduction"}
 
 
@@ -182,13 +194,21 @@ def fused_asl_params(cfg: BPConfig) -> dict[str, Any] | None:
 
 class _Adam:
     """torch.optim.Adam's single-tensor update (float32, betas 0.9 / 0.999, eps 1e-8), on
-    NumPy arrays: the same arithmetic in the same order as the PyTorch optimiser."""
+    NumPy arrays: the same arithmetic in the same order as the PyTorch optimiser. Each
+    parameter may stack the rows of several categories (all stepped every epoch, so one
+    step count serves them): elementwise, each row gets the update it would get alone."""
 
     def __init__(self, params: list[np.ndarray], lr: float, weight_decay: float = 0.0) -> None:
         self.params, self.lr, self.wd = params, np.float32(lr), np.float32(weight_decay)
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
         self.t = 0
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only these rows (categories) of every parameter and its state."""
+        self.params = [p[rows] for p in self.params]
+        self.m = [m[rows] for m in self.m]
+        self.v = [v[rows] for v in self.v]
 
     def step(self, grads: list[np.ndarray]) -> None:
         self.t += 1
@@ -207,41 +227,14 @@ class _Adam:
             p -= step_size * (m / denom)
 
 
-def _fit_row_fused(x: np.ndarray, y: np.ndarray, xv: np.ndarray, val_scorer: BinaryScorer, w0: np.ndarray,
-                   b0: float, val_before: float, cfg: BPConfig, asl: dict[str, Any], t0: float) -> RowFit:
-    """:func:`fit_row_bp` for full-batch Adam on ASL with the fused kernel: one pass over the
-    features per epoch computes the logits, the loss's derivative and the gradient."""
-    from . import kernels
-
-    w = np.asarray(w0, np.float32).copy()
-    b = np.array([b0], np.float32)
-    # the starting score by the same matrix-vector product as every epoch's, so that rounding
-    # differences between two products never count as a gain
-    val_before = float(val_scorer(kernels.scores(xv, w, float(b[0])))[0])
-    opt = _Adam([w, b], cfg.lr, cfg.weight_decay)
-    scale = 1.0 / max(len(y), 1) if asl["mean"] else 1.0
-    best = {"val": val_before, "w": w.copy(), "b": float(b[0]), "epoch": 0, "stale": 0}
-    curves: dict[str, list[float]] = {"train_loss": [], "val": []}
-    epoch = 0
-    for epoch in range(1, cfg.epochs + 1):
-        g, gb, loss = kernels.asl_grad(x, y, w, float(b[0]), asl["gamma_pos"], asl["gamma_neg"], asl["clip"],
-                                       asl["eps"])
-        opt.step([g * scale, np.array([gb * scale])])
-        curves["train_loss"].append(loss * scale)
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            v = float(val_scorer(kernels.scores(xv, w, float(b[0])))[0])
-            curves["val"].append(v)
-            if v > best["val"] + 1e-12:
-                best.update(val=v, w=w.copy(), b=float(b[0]), epoch=epoch, stale=0)
-            else:
-                best["stale"] += cfg.eval_every
-            if cfg.patience is not None and best["stale"] >= cfg.patience:
-                break
-    improved = best["val"] > val_before + 1e-12
-    w_out = best["w"] if improved else np.asarray(w0, np.float32).copy()
-    b_out = best["b"] if improved else float(b0)
-    return RowFit(w_out.astype(np.float32), float(b_out), val_before, best["val"] if improved else val_before,
-                  improved, epoch, int(best["epoch"]), time.perf_counter() - t0, curves, stats={"fused": True})
+def _fit_row_fused(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, w0: np.ndarray, b0: float,
+                   cfg: BPConfig, asl: dict[str, Any], t0: float) -> RowFit:
+    """:func:`fit_row_bp` for full-batch Adam on ASL with the fused kernel (one category of
+    :func:`_fit_rows_fused`)."""
+    fit = _fit_rows_fused(x, np.asarray(y, np.float32).reshape(-1, 1), xv, np.asarray(yv, np.float64).reshape(-1, 1),
+                          np.asarray(w0, np.float32).reshape(1, -1), np.array([b0], np.float32), cfg, asl, t0)[0]
+    fit.stats.pop("batched", None)
+    return fit
 
 
 def fit_rows_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
@@ -253,8 +246,6 @@ def fit_rows_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     original), but full-batch Adam on ASL runs as one pass over the features per epoch for
     all categories still training (:func:`kernels.asl_grad_rows`). Other losses and
     optimisers, or no numba: one :func:`fit_row_bp` per category."""
-    from . import kernels
-
     t0 = time.perf_counter()
     x = np.ascontiguousarray(x_train, dtype=np.float32)
     xv = np.ascontiguousarray(x_val, dtype=np.float32)
@@ -262,65 +253,101 @@ def fit_rows_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     yv = np.asarray(y_val, np.float32).reshape(len(xv), -1)
     w0 = np.asarray(w0, np.float32).reshape(y.shape[1], -1)
     b0 = np.asarray(b0, np.float32).reshape(-1)
+    asl = fused_asl_params(cfg)
+    if asl is None:
+        fits = []
+        for k in range(y.shape[1]):
+            kt, kv = ~np.isnan(y[:, k]), ~np.isnan(yv[:, k])
+            fits.append(fit_row_bp(x[kt], y[kt, k].astype(int), xv[kv], yv[kv, k].astype(int), w0[k], float(b0[k]), cfg))
+        return fits
+    return _fit_rows_fused(x, y, xv, yv, w0, b0, cfg, asl, t0)
+
+
+def _fit_rows_fused(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, w0: np.ndarray, b0: np.ndarray,
+                    cfg: BPConfig, asl: dict[str, Any], t0: float) -> list[RowFit]:
+    """Full-batch Adam on ASL for K categories over shared features (labels NaN where
+    unknown): per epoch one fused pass (:func:`kernels.asl_grad_rows`) gives every category
+    still training its gradient, one Adam step updates their stacked rows, and one call
+    scores all their validation columns (:func:`kernels.score_columns`)."""
+    from . import kernels
+
     k_n = y.shape[1]
     known_t = [np.flatnonzero(~np.isnan(y[:, k])) for k in range(k_n)]
     known_v = [np.flatnonzero(~np.isnan(yv[:, k])) for k in range(k_n)]
-    asl = fused_asl_params(cfg)
-    if asl is None:
-        return [fit_row_bp(x[known_t[k]], y[known_t[k], k].astype(int), xv[known_v[k]], yv[known_v[k], k].astype(int),
-                           w0[k], float(b0[k]), cfg) for k in range(k_n)]
     out: list[RowFit | None] = [None] * k_n
     live: list[int] = []
-    xvk, scorers, w, b, opts, best, curves, before = {}, {}, {}, {}, {}, {}, {}, {}
+    scorers, before, best, curves = {}, {}, {}, {}
     for k in range(k_n):
         yk = y[known_t[k], k]
-        xvk[k] = np.ascontiguousarray(xv[known_v[k]])
         scorers[k] = BinaryScorer(yv[known_v[k], k].astype(int), cfg.metric)
         if not scorers[k].defined or yk.size == 0 or yk.min() == yk.max():
-            v0 = float(scorers[k](xvk[k] @ w0[k] + np.float32(b0[k]))[0])
+            v0 = float(scorers[k](xv[known_v[k]] @ w0[k] + np.float32(b0[k]))[0])
             out[k] = RowFit(w0[k].copy(), float(b0[k]), v0, v0, False, 0, 0, 0.0,
                             stats={"skipped": "no positives / negatives"})
             continue
         live.append(k)
-        w[k], b[k] = w0[k].copy(), np.array([b0[k]], np.float32)
-        opts[k] = _Adam([w[k], b[k]], cfg.lr, cfg.weight_decay)
-        # the starting score by the same matrix-vector product as every epoch's (as fit_row_bp)
-        before[k] = float(scorers[k](kernels.scores(xvk[k], w[k], float(b[k][0])))[0])
-        best[k] = {"val": before[k], "w": w[k].copy(), "b": float(b[k][0]), "epoch": 0, "stale": 0, "last": 0}
-        curves[k] = {"train_loss": [], "val": []}
-    scale = {k: (1.0 / max(len(known_t[k]), 1) if asl["mean"] else 1.0) for k in live}
-    n_batched = len(live)
+        curves[k] = {"train_loss": [], "train_loss_epoch": [], "val": []}
     active = list(live)
+    w = w0[active].copy()
+    b = b0[active].copy()
+    yv_act = yv[:, active]
+
+    def val_scores() -> np.ndarray:
+        # all categories' validation scores: one pass for the logits (the sums kernels.scores
+        # gives each row), one call for the metrics; a column the kernel leaves NaN (scores
+        # holding NaN) scored by the category's own scorer
+        sv = kernels.scores_rows(xv, w, b)
+        v = kernels.score_columns(sv, yv_act, cfg.metric)
+        for i in np.flatnonzero(np.isnan(v)):
+            k = active[i]
+            v[i] = scorers[k](np.ascontiguousarray(sv[known_v[k], i]))[0]
+        return v
+
+    if active:
+        # the starting score by the same matrix-vector product as every epoch's
+        for i, v in enumerate(val_scores()):
+            k = active[i]
+            before[k] = float(v)
+            best[k] = {"val": before[k], "w": w[i].copy(), "b": float(b[i]), "epoch": 0, "stale": 0, "last": 0}
+    scale = np.array([1.0 / max(len(known_t[k]), 1) if asl["mean"] else 1.0 for k in active])
+    n_batched = len(live)
+    opt = _Adam([w, b], cfg.lr, cfg.weight_decay)
     y_act = np.ascontiguousarray(y[:, active])
     for epoch in range(1, cfg.epochs + 1):
         if not active:
             break
-        wa = np.stack([w[k] for k in active])
-        ba = np.array([b[k][0] for k in active], np.float32)
-        g, gb, loss = kernels.asl_grad_rows(x, y_act, wa, ba, asl["gamma_pos"], asl["gamma_neg"], asl["clip"],
-                                            asl["eps"])
-        stopped = []
+        want_loss = loss_epoch(epoch, cfg)
+        g, gb, loss = kernels.asl_grad_rows(x, y_act, w, b, asl["gamma_pos"], asl["gamma_neg"], asl["clip"],
+                                            asl["eps"], want_loss)
+        opt.step([g * scale[:, None], gb * scale])
+        w, b = opt.params
         for i, k in enumerate(active):
-            opts[k].step([g[i] * scale[k], np.array([gb[i] * scale[k]])])
-            curves[k]["train_loss"].append(float(loss[i]) * scale[k])
+            if want_loss:
+                curves[k]["train_loss"].append(float(loss[i]) * float(scale[i]))
+                curves[k]["train_loss_epoch"].append(epoch)
             best[k]["last"] = epoch
-        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-            # all categories' validation scores in one pass (each column the sums kernels.scores gives)
-            sv = kernels.scores_rows(xv, np.stack([w[k] for k in active]), np.array([b[k][0] for k in active]))
-        for i, k in enumerate(active):
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                v = float(scorers[k](np.ascontiguousarray(sv[known_v[k], i]))[0])
-                curves[k]["val"].append(v)
-                bk = best[k]
-                if v > bk["val"] + 1e-12:
-                    bk.update(val=v, w=w[k].copy(), b=float(b[k][0]), epoch=epoch, stale=0)
-                else:
-                    bk["stale"] += cfg.eval_every
-                if cfg.patience is not None and bk["stale"] >= cfg.patience:
-                    stopped.append(k)
-        if stopped:
-            active = [k for k in active if k not in stopped]
+        if not (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            continue
+        keep = np.ones(len(active), bool)
+        for i, v in enumerate(val_scores()):
+            k = active[i]
+            v = float(v)
+            curves[k]["val"].append(v)
+            bk = best[k]
+            if v > bk["val"] + 1e-12:
+                bk.update(val=v, w=w[i].copy(), b=float(b[i]), epoch=epoch, stale=0)
+            else:
+                bk["stale"] += cfg.eval_every
+            if cfg.patience is not None and bk["stale"] >= cfg.patience:
+                keep[i] = False
+        if not keep.all():
+            rows = np.flatnonzero(keep)
+            active = [active[i] for i in rows]
+            opt.keep(rows)
+            w, b = opt.params
+            scale = scale[rows]
             y_act = np.ascontiguousarray(y[:, active])
+            yv_act = yv[:, active]
     seconds = (time.perf_counter() - t0) / max(n_batched, 1)
     for k in live:
         bk = best[k]
@@ -355,7 +382,7 @@ def fit_row_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
                       time.perf_counter() - t0, stats={"skipped": "no positives / negatives"})
     asl = fused_asl_params(cfg)
     if asl is not None:
-        return _fit_row_fused(x.numpy(), y.numpy(), xv, val_scorer, w0, b0, val_before, cfg, asl, t0)
+        return _fit_row_fused(x.numpy(), y.numpy(), xv, np.asarray(y_val), w0, b0, cfg, asl, t0)
     if cfg.device != "cpu":  # e.g. cuda: features, labels and the row live on the GPU
         dev = torch.device(cfg.device)
         x, y = x.to(dev), y.to(dev)
@@ -369,7 +396,7 @@ def fit_row_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     bs = n if not cfg.batch_size else min(cfg.batch_size, n)
     gen = torch.Generator().manual_seed(cfg.seed)
     best = {"val": val_before, "w": w.detach().clone(), "b": b.detach().clone(), "epoch": 0, "stale": 0}
-    curves: dict[str, list[float]] = {"train_loss": [], "val": []}
+    curves: dict[str, list[float]] = {"train_loss": [], "train_loss_epoch": [], "val": []}
     epoch = 0
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(n, generator=gen) if bs < n else None
@@ -383,7 +410,9 @@ def fit_row_bp(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
             loss.backward()
             opt.step()
             total += float(loss.detach())
-        curves["train_loss"].append(total)
+        if loss_epoch(epoch, cfg):
+            curves["train_loss"].append(total)
+            curves["train_loss_epoch"].append(epoch)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             with torch.no_grad():
                 v = float(val_scorer(xv @ w.detach().cpu().numpy() + b.detach().cpu().numpy())[0])

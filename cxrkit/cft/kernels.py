@@ -6,13 +6,14 @@
   (three 11-bit passes, one counting pass for all three), then one scan over groups of
   equal scores counts, per positive, the negatives below and tied. O(n) per row instead of
   NumPy's O(n log n) comparison sorts; rows run in parallel threads.
-* :func:`asl_grad`: one fused pass over the feature matrix for CFT-BP: per sample the
-  logit ``x_i . w + b``, the ASL derivative (the same clamps, clips and detached focal
-  weights as :class:`cxrkit.losses.AsymmetricLoss`) and ``g += d_i x_i`` while ``x_i`` is
-  still in L1 cache, so the matrix is read from memory once per epoch instead of twice.
-* :func:`asl_grad_rows`: the same for K categories that share the feature rows (CFT-BP of
-  all categories together): one pass over the matrix serves all K rows, four samples at a
-  time, each row of the weights read once per four samples.
+* :func:`asl_grad_rows`: one fused pass over the feature matrix for CFT-BP of K categories
+  that share the feature rows (K = 1: :func:`asl_grad`), eight samples at a time: the
+  block's logits ``x_i . w_k + b_k`` (two rows at a time, 16 running sums, so each value of
+  ``x`` and ``w`` is loaded once per block), each known entry's ASL derivative (the same
+  clamps, clips and detached focal weights as :class:`cxrkit.losses.AsymmetricLoss`, one
+  exp per entry; the logs only for the loss), then ``g_k += sum_i d_ik x_i`` while the block
+  is still in L1 cache, so the matrix is read from memory once per epoch for all K rows.
+  :func:`scores_rows` gives the same logits.
 
 numba compiles these on first use (cached on disk when the package folder, or numba's
 user cache, is writable). Without numba (``pip install numba`` is part of cxrkit's
@@ -45,10 +46,13 @@ except ImportError:  # pragma: no cover - exercised with CXRKIT_NO_NUMBA=1
     numba = None
     AVAILABLE = False
 
-__all__ = ["AVAILABLE", "auc_rows", "ap_rows", "asl_grad", "asl_grad_rows", "default_threads", "scores", "set_threads"]
+__all__ = ["AVAILABLE", "auc_rows", "ap_rows", "asl_grad", "asl_grad_rows", "default_threads", "score_columns", "scores",
+           "scores_rows", "set_threads"]
 
 _LOCK = threading.Lock()
 _FAST = {"reassoc", "contract"}  # let the dot products vectorise; no finite-math assumptions
+_BLOCK = 8  # samples per block of the fused BP kernels
+_LN2 = math.log(2.0)
 
 if AVAILABLE:
 
@@ -56,16 +60,23 @@ if AVAILABLE:
     def _rank_rows(scores, labels, npos, nneg, metric_ap):  # pragma: no cover - compiled
         """Per row: 64-bit keys (order-preserving uint32 of the score, -0.0 as +0.0) << 1 |
         label, LSD radix sorted on the 32 key bits (three 11-bit passes, one counting pass),
-        then one scan over groups of equal scores. A row holding NaN gives NaN."""
-        n_rows, n = scores.shape
+        then one scan over groups of equal scores. A row holding NaN gives NaN. ``labels``
+        (L x n, 0 / 1, 2 = left out): one row for all score rows (L = 1) or one per score
+        row, with its counts ``npos`` / ``nneg`` (length L)."""
+        n_rows, n_all = scores.shape
         out = np.empty(n_rows, np.float64)
         for r in prange(n_rows):
+            lr = np.int64(r) if labels.shape[0] > 1 else np.int64(0)
+            lab = labels[lr]
             u = scores[r].view(np.uint32)
-            a = np.empty(n, np.uint64)
-            b = np.empty(n, np.uint64)
+            a = np.empty(n_all, np.uint64)
+            b = np.empty(n_all, np.uint64)
             cnt = np.zeros((3, 2048), np.int64)
             nan = False
-            for i in range(n):
+            n = 0
+            for i in range(n_all):
+                if lab[i] > 1:
+                    continue
                 v = u[i]
                 if (v & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
                     nan = True
@@ -75,7 +86,8 @@ if AVAILABLE:
                     v = ~v
                 else:
                     v = v | np.uint32(0x80000000)
-                a[i] = (np.uint64(v) << np.uint64(1)) | np.uint64(labels[i])
+                a[n] = (np.uint64(v) << np.uint64(1)) | np.uint64(lab[i])
+                n += 1
                 cnt[0, v & np.uint32(2047)] += 1
                 cnt[1, (v >> np.uint32(11)) & np.uint32(2047)] += 1
                 cnt[2, v >> np.uint32(22)] += 1
@@ -120,7 +132,7 @@ if AVAILABLE:
                     fp += cn
                     if cp:
                         acc += cp * (tp / (tp + fp))
-                out[r] = acc / npos
+                out[r] = acc / npos[lr]
             else:
                 total2 = 0
                 below = 0
@@ -137,29 +149,73 @@ if AVAILABLE:
                         i += 1
                     total2 += 2 * cp * below + cp * cn
                     below += cn
-                out[r] = total2 / (2.0 * npos * nneg)
+                out[r] = total2 / (2.0 * npos[lr] * nneg[lr])
         return out
 
+    @njit(cache=True)
+    def _easy_logit(log_eps, clip, log_clip):  # pragma: no cover - compiled
+        """The |logit| below which none of ASL's eps clamps binds (log sigmoid(+-s) lies in
+        (-|s| - ln 2, 0], and log(q + clip) >= log clip), with a 1e-6 margin; 0 when a clamp
+        can bind anywhere (eps >= 1/2, or clip <= eps)."""
+        if log_eps >= -_LN2 - 1e-6 or (clip > 0.0 and log_clip < log_eps + 1e-6):
+            return 0.0
+        return -log_eps - _LN2 - 1e-6
+
     @njit(cache=True, inline="always")
-    def _asl_term(s, yi, gamma_pos, gamma_neg, clip, log_eps):  # pragma: no cover - compiled
-        """(loss, d loss / d logit) of one entry, as AsymmetricLoss computes them."""
-        # log sigmoid(s) and log sigmoid(-s), stable
-        if s >= 0:
-            e = math.exp(-s)
-            ls_pos = -math.log1p(e)
-            ls_neg = -s - math.log1p(e)
-            p = 1.0 / (1.0 + e)
-        else:
-            e = math.exp(s)
-            ls_pos = s - math.log1p(e)
-            ls_neg = -math.log1p(e)
-            p = e / (1.0 + e)
+    def _asl_term(s, yi, gamma_pos, gamma_neg, clip, log_eps, ipow, want_loss, log_clip, s_easy):  # pragma: no cover - compiled
+        """(loss, d loss / d logit) of one entry, as AsymmetricLoss computes them. The
+        derivative needs one exp: the logarithms only feed the loss (skipped without
+        ``want_loss``) and the eps clamps, which are decided without them unless the logit
+        lies within 1e-6 of a clamp. ``ipow`` > 0: gamma_neg is that integer, its power
+        taken by multiplication. ``log_clip``: log(clip) when clip > 0; ``s_easy``: below
+        this |s| no eps clamp binds (see :func:`_easy_logit`)."""
+        e = math.exp(-abs(s))
+        p = (1.0 if s >= 0 else e) / (1.0 + e)
         q = 1.0 - p
         loss = 0.0
         grad = 0.0
+        if not want_loss and gamma_pos == 0.0 and abs(s) <= s_easy:
+            # no clamp can bind (s_easy > 0 only when eps < 1/2 and clip > eps): both terms'
+            # derivatives without a branch on the label, in the order of the general code below
+            p_m = p
+            if clip > 0.0:
+                p_m = p - clip
+                if p_m < 0.0:
+                    p_m = 0.0
+            if gamma_neg == 0.0:
+                w_neg = 1.0
+            elif ipow > 0:
+                w_neg = p_m
+                for _ in range(ipow - 1):
+                    w_neg *= p_m
+            elif p_m > 0.0:
+                w_neg = p_m ** gamma_neg
+            else:
+                w_neg = 0.0
+            if clip > 0.0:
+                g_neg = (1.0 - yi) * w_neg * q * p / (q + clip) if p_m > 0.0 else 0.0
+            else:
+                g_neg = (1.0 - yi) * w_neg * p
+            return 0.0, (grad - yi * 1.0 * q) + g_neg
         if yi != 0.0:
-            w_pos = 1.0 if gamma_pos == 0.0 else math.exp(gamma_pos * ls_neg)
-            if ls_pos >= log_eps:
+            # ls_pos = log sigmoid(s) = -log1p(e) (s >= 0) or s - log1p(e), in (s - ln 2, s)
+            if s >= 0:
+                above = log_eps < -_LN2 - 1e-6
+                exact = not above
+            else:
+                above = s - _LN2 >= log_eps + 1e-6
+                exact = not above and s > log_eps - 1e-6
+            need_log = want_loss or exact or gamma_pos != 0.0
+            ls_pos = 0.0
+            l1 = 0.0
+            if need_log:
+                l1 = math.log1p(e)
+                ls_pos = -l1 if s >= 0 else s - l1
+                above = ls_pos >= log_eps
+            w_pos = 1.0
+            if gamma_pos != 0.0:
+                w_pos = math.exp(gamma_pos * (-s - l1 if s >= 0 else -l1))
+            if above:
                 loss -= yi * w_pos * ls_pos
                 grad -= yi * w_pos * q
             else:
@@ -174,166 +230,244 @@ if AVAILABLE:
             if gamma_neg == 0.0:
                 w_neg = 1.0
             elif p_m > 0.0:
-                w_neg = p_m ** gamma_neg
+                if ipow > 0:
+                    w_neg = p_m
+                    for _ in range(ipow - 1):
+                        w_neg *= p_m
+                else:
+                    w_neg = p_m ** gamma_neg
             else:
                 w_neg = 0.0
-            if clip > 0.0:
-                t = q + clip
-                if t <= 1.0:
-                    lt = math.log(t)
-                    if lt >= log_eps:
-                        loss -= yn * w_neg * lt
-                        grad += yn * w_neg * q * p / t
+            if w_neg != 0.0:
+                if clip > 0.0:
+                    t = q + clip
+                    if t <= 1.0:  # t > 1: log(min(t, 1)) = 0, no loss and no gradient
+                        # log t >= log clip
+                        above = log_clip >= log_eps + 1e-6
+                        lt = 0.0
+                        if want_loss or not above:
+                            lt = math.log(t)
+                            above = lt >= log_eps
+                        if above:
+                            loss -= yn * w_neg * lt
+                            grad += yn * w_neg * q * p / t
+                        else:
+                            loss -= yn * w_neg * log_eps
+                else:
+                    # ls_neg = log sigmoid(-s), in (-s - ln 2, -s)
+                    if s <= 0:
+                        above = log_eps < -_LN2 - 1e-6
+                        exact = not above
+                    else:
+                        above = -s - _LN2 >= log_eps + 1e-6
+                        exact = not above and -s > log_eps - 1e-6
+                    ls_neg = 0.0
+                    if want_loss or exact:
+                        l1 = math.log1p(e)
+                        ls_neg = -s - l1 if s >= 0 else -l1
+                        above = ls_neg >= log_eps
+                    if above:
+                        loss -= yn * w_neg * ls_neg
+                        grad += yn * w_neg * p
                     else:
                         loss -= yn * w_neg * log_eps
-                # t > 1: log(min(t, 1)) = 0, no loss and no gradient
-            else:
-                if ls_neg >= log_eps:
-                    loss -= yn * w_neg * ls_neg
-                    grad += yn * w_neg * p
-                else:
-                    loss -= yn * w_neg * log_eps
         return loss, grad
 
-    @njit(cache=True, parallel=True, fastmath=_FAST)
-    def _asl_grad(x, y, w, b, gamma_pos, gamma_neg, clip, log_eps, n_chunks):  # pragma: no cover - compiled
-        n, z = x.shape
-        part = np.zeros((n_chunks, z + 2), np.float64)
-        step = (n + n_chunks - 1) // n_chunks
-        for c in prange(n_chunks):
-            g = np.zeros(z, np.float32)
-            gb = 0.0
-            loss = 0.0
-            for i in range(c * step, min(n, (c + 1) * step)):
-                s = np.float32(0.0)
-                for j in range(z):
-                    s += x[i, j] * w[j]
-                s += b
-                li, di = _asl_term(np.float64(s), np.float64(y[i]), gamma_pos, gamma_neg, clip, log_eps)
-                loss += li
-                gb += di
-                d = np.float32(di)
-                for j in range(z):
-                    g[j] += d * x[i, j]
+    @njit(cache=True, inline="always")
+    def _block_logits(xb, w, sv):  # pragma: no cover - compiled
+        """sv[k, q] = xb[q] . w[k] (float32 sums) for a block of 8 samples and an even number
+        of rows, two rows at a time: 16 running sums, each x and w value loaded once per
+        block. Every logit is the same sum whichever block slot and row pair it falls in."""
+        z = xb.shape[1]
+        for k in range(0, w.shape[0], 2):
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            a2 = np.float32(0.0)
+            a3 = np.float32(0.0)
+            a4 = np.float32(0.0)
+            a5 = np.float32(0.0)
+            a6 = np.float32(0.0)
+            a7 = np.float32(0.0)
+            c0 = np.float32(0.0)
+            c1 = np.float32(0.0)
+            c2 = np.float32(0.0)
+            c3 = np.float32(0.0)
+            c4 = np.float32(0.0)
+            c5 = np.float32(0.0)
+            c6 = np.float32(0.0)
+            c7 = np.float32(0.0)
             for j in range(z):
-                part[c, j] = g[j]
-            part[c, z] = gb
-            part[c, z + 1] = loss
-        return part.sum(axis=0)
+                u = w[k, j]
+                v = w[k + 1, j]
+                x0 = xb[0, j]
+                x1 = xb[1, j]
+                x2 = xb[2, j]
+                x3 = xb[3, j]
+                x4 = xb[4, j]
+                x5 = xb[5, j]
+                x6 = xb[6, j]
+                x7 = xb[7, j]
+                a0 += x0 * u
+                a1 += x1 * u
+                a2 += x2 * u
+                a3 += x3 * u
+                a4 += x4 * u
+                a5 += x5 * u
+                a6 += x6 * u
+                a7 += x7 * u
+                c0 += x0 * v
+                c1 += x1 * v
+                c2 += x2 * v
+                c3 += x3 * v
+                c4 += x4 * v
+                c5 += x5 * v
+                c6 += x6 * v
+                c7 += x7 * v
+            sv[k, 0] = a0
+            sv[k, 1] = a1
+            sv[k, 2] = a2
+            sv[k, 3] = a3
+            sv[k, 4] = a4
+            sv[k, 5] = a5
+            sv[k, 6] = a6
+            sv[k, 7] = a7
+            sv[k + 1, 0] = c0
+            sv[k + 1, 1] = c1
+            sv[k + 1, 2] = c2
+            sv[k + 1, 3] = c3
+            sv[k + 1, 4] = c4
+            sv[k + 1, 5] = c5
+            sv[k + 1, 6] = c6
+            sv[k + 1, 7] = c7
 
-
-
-if AVAILABLE:
+    @njit(cache=True, inline="always")
+    def _load_block(x, i, m, xb):  # pragma: no cover - compiled
+        """Samples i .. i + m - 1 into the 8-row block (zeros after them)."""
+        z = x.shape[1]
+        for q in range(_BLOCK):
+            if q < m:
+                for j in range(z):
+                    xb[q, j] = x[i + q, j]
+            else:
+                for j in range(z):
+                    xb[q, j] = 0.0
 
     @njit(cache=True, parallel=True, fastmath=_FAST)
-    def _asl_grad_rows(x, y, w, b, gamma_pos, gamma_neg, clip, log_eps, n_chunks):  # pragma: no cover - compiled
-        """:func:`_asl_grad` for K rows at once (y: n x K, NaN = unknown): four samples at a time,
-        so each row of ``w`` is read once per four samples and ``g`` updated once per four."""
+    def _asl_grad_rows(x, y, w, b, k_real, gamma_pos, gamma_neg, clip, log_eps, ipow, want_loss,
+                       n_chunks):  # pragma: no cover - compiled
+        """Per chunk of samples, blocks of 8: the logits of all rows (:func:`_block_logits`),
+        each known entry's ASL derivative, then g[k] += sum_q d[k, q] x_q, skipped for a row
+        whose 8 derivatives are all zero (unknown labels, clipped negatives). ``w`` has an
+        even number of rows (a zero row pads an odd count); ``k_real`` rows are real."""
         n, z = x.shape
         k_n = w.shape[0]
+        log_clip = math.log(clip) if clip > 0.0 else 0.0
+        s_easy = _easy_logit(log_eps, clip, log_clip)
         part = np.zeros((n_chunks, k_n, z + 2), np.float64)
-        nb = (n + 3) // 4
-        step = ((nb + n_chunks - 1) // n_chunks) * 4
+        nb = (n + _BLOCK - 1) // _BLOCK
+        step = ((nb + n_chunks - 1) // n_chunks) * _BLOCK
         for c in prange(n_chunks):
             g = np.zeros((k_n, z), np.float32)
-            d = np.zeros((k_n, 4), np.float32)
+            d = np.zeros((k_n, _BLOCK), np.float32)
+            sv = np.zeros((k_n, _BLOCK), np.float32)
+            xb = np.zeros((_BLOCK, z), np.float32)
             lo = c * step
             hi = min(n, (c + 1) * step)
             i = lo
             while i < hi:
-                m = min(4, hi - i)
-                for k in range(k_n):
-                    s0 = np.float32(0.0)
-                    s1 = np.float32(0.0)
-                    s2 = np.float32(0.0)
-                    s3 = np.float32(0.0)
-                    if m == 4:
-                        for j in range(z):
-                            wkj = w[k, j]
-                            s0 += x[i, j] * wkj
-                            s1 += x[i + 1, j] * wkj
-                            s2 += x[i + 2, j] * wkj
-                            s3 += x[i + 3, j] * wkj
-                        ss = (s0, s1, s2, s3)
-                    else:
-                        for j in range(z):
-                            s0 += x[i, j] * w[k, j]
-                        if m > 1:
-                            for j in range(z):
-                                s1 += x[i + 1, j] * w[k, j]
-                        if m > 2:
-                            for j in range(z):
-                                s2 += x[i + 2, j] * w[k, j]
-                        ss = (s0, s1, s2, s3)
-                    for q in range(4):
+                m = min(_BLOCK, hi - i)
+                _load_block(x, i, m, xb)
+                _block_logits(xb, w, sv)
+                for k in range(k_real):
+                    bk = b[k]
+                    for q in range(_BLOCK):
                         d[k, q] = 0.0
-                    for q in range(m):
+                        if q >= m:
+                            continue
                         yi = y[i + q, k]
                         if yi != yi:
                             continue
-                        li, di = _asl_term(np.float64(ss[q] + b[k]), np.float64(yi), gamma_pos, gamma_neg, clip, log_eps)
-                        part[c, k, z + 1] += li
+                        li, di = _asl_term(np.float64(sv[k, q] + bk), np.float64(yi), gamma_pos, gamma_neg, clip,
+                                           log_eps, ipow, want_loss, log_clip, s_easy)
+                        if want_loss:
+                            part[c, k, z + 1] += li
                         part[c, k, z] += di
                         d[k, q] = np.float32(di)
-                if m == 4:
-                    for k in range(k_n):
-                        d0, d1, d2, d3 = d[k, 0], d[k, 1], d[k, 2], d[k, 3]
-                        for j in range(z):
-                            g[k, j] += d0 * x[i, j] + d1 * x[i + 1, j] + d2 * x[i + 2, j] + d3 * x[i + 3, j]
-                else:
-                    for q in range(m):
-                        for k in range(k_n):
-                            dk = d[k, q]
-                            for j in range(z):
-                                g[k, j] += dk * x[i + q, j]
-                i += 4
+                for k in range(k_real):
+                    d0 = d[k, 0]
+                    d1 = d[k, 1]
+                    d2 = d[k, 2]
+                    d3 = d[k, 3]
+                    d4 = d[k, 4]
+                    d5 = d[k, 5]
+                    d6 = d[k, 6]
+                    d7 = d[k, 7]
+                    if (d0 == 0.0 and d1 == 0.0 and d2 == 0.0 and d3 == 0.0 and d4 == 0.0 and d5 == 0.0
+                            and d6 == 0.0 and d7 == 0.0):
+                        continue
+                    for j in range(z):
+                        g[k, j] += (d0 * xb[0, j] + d1 * xb[1, j] + d2 * xb[2, j] + d3 * xb[3, j]
+                                    + d4 * xb[4, j] + d5 * xb[5, j] + d6 * xb[6, j] + d7 * xb[7, j])
+                i += _BLOCK
             for k in range(k_n):
                 for j in range(z):
                     part[c, k, j] = g[k, j]
         return part.sum(axis=0)
 
-if AVAILABLE:
-
     @njit(cache=True, parallel=True, fastmath=_FAST)
-    def _matvec(x, w, b):  # pragma: no cover - compiled
+    def _scores_rows(x, w, b, k_real, n_chunks):  # pragma: no cover - compiled
+        """x @ w.T + b (n x k_real) by the blocks of :func:`_asl_grad_rows`: the same sums."""
         n, z = x.shape
-        out = np.empty(n, np.float32)
-        for i in prange(n):
-            s = np.float32(0.0)
-            for j in range(z):
-                s += x[i, j] * w[j]
-            out[i] = s + b
+        k_n = w.shape[0]
+        out = np.empty((n, k_real), np.float32)
+        nb = (n + _BLOCK - 1) // _BLOCK
+        step = ((nb + n_chunks - 1) // n_chunks) * _BLOCK
+        for c in prange(n_chunks):
+            sv = np.zeros((k_n, _BLOCK), np.float32)
+            xb = np.zeros((_BLOCK, z), np.float32)
+            i = c * step
+            hi = min(n, (c + 1) * step)
+            while i < hi:
+                m = min(_BLOCK, hi - i)
+                _load_block(x, i, m, xb)
+                _block_logits(xb, w, sv)
+                for q in range(m):
+                    for k in range(k_real):
+                        out[i + q, k] = sv[k, q] + b[k]
+                i += _BLOCK
         return out
 
 
-if AVAILABLE:
+def _even_rows(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(w, b) as float32 with an even number of rows (a zero row added to an odd count)."""
+    w = np.ascontiguousarray(np.atleast_2d(w), np.float32)
+    b = np.ascontiguousarray(np.atleast_1d(b), np.float32).reshape(-1)
+    k = w.shape[0]
+    if k % 2:
+        w = np.concatenate([w, np.zeros((1, w.shape[1]), np.float32)])
+        b = np.concatenate([b, np.zeros(1, np.float32)])
+    return w, b, k
 
-    @njit(cache=True, parallel=True, fastmath=_FAST)
-    def _matvec_rows(x, w, b):  # pragma: no cover - compiled
-        n, z = x.shape
-        out = np.empty((n, w.shape[0]), np.float32)
-        for i in prange(n):
-            for k in range(w.shape[0]):
-                s = np.float32(0.0)
-                for j in range(z):
-                    s += x[i, j] * w[k, j]
-                out[i, k] = s + b[k]
-        return out
+
+def _int_power(gamma: float) -> int:
+    """gamma as a small positive integer (its power taken by multiplication), else 0."""
+    return int(gamma) if gamma == int(gamma) and 1 <= gamma <= 16 else 0
 
 
 def scores_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``x @ w.T + b`` (n x K) for K rows ``w``, each column the same sums as
-    :func:`scores` gives for that row alone."""
+    """``x @ w.T + b`` (n x K float32) for K rows ``w``: the same sums as the logits of
+    :func:`asl_grad_rows`, whatever K (each row's sums do not depend on the others)."""
+    x = np.ascontiguousarray(x, np.float32)
+    w2, b2, k = _even_rows(w, b)
     with _LOCK:
-        return _matvec_rows(np.ascontiguousarray(x, np.float32), np.ascontiguousarray(w, np.float32),
-                            np.ascontiguousarray(b, np.float32))
+        return _scores_rows(x, w2, b2, k, _chunks(x.shape[0]))
 
 
 def scores(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
-    """``x @ w + b`` (float32) on numba's threads: inside the fused loop, a BLAS call would
-    wake OpenBLAS's threads, which keep spinning against the kernels' threads afterwards."""
-    with _LOCK:
-        return _matvec(np.ascontiguousarray(x, np.float32), np.asarray(w, np.float32), np.float32(b))
+    """``x @ w + b`` (float32) on numba's threads, the sums of :func:`scores_rows` (inside
+    the fused loop, a BLAS call would wake OpenBLAS's threads, which keep spinning against
+    the kernels' threads afterwards)."""
+    return scores_rows(x, np.asarray(w, np.float32).reshape(1, -1), np.array([b], np.float32))[:, 0]
 
 
 def _cores() -> int:
@@ -362,14 +496,19 @@ def set_threads(n: int) -> None:
 def _rank(scores: np.ndarray, pos_idx: np.ndarray, neg_idx: np.ndarray, ap: bool, threads: int) -> np.ndarray:
     """float32 rows; a row holding NaN comes back NaN (callers rescore it their way)."""
     s = np.ascontiguousarray(np.atleast_2d(scores), dtype=np.float32)
-    labels = np.zeros(s.shape[1], np.uint8)
-    labels[np.asarray(pos_idx, dtype=np.int64)] = 1
+    labels = np.zeros((1, s.shape[1]), np.uint8)
+    labels[0, np.asarray(pos_idx, dtype=np.int64)] = 1
+    return _rank_labels(s, labels, np.array([len(pos_idx)]), np.array([len(neg_idx)]), ap, threads)
+
+
+def _rank_labels(s: np.ndarray, labels: np.ndarray, npos: np.ndarray, nneg: np.ndarray, ap: bool,
+                 threads: int) -> np.ndarray:
     with _LOCK:
         old = numba.get_num_threads()
         if threads > 0:
             numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS, s.shape[0])))
         try:
-            return _rank_rows(s, labels, len(pos_idx), len(neg_idx), ap)
+            return _rank_rows(s, labels, npos.astype(np.int64), nneg.astype(np.int64), ap)
         finally:
             numba.set_num_threads(old)
 
@@ -387,32 +526,50 @@ def ap_rows(scores: np.ndarray, pos_idx: np.ndarray, neg_idx: np.ndarray, thread
     return _rank(scores, pos_idx, neg_idx, True, threads)
 
 
+def score_columns(scores: np.ndarray, y: np.ndarray, metric: str, threads: int = 0) -> np.ndarray:
+    """Exact AUC / AP of each column k of ``scores`` (n x K float32) against column k of
+    ``y`` (n x K: 0 / 1, NaN = left out), all columns in one parallel call: the values
+    :class:`~cxrkit.cft.fitness.BinaryScorer` gives each column on its known entries. NaN
+    where a column lacks a class, or its scores hold NaN (callers rescore it their way)."""
+    s = np.ascontiguousarray(np.asarray(scores, np.float32).T)
+    y = np.asarray(y, np.float64)
+    labels = np.where(np.isnan(y), 2, y).astype(np.uint8).T.copy()
+    npos = (labels == 1).sum(axis=1)
+    nneg = (labels == 0).sum(axis=1)
+    ap = metric == "ap"
+    out = _rank_labels(s, labels, npos, nneg, ap, threads)
+    out[(npos == 0) | ((nneg == 0) & (not ap))] = np.nan
+    return out
+
+
 def _chunks(n: int) -> int:
-    # a few chunks per thread balance the load; each chunk keeps its own gradient (Z floats)
+    # a few chunks per thread balance the load; each chunk keeps its own gradient (K x Z floats)
     return max(1, min(4 * default_threads(), n // 256 or 1))
 
 
 def asl_grad(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, gamma_pos: float, gamma_neg: float,
-             clip: float, eps: float) -> tuple[np.ndarray, float, float]:
+             clip: float, eps: float, want_loss: bool = True) -> tuple[np.ndarray, float, float]:
     """Summed ASL over (x, y) of the row (w, b): (gradient w.r.t. w, w.r.t. b, loss); one
-    pass over ``x`` (n x Z float32, C-contiguous)."""
-    with _LOCK:
-        out = _asl_grad(x, np.asarray(y, np.float32), np.asarray(w, np.float32), np.float32(b), float(gamma_pos),
-                        float(gamma_neg), float(clip), math.log(eps), _chunks(x.shape[0]))
-    z = x.shape[1]
-    return out[:z], float(out[z]), float(out[z + 1])
+    pass over ``x`` (n x Z float32, C-contiguous). :func:`asl_grad_rows` with one row."""
+    g, gb, loss = asl_grad_rows(x, np.asarray(y, np.float32).reshape(-1, 1), np.asarray(w).reshape(1, -1),
+                                np.array([b], np.float32), gamma_pos, gamma_neg, clip, eps, want_loss)
+    return g[0], float(gb[0]), float(loss[0])
 
 
 def asl_grad_rows(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray, gamma_pos: float, gamma_neg: float,
-                  clip: float, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  clip: float, eps: float, want_loss: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`asl_grad` for K rows ``w`` (K x Z) over one feature matrix ``x`` (n x Z) with
     labels ``y`` (n x K, NaN = not known for that row's category): (gradients K x Z, bias
-    gradients K, losses K), one pass over ``x`` for all K. The logits are the same sums
-    as :func:`asl_grad`'s; the gradients are summed four samples at a time, so they differ
-    from its by float32 rounding (relative 1e-6)."""
+    gradients K, losses K), one pass over ``x`` for all K, eight samples at a time. A row's
+    logits are the same sums whatever the other rows; its gradient is summed per block of
+    eight samples, so one category fitted on its known rows alone differs from it by float32
+    rounding (relative 1e-6). ``want_loss=False``: the losses come back 0 and the
+    gradients cost one exp per entry instead of an exp and a log."""
+    x = np.ascontiguousarray(x, np.float32)
+    w2, b2, k = _even_rows(w, b)
+    y = np.ascontiguousarray(y, np.float32).reshape(x.shape[0], k)
     with _LOCK:
-        out = _asl_grad_rows(x, np.ascontiguousarray(y, np.float32), np.ascontiguousarray(w, np.float32),
-                             np.ascontiguousarray(b, np.float32), float(gamma_pos), float(gamma_neg), float(clip),
-                             math.log(eps), _chunks(x.shape[0]))
+        out = _asl_grad_rows(x, y, w2, b2, k, float(gamma_pos), float(gamma_neg), float(clip), math.log(eps),
+                             _int_power(float(gamma_neg)), bool(want_loss), _chunks(x.shape[0]))
     z = x.shape[1]
-    return out[:, :z], out[:, z].copy(), out[:, z + 1].copy()
+    return out[:k, :z], out[:k, z].copy(), out[:k, z + 1].copy()
