@@ -119,6 +119,38 @@ def test_fused_bp_equals_autograd_loop(preset, extra):
     np.testing.assert_allclose(fast.curves["train_loss"], plain.curves["train_loss"], rtol=1e-5)
 
 
+def test_nearest_cached_solution_equals_the_full_comparison():
+    """The GA's nearest-relative search stops counting past the sparse limit; wherever the
+    count is within it, the index and count are NumPy's full comparison's argmin."""
+    rng = np.random.default_rng(6)
+    cache = rng.standard_normal((40, 65)).astype(np.float32)
+    sols = np.repeat(cache[[3, 7, 7, 20, 31, 39]], 2, axis=0)
+    for i, k in enumerate([0, 1, 2, 5, 6, 7, 9, 30, 64, 65, 0, 3]):
+        genes = rng.choice(65, size=k, replace=False)
+        sols[i, genes] += 1.0
+    sols[-1] = cache[5]  # an exact duplicate of an earlier cached row
+    for cap in (0, 3, 6, 64):
+        idx, cnt = kernels.nearest_rows(sols, cache, cap)
+        full = (sols[:, None, :] != cache[None, :, :]).sum(axis=2)
+        ref_idx, ref_cnt = full.argmin(axis=1), full.min(axis=1)
+        for i in range(len(sols)):
+            if ref_cnt[i] <= cap:
+                assert (idx[i], cnt[i]) == (ref_idx[i], ref_cnt[i])
+            else:
+                assert cnt[i] == cap + 1
+    assert kernels.nearest_rows(sols, cache, 6)[1][-1] == 0
+
+
+def test_rank_metrics_on_one_thread_equal_the_parallel_kernel():
+    """GAs side by side score on their own threads (the GIL released): same values."""
+    rng = np.random.default_rng(7)
+    rows = _hard_rows(900, seed=7)
+    y = rng.random(900) < 0.4
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    for fn in (kernels.auc_rows, kernels.ap_rows):
+        np.testing.assert_array_equal(fn(rows, pos, neg, threads=1), fn(rows, pos, neg, threads=2))
+
+
 @pytest.mark.parametrize("params", [dict(gamma_pos=0.0, gamma_neg=0.0, clip=0.0, eps=1e-8),
                                     dict(gamma_pos=0.0, gamma_neg=4.0, clip=0.05, eps=1e-8),
                                     dict(gamma_pos=0.0, gamma_neg=2.5, clip=0.1, eps=1e-8),

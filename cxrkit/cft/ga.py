@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..utils import replace_fields
-from .fitness import BinaryScorer, PopulationScorer
+from .fitness import BinaryScorer, PopulationScorer, population_product
 
 log = logging.getLogger(__name__)
 
@@ -288,31 +288,44 @@ def fit_row_ga(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
 
 
 class SharedProduct:
-    """The population scores of several GAs that share one feature matrix, computed as one
-    matrix product: each GA's thread hands its new solutions in, and when every GA still
-    running is waiting, the last to arrive computes all of them at once (in row chunks over
-    ``threads`` threads, single-threaded BLAS, as :meth:`PopulationScorer.exact_scores`
-    does: each row gets bitwise the scores it gets alone) and wakes the others. One big
-    product keeps the cores busier than many 49-row ones (182 vs 111 GFLOP/s measured for
-    686 vs 49 rows on 2 cores)."""
+    """The population scores of several GAs that share one feature matrix, computed in
+    large matrix products: each GA's thread hands its new solutions in, and once
+    ceil(live / ``groups``) GAs are waiting, the last to arrive computes all of theirs at
+    once (in row chunks over ``threads`` threads, single-threaded BLAS, as
+    :meth:`PopulationScorer.exact_scores` does: each row gets bitwise the scores it gets
+    alone) and wakes them. One big product keeps the cores busier than many 49-row ones
+    (182 vs 111 GFLOP/s measured for 686 vs 49 rows on 2 cores); with two groups, one
+    group's product runs while the other group's threads do their GIL-bound GA steps and
+    AUCs, which would otherwise leave a core idle. One product at a time."""
 
-    def __init__(self, xt: np.ndarray, members: int, threads: int) -> None:
+    def __init__(self, xt: np.ndarray, members: int, threads: int, groups: int = 2) -> None:
         import threading
 
         self.xt = xt
         self.live = members
         self.threads = max(1, threads)
+        self.groups = max(1, int(groups))
         self.cv = threading.Condition()
+        self.compute = threading.Lock()
         self.pending: list[dict[str, Any]] = []
         self._pool: Any = None
         self.rounds = 0
+
+    def _take(self) -> list[dict[str, Any]] | None:
+        """The pending batch when it is full (caller holds ``cv``)."""
+        if self.pending and len(self.pending) >= max(1, -(-self.live // self.groups)):
+            batch, self.pending = self.pending, []
+            return batch
+        return None
 
     def __call__(self, sols: np.ndarray) -> np.ndarray:
         slot: dict[str, Any] = {"sols": np.asarray(sols, np.float32), "out": None}
         with self.cv:
             self.pending.append(slot)
-            if len(self.pending) >= self.live:
-                self._run()
+            batch = self._take()
+        if batch is not None:
+            self._run(batch)
+        with self.cv:
             while slot["out"] is None:
                 self.cv.wait()
         if isinstance(slot["out"], BaseException):
@@ -323,31 +336,29 @@ class SharedProduct:
         """A GA finished (or failed): the others no longer wait for it."""
         with self.cv:
             self.live -= 1
-            if self.pending and len(self.pending) >= self.live:
-                self._run()
+            batch = self._take()
+        if batch is not None:
+            self._run(batch)
 
-    def _run(self) -> None:
-        slots, self.pending = self.pending, []
-        self.rounds += 1
-        try:
-            allp = np.concatenate([s["sols"] for s in slots])
-            if self.threads > 1 and len(allp) > 1:
-                if self._pool is None:
+    def _run(self, slots: list[dict[str, Any]]) -> None:
+        results: list[Any]
+        with self.compute:
+            self.rounds += 1
+            try:
+                allp = np.concatenate([s["sols"] for s in slots])
+                if self.threads > 1 and len(allp) > 1 and self._pool is None:
                     from concurrent.futures import ThreadPoolExecutor
 
                     self._pool = ThreadPoolExecutor(self.threads)
-                chunks = np.array_split(allp, min(len(allp), self.threads))
-                out = np.concatenate(list(self._pool.map(lambda c: c[:, :-1] @ self.xt + c[:, -1:], chunks)))
-            else:
-                out = allp[:, :-1] @ self.xt + allp[:, -1:]
-            i = 0
-            for s in slots:
-                s["out"] = out[i:i + len(s["sols"])]
-                i += len(s["sols"])
-        except BaseException as e:  # every waiting GA gets the error instead of waiting forever
-            for s in slots:
-                s["out"] = e
-        self.cv.notify_all()
+                out = population_product(allp, self.xt, self._pool, self.threads)
+                bounds = np.cumsum([0] + [len(s["sols"]) for s in slots])
+                results = [out[bounds[i]:bounds[i + 1]] for i in range(len(slots))]
+            except BaseException as e:  # every waiting GA gets the error instead of waiting forever
+                results = [e] * len(slots)
+        with self.cv:
+            for s, r in zip(slots, results):
+                s["out"] = r
+            self.cv.notify_all()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -373,13 +384,18 @@ def fit_rows_ga(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_v
     k_n = y.shape[1]
     if np.isnan(np.asarray(y, np.float64)).any():
         raise ValueError("fit_rows_ga needs every training label known (group categories by their known rows)")
-    product = SharedProduct(xt, k_n, max(c.threads or 0 for c in cfgs) or BinaryScorer(np.zeros(1, int)).n_threads)
+    n_threads = max(c.threads or 0 for c in cfgs) or BinaryScorer(np.zeros(1, int)).n_threads
+    product = SharedProduct(xt, k_n, n_threads)
+    # each GA scores its AUCs on its own thread (the GIL released, no lock) when there are at
+    # least as many GAs as threads: the GAs are the parallelism; the values do not change
+    per_ga = max(1, n_threads // k_n)
     out: list[Any] = [None] * k_n
 
     def run(k: int) -> None:
         try:
             kv = ~np.isnan(yv[:, k])
-            out[k] = fit_row_ga(x, y[:, k].astype(int), xv[kv], yv[kv, k].astype(int), w0[k], float(b0[k]), cfgs[k],
+            cfg = cfgs[k].with_overrides(threads=per_ga)
+            out[k] = fit_row_ga(x, y[:, k].astype(int), xv[kv], yv[kv, k].astype(int), w0[k], float(b0[k]), cfg,
                                 xt=xt, product=product)
         except BaseException as e:  # noqa: BLE001 - re-raised below, in the caller's thread
             out[k] = e

@@ -56,100 +56,111 @@ _LN2 = math.log(2.0)
 
 if AVAILABLE:
 
+    @njit(cache=True, inline="always")
+    def _rank_one(row, lab, npos, nneg, metric_ap):  # pragma: no cover - compiled
+        """AUC / AP of one float32 row: 64-bit keys (order-preserving uint32 of the score,
+        -0.0 as +0.0) << 1 | label, LSD radix sorted on the 32 key bits (three 11-bit passes,
+        one counting pass), then one scan over groups of equal scores; entries labelled 2
+        left out. NaN when the row holds NaN."""
+        n_all = row.shape[0]
+        u = row.view(np.uint32)
+        a = np.empty(n_all, np.uint64)
+        b = np.empty(n_all, np.uint64)
+        cnt = np.zeros((3, 2048), np.int32)
+        nan = False
+        n = 0
+        for i in range(n_all):
+            li = lab[i]
+            if li > 1:
+                continue
+            v = np.uint64(u[i])
+            nan |= (v & np.uint64(0x7FFFFFFF)) > np.uint64(0x7F800000)
+            if v == np.uint64(0x80000000):
+                v = np.uint64(0)
+            # order-preserving: negative -> all bits flipped, positive -> sign bit set
+            v ^= ((v >> np.uint64(31)) * np.uint64(0x7FFFFFFF)) | np.uint64(0x80000000)
+            a[n] = (v << np.uint64(1)) | np.uint64(li)
+            n += 1
+            cnt[0, v & np.uint64(2047)] += 1
+            cnt[1, (v >> np.uint64(11)) & np.uint64(2047)] += 1
+            cnt[2, v >> np.uint64(22)] += 1
+        if nan:
+            return np.nan  # the caller scores NaN rows with its NumPy code
+        for p in range(3):
+            tot = 0
+            for d in range(2048):
+                c = cnt[p, d]
+                cnt[p, d] = tot
+                tot += c
+        for i in range(n):
+            d = (a[i] >> np.uint64(1)) & np.uint64(2047)
+            b[cnt[0, d]] = a[i]
+            cnt[0, d] += 1
+        for i in range(n):
+            d = (b[i] >> np.uint64(12)) & np.uint64(2047)
+            a[cnt[1, d]] = b[i]
+            cnt[1, d] += 1
+        for i in range(n):
+            d = (a[i] >> np.uint64(23)) & np.uint64(2047)
+            b[cnt[2, d]] = a[i]
+            cnt[2, d] += 1
+        # b: ascending by score; groups of equal scores
+        if metric_ap:
+            acc = 0.0
+            tp = 0
+            fp = 0
+            i = n - 1
+            while i >= 0:
+                key = b[i] >> np.uint64(1)
+                cp = 0
+                cn = 0
+                while i >= 0 and (b[i] >> np.uint64(1)) == key:
+                    bit = np.int64(b[i] & np.uint64(1))
+                    cp += bit
+                    cn += 1 - bit
+                    i -= 1
+                tp += cp
+                fp += cn
+                acc += cp * (tp / (tp + fp))  # a group without positives adds 0
+            return acc / npos
+        else:
+            total2 = 0
+            below = 0
+            i = 0
+            while i < n:
+                key = b[i] >> np.uint64(1)
+                cp = 0
+                cn = 0
+                while i < n and (b[i] >> np.uint64(1)) == key:
+                    bit = np.int64(b[i] & np.uint64(1))
+                    cp += bit
+                    cn += 1 - bit
+                    i += 1
+                total2 += 2 * cp * below + cp * cn
+                below += cn
+            return total2 / (2.0 * npos * nneg)
+
     @njit(cache=True, parallel=True)
     def _rank_rows(scores, labels, npos, nneg, metric_ap):  # pragma: no cover - compiled
-        """Per row: 64-bit keys (order-preserving uint32 of the score, -0.0 as +0.0) << 1 |
-        label, LSD radix sorted on the 32 key bits (three 11-bit passes, one counting pass),
-        then one scan over groups of equal scores. A row holding NaN gives NaN. ``labels``
-        (L x n, 0 / 1, 2 = left out): one row for all score rows (L = 1) or one per score
-        row, with its counts ``npos`` / ``nneg`` (length L)."""
-        n_rows, n_all = scores.shape
+        """:func:`_rank_one` of every row, rows in parallel. ``labels`` (L x n, 0 / 1, 2 = left
+        out): one row for all score rows (L = 1) or one per score row, with its counts
+        ``npos`` / ``nneg`` (length L)."""
+        n_rows = scores.shape[0]
         out = np.empty(n_rows, np.float64)
         for r in prange(n_rows):
             lr = np.int64(r) if labels.shape[0] > 1 else np.int64(0)
-            lab = labels[lr]
-            u = scores[r].view(np.uint32)
-            a = np.empty(n_all, np.uint64)
-            b = np.empty(n_all, np.uint64)
-            cnt = np.zeros((3, 2048), np.int64)
-            nan = False
-            n = 0
-            for i in range(n_all):
-                if lab[i] > 1:
-                    continue
-                v = u[i]
-                if (v & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-                    nan = True
-                if v == np.uint32(0x80000000):
-                    v = np.uint32(0)
-                if v & np.uint32(0x80000000):
-                    v = ~v
-                else:
-                    v = v | np.uint32(0x80000000)
-                a[n] = (np.uint64(v) << np.uint64(1)) | np.uint64(lab[i])
-                n += 1
-                cnt[0, v & np.uint32(2047)] += 1
-                cnt[1, (v >> np.uint32(11)) & np.uint32(2047)] += 1
-                cnt[2, v >> np.uint32(22)] += 1
-            if nan:
-                out[r] = np.nan  # the caller scores NaN rows with its NumPy code
-                continue
-            for p in range(3):
-                tot = 0
-                for d in range(2048):
-                    c = cnt[p, d]
-                    cnt[p, d] = tot
-                    tot += c
-            for i in range(n):
-                d = (a[i] >> np.uint64(1)) & np.uint64(2047)
-                b[cnt[0, d]] = a[i]
-                cnt[0, d] += 1
-            for i in range(n):
-                d = (b[i] >> np.uint64(12)) & np.uint64(2047)
-                a[cnt[1, d]] = b[i]
-                cnt[1, d] += 1
-            for i in range(n):
-                d = (a[i] >> np.uint64(23)) & np.uint64(2047)
-                b[cnt[2, d]] = a[i]
-                cnt[2, d] += 1
-            # b: ascending by score; groups of equal scores
-            if metric_ap:
-                acc = 0.0
-                tp = 0
-                fp = 0
-                i = n - 1
-                while i >= 0:
-                    key = b[i] >> np.uint64(1)
-                    cp = 0
-                    cn = 0
-                    while i >= 0 and (b[i] >> np.uint64(1)) == key:
-                        if b[i] & np.uint64(1):
-                            cp += 1
-                        else:
-                            cn += 1
-                        i -= 1
-                    tp += cp
-                    fp += cn
-                    if cp:
-                        acc += cp * (tp / (tp + fp))
-                out[r] = acc / npos[lr]
-            else:
-                total2 = 0
-                below = 0
-                i = 0
-                while i < n:
-                    key = b[i] >> np.uint64(1)
-                    cp = 0
-                    cn = 0
-                    while i < n and (b[i] >> np.uint64(1)) == key:
-                        if b[i] & np.uint64(1):
-                            cp += 1
-                        else:
-                            cn += 1
-                        i += 1
-                    total2 += 2 * cp * below + cp * cn
-                    below += cn
-                out[r] = total2 / (2.0 * npos[lr] * nneg[lr])
+            out[r] = _rank_one(scores[r], labels[lr], npos[lr], nneg[lr], metric_ap)
+        return out
+
+    @njit(cache=True, nogil=True)
+    def _rank_rows_serial(scores, labels, npos, nneg, metric_ap):  # pragma: no cover - compiled
+        """:func:`_rank_rows` on the calling thread, without the GIL: several Python threads
+        (GAs side by side) score at once, no lock needed."""
+        n_rows = scores.shape[0]
+        out = np.empty(n_rows, np.float64)
+        for r in range(n_rows):
+            lr = r if labels.shape[0] > 1 else 0
+            out[r] = _rank_one(scores[r], labels[lr], npos[lr], nneg[lr], metric_ap)
         return out
 
     @njit(cache=True)
@@ -438,6 +449,49 @@ if AVAILABLE:
         return out
 
 
+if AVAILABLE:
+
+    @njit(cache=True)
+    def _nearest(sols, cache, cap):  # pragma: no cover - compiled
+        """Per solution: the first cached row with the fewest differing genes and that count,
+        counts above ``cap`` not finished (reported as cap + 1)."""
+        p, m = sols.shape
+        best = np.empty(p, np.int64)
+        count = np.empty(p, np.int64)
+        for i in range(p):
+            bj = 0
+            bc = cap + 2
+            for j in range(cache.shape[0]):
+                c = 0
+                for g in range(m):
+                    if sols[i, g] != cache[j, g]:
+                        c += 1
+                        if c > cap:
+                            break
+                if c < bc:
+                    bc = c
+                    bj = j
+                    if c == 0:
+                        break
+            best[i] = bj
+            count[i] = min(bc, cap + 1)
+        return best, count
+
+
+def nearest_rows(sols: np.ndarray, cache: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``sols`` (P x m), the index of the first row of ``cache`` differing in
+    the fewest positions and that number, capped at ``cap`` + 1 (a count above ``cap`` stops
+    early): NumPy's ``(sols[:, None] != cache[None]).sum(2)`` argmin wherever the count is
+    at most ``cap``, without comparing every pair in full."""
+    sols = np.ascontiguousarray(sols, np.float32)
+    cache = np.ascontiguousarray(cache, np.float32)
+    if AVAILABLE:
+        return _nearest(sols, cache, int(cap))
+    counts = np.minimum((sols[:, None, :] != cache[None, :, :]).sum(axis=2), cap + 1)
+    best = counts.argmin(axis=1)
+    return best, counts[np.arange(len(sols)), best]
+
+
 def _even_rows(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """(w, b) as float32 with an even number of rows (a zero row added to an odd count)."""
     w = np.ascontiguousarray(np.atleast_2d(w), np.float32)
@@ -503,6 +557,8 @@ def _rank(scores: np.ndarray, pos_idx: np.ndarray, neg_idx: np.ndarray, ap: bool
 
 def _rank_labels(s: np.ndarray, labels: np.ndarray, npos: np.ndarray, nneg: np.ndarray, ap: bool,
                  threads: int) -> np.ndarray:
+    if threads == 1 or s.shape[0] == 1:  # one thread: the caller's, the GIL released
+        return _rank_rows_serial(s, labels, npos.astype(np.int64), nneg.astype(np.int64), ap)
     with _LOCK:
         old = numba.get_num_threads()
         if threads > 0:
