@@ -173,6 +173,28 @@ if AVAILABLE:
         return -log_eps - _LN2 - 1e-6
 
     @njit(cache=True, inline="always")
+    def _neg_weight(p, clip, gamma_neg, ipow):  # pragma: no cover - compiled
+        """(p_m, p_m ** gamma_neg): the clipped probability of a negative and its focal
+        weight (an integer ``ipow`` by multiplication)."""
+        p_m = p
+        if clip > 0.0:
+            p_m = p - clip
+            if p_m < 0.0:
+                p_m = 0.0
+        if gamma_neg == 0.0:
+            w = 1.0
+        elif p_m > 0.0:
+            if ipow > 0:
+                w = p_m
+                for _ in range(ipow - 1):
+                    w *= p_m
+            else:
+                w = p_m ** gamma_neg
+        else:
+            w = 0.0
+        return p_m, w
+
+    @njit(cache=True, inline="always")
     def _asl_term(s, yi, gamma_pos, gamma_neg, clip, log_eps, ipow, want_loss, log_clip, s_easy):  # pragma: no cover - compiled
         """(loss, d loss / d logit) of one entry, as AsymmetricLoss computes them. The
         derivative needs one exp: the logarithms only feed the loss (skipped without
@@ -188,21 +210,7 @@ if AVAILABLE:
         if not want_loss and gamma_pos == 0.0 and abs(s) <= s_easy:
             # no clamp can bind (s_easy > 0 only when eps < 1/2 and clip > eps): both terms'
             # derivatives without a branch on the label, in the order of the general code below
-            p_m = p
-            if clip > 0.0:
-                p_m = p - clip
-                if p_m < 0.0:
-                    p_m = 0.0
-            if gamma_neg == 0.0:
-                w_neg = 1.0
-            elif ipow > 0:
-                w_neg = p_m
-                for _ in range(ipow - 1):
-                    w_neg *= p_m
-            elif p_m > 0.0:
-                w_neg = p_m ** gamma_neg
-            else:
-                w_neg = 0.0
+            p_m, w_neg = _neg_weight(p, clip, gamma_neg, ipow)
             if clip > 0.0:
                 g_neg = (1.0 - yi) * w_neg * q * p / (q + clip) if p_m > 0.0 else 0.0
             else:
@@ -233,22 +241,7 @@ if AVAILABLE:
                 loss -= yi * w_pos * log_eps
         if yi != 1.0:
             yn = 1.0 - yi
-            p_m = p
-            if clip > 0.0:
-                p_m = p - clip
-                if p_m < 0.0:
-                    p_m = 0.0
-            if gamma_neg == 0.0:
-                w_neg = 1.0
-            elif p_m > 0.0:
-                if ipow > 0:
-                    w_neg = p_m
-                    for _ in range(ipow - 1):
-                        w_neg *= p_m
-                else:
-                    w_neg = p_m ** gamma_neg
-            else:
-                w_neg = 0.0
+            p_m, w_neg = _neg_weight(p, clip, gamma_neg, ipow)
             if w_neg != 0.0:
                 if clip > 0.0:
                     t = q + clip
