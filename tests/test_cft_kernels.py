@@ -179,14 +179,14 @@ def test_gradient_without_the_loss_equals_the_gradient_with_it(params):
 def test_bp_records_the_loss_at_the_reports_resolution():
     """A long run keeps ~400 train-loss points (first epoch, then every ceil(epochs / 400)),
     the fused path and the autograd loop the same epochs and values."""
-    from cxrkit.cft.bp import LOSS_POINTS, loss_epoch
+    from cxrkit.cft.bp import CURVE_POINTS, loss_epoch
 
     x, y, xv, yv, w0 = _problem(n=300, z=16)
     cfg = bp_preset("bp-asl", "coco").with_overrides(epochs=1200, patience=None, metric="auc", lr=1e-3)
     fast = fit_row_bp(x, y, xv, yv, w0, 0.0, cfg)
     plain = fit_row_bp(x, y, xv, yv, w0, 0.0, cfg.with_overrides(fused=False))
     epochs = fast.curves["train_loss_epoch"]
-    assert epochs[:4] == [1, 3, 6, 9] and epochs[-1] == 1200 and len(epochs) == LOSS_POINTS + 1
+    assert epochs[:4] == [1, 3, 6, 9] and epochs[-1] == 1200 and len(epochs) == CURVE_POINTS + 1
     assert epochs == plain.curves["train_loss_epoch"] == [e for e in range(1, 1201) if loss_epoch(e, cfg)]
     assert len(fast.curves["val"]) == 1200
     np.testing.assert_allclose(fast.curves["train_loss"], plain.curves["train_loss"], rtol=1e-5)

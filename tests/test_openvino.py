@@ -5,6 +5,7 @@ evaluate; and the choice logic (engine and precision by the CPU) on every CPU ki
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -115,10 +116,9 @@ def test_without_openvino_one_line(trained_model: Path, monkeypatch: pytest.Monk
         OpenVinoPredictor(read_spec(trained_model))
 
 
-def test_openvino_writes_and_sends_nothing_of_its_own(trained_model: Path, tmp_path: Path) -> None:
-    """`import openvino` sends a usage event and writes a client id under $HOME/intel (on a
-    read-only HOME, as in CodaLab's runs, it printed warnings on stderr). The engine runs
-    with that telemetry kept from loading: HOME stays empty, stderr stays clean."""
+def _run_with_empty_home(trained_model: Path, tmp_path: Path, code: str) -> tuple[Any, Path]:
+    """``code`` in a fresh Python with a copy of the model as ``MODEL``, an empty HOME and no
+    CXRKIT_ENGINE: (the completed process, that HOME)."""
     import os
     import shutil
     import subprocess
@@ -128,12 +128,21 @@ def test_openvino_writes_and_sends_nothing_of_its_own(trained_model: Path, tmp_p
     shutil.copytree(trained_model, model)
     home = tmp_path / "home"
     home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "CXRKIT_ENGINE"}
+    r = subprocess.run([sys.executable, "-c", f"MODEL = {str(model)!r}\n" + code], capture_output=True, text=True,
+                       timeout=300, env=dict(env, HOME=str(home), XDG_CACHE_HOME=str(tmp_path / "cache")))
+    return r, home
+
+
+def test_openvino_writes_and_sends_nothing_of_its_own(trained_model: Path, tmp_path: Path) -> None:
+    """`import openvino` sends a usage event and writes a client id under $HOME/intel (on a
+    read-only HOME, as in CodaLab's runs, it printed warnings on stderr). The engine runs
+    with that telemetry kept from loading: HOME stays empty, stderr stays clean."""
     code = ("from cxrkit.inference.runtime import read_spec, OpenVinoPredictor\n"
             "from cxrkit.export import ensure_onnx\n"
-            f"spec = read_spec({str(model)!r}); ensure_onnx(spec)\n"
+            "spec = read_spec(MODEL); ensure_onnx(spec)\n"
             "p = OpenVinoPredictor(read_spec(spec.path), precision='fp32'); print(p.precision)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, HOME=str(home), XDG_CACHE_HOME=str(tmp_path / "cache")))
+    r, home = _run_with_empty_home(trained_model, tmp_path, code)
     assert r.returncode == 0 and r.stdout.strip() == "fp32", r.stderr
     assert list(home.iterdir()) == [], list(home.rglob("*"))
     assert "telemetry" not in r.stderr.lower()
@@ -143,25 +152,14 @@ def test_choosing_the_engine_does_not_load_openvino(trained_model: Path, tmp_pat
     """`--engine auto` on an Intel CPU asks whether OpenVINO is installed; that question
     imported it, and `import openvino` sends its usage event and writes under HOME before
     any predictor could switch that off. Choosing now only looks the package up."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    model = tmp_path / "m"
-    shutil.copytree(trained_model, model)
-    home = tmp_path / "home"
-    home.mkdir()
     code = ("import sys\n"
             "from cxrkit.inference import runtime\n"
             "runtime.cpu_vendor = lambda: 'GenuineIntel'\n"
             "from cxrkit.export import ensure_onnx\n"
             "from cxrkit.ensemble import choose_engine\n"
-            f"spec = runtime.read_spec({str(model)!r}); ensure_onnx(spec)\n"
+            "spec = runtime.read_spec(MODEL); ensure_onnx(spec)\n"
             "print(choose_engine(runtime.read_spec(spec.path)), 'openvino' in sys.modules)\n")
-    env = {k: v for k, v in os.environ.items() if k != "CXRKIT_ENGINE"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env=dict(env, HOME=str(home), XDG_CACHE_HOME=str(tmp_path / "cache")))
+    r, home = _run_with_empty_home(trained_model, tmp_path, code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["openvino", "False"]
     assert list(home.iterdir()) == [], list(home.rglob("*"))

@@ -161,15 +161,15 @@ def _loss(cfg: BPConfig, num_classes: int = 1) -> torch.nn.Module:
     return build_loss(cfg.loss, **params)
 
 
-LOSS_POINTS = 400  # train-loss points a BP curve keeps (the report's resolution, runner._downsample)
+CURVE_POINTS = 400  # points a CFT report keeps of each learning curve (runner._downsample)
 
 
 def loss_epoch(epoch: int, cfg: BPConfig) -> bool:
     """Whether ``epoch``'s training loss goes into the curve: the first and every
-    ceil(epochs / 400)-th, so a curve holds at most ~400 points (``train_loss_epoch`` names
+    ceil(epochs / CURVE_POINTS)-th, so a curve holds at most ~400 points (``train_loss_epoch`` names
     them). The loss is only a diagnostic: the fused kernel computes it (a log per entry) only
     on these epochs, the gradient needing one exp."""
-    every = max(1, -(-cfg.epochs // LOSS_POINTS))
+    every = max(1, -(-cfg.epochs // CURVE_POINTS))
     return epoch == 1 or epoch % every == 0
 
 

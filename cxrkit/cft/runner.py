@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..labels import UncertaintyPolicy, apply_uncertainty
-from .bp import BPConfig, bp_preset, fit_layer_bp, fit_row_bp, fit_rows_bp, fused_asl_params
+from .bp import CURVE_POINTS, BPConfig, bp_preset, fit_layer_bp, fit_row_bp, fit_rows_bp, fused_asl_params
 from .features import FeatureSet
 from .fitness import BinaryScorer
 from .ga import GA_PRESETS, GAConfig, RowFit, fit_row_ga, fit_rows_ga
@@ -142,7 +142,7 @@ def _score(x: np.ndarray, w: np.ndarray, b: float, y: np.ndarray, metric: str) -
     return float(sc(x[known] @ w + np.float32(b))[0])
 
 
-def _downsample(values: list[float], n: int = 400) -> list[float]:
+def _downsample(values: list[float], n: int = CURVE_POINTS) -> list[float]:
     if len(values) <= n:
         return [float(v) for v in values]
     idx = np.linspace(0, len(values) - 1, n).round().astype(int)

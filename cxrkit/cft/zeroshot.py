@@ -63,13 +63,14 @@ def run_zeroshot(folder: str | Path, prompts_file: str | Path, out: str | Path, 
                  overwrite: bool = False) -> dict[str, Any]:
     """A model whose every class is scored from prompts (``cxrkit zeroshot``); thresholds
     (and a report) from ``valid_table`` where it has labels for them, else 0.5."""
-    from ..artifact import ModelMeta, load_model, save_model, write_model_files
+    from ..artifact import ModelMeta, load_model, save_model
     from ..labels import subsets_for
     from ..models import build_model
     from ..models.clip import clip_preprocessing, read_prompts, zero_shot_rows
-    from ..utils import check_output_dir, mark_output, staged_dir, write_json
+    from ..utils import check_output_dir
     from .features import extract_features, set_head_rows
     from .pipeline import _headline, _scores, _thresholds
+    from .probe import write_head_model
 
     t0 = time.time()
     folder = Path(folder).expanduser()
@@ -98,11 +99,7 @@ def run_zeroshot(folder: str | Path, prompts_file: str | Path, out: str | Path, 
         summary["n_valid"] = len(valid)
         summary["per_class_auc"] = {c["name"]: c.get("auc") for c in scores.get("classes", [])}
     summary["seconds"] = round(time.time() - t0, 1)
-    with staged_dir(out) as tmp:
-        write_model_files(tmp, net, meta)
-        (tmp / "zeroshot").mkdir()
-        write_json(tmp / "zeroshot" / "summary.json", {**summary, "prompts": prompts})
-        mark_output(tmp, "zeroshot")
+    write_head_model(out, net, meta, "zeroshot", {**summary, "prompts": prompts})
     return summary
 
 
