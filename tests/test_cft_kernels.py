@@ -191,6 +191,13 @@ def test_bp_records_the_loss_at_the_reports_resolution():
     assert len(fast.curves["val"]) == 1200
     np.testing.assert_allclose(fast.curves["train_loss"], plain.curves["train_loss"], rtol=1e-5)
     assert fast.best_step == plain.best_step
+    # the report keeps the epochs as integers, the values as floats, both downsampled alike
+    from cxrkit.cft.runner import _downsample
+
+    kept = {k: _downsample(v) for k, v in fast.curves.items()}
+    assert len(kept["val"]) == CURVE_POINTS and len(kept["train_loss_epoch"]) == CURVE_POINTS
+    assert all(type(e) is int for e in kept["train_loss_epoch"]) and kept["train_loss_epoch"][-1] == 1200
+    assert all(type(v) is float for v in kept["train_loss"] + kept["val"])
 
 
 def test_score_columns_equal_each_columns_own_scorer():

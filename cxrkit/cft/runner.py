@@ -143,10 +143,10 @@ def _score(x: np.ndarray, w: np.ndarray, b: float, y: np.ndarray, metric: str) -
 
 
 def _downsample(values: list[float], n: int = CURVE_POINTS) -> list[float]:
-    if len(values) <= n:
-        return [float(v) for v in values]
-    idx = np.linspace(0, len(values) - 1, n).round().astype(int)
-    return [float(values[i]) for i in idx]
+    """At most ``n`` evenly spaced points of a curve, as plain Python numbers (integers, such
+    as ``train_loss_epoch``'s epochs, stay integers)."""
+    idx = range(len(values)) if len(values) <= n else np.linspace(0, len(values) - 1, n).round().astype(int)
+    return [int(values[i]) if isinstance(values[i], (int, np.integer)) else float(values[i]) for i in idx]
 
 
 def fit_category(c: int, name: str, train: FeatureSet, valid: FeatureSet, test: FeatureSet | None,
