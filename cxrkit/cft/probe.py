@@ -25,7 +25,7 @@ import torch
 
 from ..artifact import LoadedModel, ModelMeta, load_model, save_model
 from ..errors import ConfigError, CxrkitError
-from ..utils import check_output_dir, mark_output, staged_dir, write_json
+from ..utils import check_output_dir
 from .features import FeatureSet, extract_features, set_head_rows
 from .fitness import BinaryScorer
 from .runner import eval_labels, train_targets
@@ -173,21 +173,10 @@ def run_probe(source: str | Path, train_table: str | Path, valid_table: str | Pa
     summary = {"model": str(out), "valid": _headline(scores), "n_train": len(train), "n_valid": len(valid),
                "zero_shot": list((zs_record or {}).get("classes") or []),
                "feature_dim": int(train.z.shape[-1]), "seconds": round(time.time() - t0, 1)}
+    from .zeroshot import write_head_model
+
     write_head_model(out, net, meta, "probe", {**summary, "classes": info})
     return summary
-
-
-def write_head_model(out: str | Path, net: Any, meta: ModelMeta, kind: str, report: dict[str, Any]) -> None:
-    """A model fitted on frozen features (``probe``, ``zeroshot``) with its report in
-    ``kind/summary.json``: staged beside ``out`` and renamed into place, so a failure
-    leaves ``out`` as it was."""
-    from ..artifact import write_model_files
-
-    with staged_dir(out) as tmp:
-        write_model_files(tmp, net, meta)
-        (tmp / kind).mkdir()
-        write_json(tmp / kind / "summary.json", report)
-        mark_output(tmp, kind)
 
 
 def run_probe_cft(source: str | Path, train_table: str | Path, valid_table: str | Path, out: str | Path,

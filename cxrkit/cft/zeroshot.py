@@ -70,7 +70,6 @@ def run_zeroshot(folder: str | Path, prompts_file: str | Path, out: str | Path, 
     from ..utils import check_output_dir
     from .features import extract_features, set_head_rows
     from .pipeline import _headline, _scores, _thresholds
-    from .probe import write_head_model
 
     t0 = time.time()
     folder = Path(folder).expanduser()
@@ -101,6 +100,20 @@ def run_zeroshot(folder: str | Path, prompts_file: str | Path, out: str | Path, 
     summary["seconds"] = round(time.time() - t0, 1)
     write_head_model(out, net, meta, "zeroshot", {**summary, "prompts": prompts})
     return summary
+
+
+def write_head_model(out: str | Path, net: Any, meta: Any, kind: str, report: dict[str, Any]) -> None:
+    """A model fitted on frozen features (``probe``, ``zeroshot``) with its report in
+    ``kind/summary.json``: staged beside ``out`` and renamed into place, so a failure
+    leaves ``out`` as it was."""
+    from ..artifact import write_model_files
+    from ..utils import mark_output, staged_dir, write_json
+
+    with staged_dir(out) as tmp:
+        write_model_files(tmp, net, meta)
+        (tmp / kind).mkdir()
+        write_json(tmp / kind / "summary.json", report)
+        mark_output(tmp, kind)
 
 
 def add_zero_shot_rows(model_cfg: dict[str, Any], classes: list[str], w: np.ndarray, b: np.ndarray,
